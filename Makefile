@@ -1,0 +1,25 @@
+# The README's verbs. Each one creates .venv on first use (scripts/setup_env.sh) and reuses it.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export LANCEDB_LOG := error
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test bench clean-venv
+
+venv:
+	@bash scripts/setup_env.sh $(VENV)
+
+demo: venv
+	$(BIN)/appliance demo
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

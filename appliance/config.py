@@ -1,0 +1,99 @@
+"""Recipes: pydantic models for each stage, loaded from TOML.
+
+Every field is documented and defaulted. An unknown or invalid field is an error that names the
+field and the file (:class:`RecipeError`). ``appliance train sft --recipe sft.toml`` reads a
+recipe; command-line options override single fields.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class RecipeError(ValueError):
+    """A recipe file or value is wrong; the message names the field and the file."""
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SFTRecipe(Recipe):
+    """LoRA supervised fine-tuning. The loss is on the assistant's answer only."""
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+                                      description="Linear layers that get LoRA adapters.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    batch_size: int = Field(8, ge=1, description="Examples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
+    max_seq_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are truncated.")
+    seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+
+
+class DPORecipe(Recipe):
+    """Direct preference optimisation on top of an SFT run's adapter."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the KL penalty to the reference (SFT) model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss (sigmoid = DPO, ipo = IPO).")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs.")
+    batch_size: int = Field(8, ge=1, description="Pairs per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
+    max_length: int = Field(512, ge=16, description="Longest prompt + answer in tokens.")
+    seed: int = Field(0, description="Seed for shuffling.")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+
+
+class PocketConfig(Recipe):
+    """The built-in ``pocket`` base model: a small Llama trained from scratch on a corpus."""
+
+    seed: int = Field(0, description="Seed for the tokenizer, initialisation and pre-training.")
+    vocab_size: int = Field(2048, ge=300, description="Byte-level BPE vocabulary size.")
+    hidden_size: int = Field(128, ge=32, description="Model width (a multiple of 32 keeps Q8_0 exact).")
+    num_layers: int = Field(4, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(384, ge=32, description="MLP width.")
+    max_position: int = Field(1024, ge=64, description="Context length.")
+    pretrain_epochs: int = Field(4, ge=0, description="Causal-LM passes over the corpus (0 = random weights).")
+    pretrain_block: int = Field(128, ge=16, description="Tokens per pre-training sequence.")
+    pretrain_lr: float = Field(3e-3, gt=0, description="Pre-training learning rate.")
+    output_init_std: float = Field(0.4, gt=0, description="Init std of the output layer (wide, so that small models learn fast).")
+
+
+R = TypeVar("R", bound=Recipe)
+
+
+def load_recipe(path: Path | None, cls: type[R], overrides: dict | None = None) -> R:
+    """Read ``cls`` from a TOML file (may be None), then apply non-None ``overrides``."""
+    data: dict = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '?'}': {err['msg']}" for err in exc.errors()
+        )
+        raise RecipeError(f"{where}: invalid {cls.__name__}: {problems}") from None

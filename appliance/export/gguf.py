@@ -1,0 +1,93 @@
+"""GGUF conversion and quantization with what the installed packages ship.
+
+Conversion runs llama.cpp's own ``convert_hf_to_gguf.py`` (with its ``conversion/`` package and
+the vendored ``gguf-py``), unpacked from the llama-cpp-python sdist by ``scripts/setup_env.sh``
+into ``$VENV/share/slm-appliance/llama.cpp``. Nothing is cloned or built at run time.
+Quantization runs in-process through llama-cpp-python's ``llama_model_quantize``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.workspace import WorkspaceError
+
+QUANT_TYPES = {
+    "f16": 1,  # LLAMA_FTYPE_MOSTLY_F16
+    "q8_0": 7,
+    "q6_k": 18,
+    "q5_k_m": 17,
+    "q4_k_m": 15,
+}
+
+
+def tools_dir() -> Path:
+    """Where llama.cpp's converter scripts live (``APPLIANCE_LLAMA_CPP_TOOLS`` overrides)."""
+    override = os.environ.get("APPLIANCE_LLAMA_CPP_TOOLS")
+    path = Path(override) if override else Path(sys.prefix) / "share" / "slm-appliance" / "llama.cpp"
+    if not (path / "convert_hf_to_gguf.py").is_file():
+        raise WorkspaceError(
+            f"llama.cpp's converters are not installed at {path}; run `make venv` "
+            "(scripts/setup_env.sh unpacks them from the llama-cpp-python sdist)"
+        )
+    return path
+
+
+def parse_quants(spec: str) -> list[str]:
+    quants = [q.strip().lower() for q in spec.split(",") if q.strip()]
+    unknown = [q for q in quants if q not in QUANT_TYPES]
+    if unknown:
+        raise WorkspaceError(f"unknown quant type(s) {unknown}; choose from {', '.join(QUANT_TYPES)}")
+    return list(dict.fromkeys(quants))
+
+
+def convert_hf_to_gguf(model_dir: Path, out_file: Path, pre_tokenizer: str | None = None,
+                       outtype: str = "f16") -> None:
+    """Run llama.cpp's converter in a child process (it patches sys.path and imports torch)."""
+    command = [sys.executable, "-m", "appliance.export.convert_driver", str(tools_dir()),
+               pre_tokenizer or "", "hf", str(model_dir), "--outtype", outtype, "--outfile", str(out_file)]
+    _run(command, "convert_hf_to_gguf.py")
+
+
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_file: Path, pre_tokenizer: str | None = None) -> None:
+    command = [sys.executable, "-m", "appliance.export.convert_driver", str(tools_dir()),
+               pre_tokenizer or "", "lora", str(adapter_dir), "--base", str(base_dir),
+               "--outtype", "f32", "--outfile", str(out_file)]
+    _run(command, "convert_lora_to_gguf.py")
+
+
+def _run(command: list[str], what: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its vendored gguf-py, not PyPI's gguf
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise WorkspaceError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quant]
+    params.nthread = threads
+    tmp = dst.with_name(f".{dst.name}.partial")
+    code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise WorkspaceError(f"llama_model_quantize to {quant} failed with code {code}")
+    os.replace(tmp, dst)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """GGUF key/values as llama.cpp reads them (chat template, EOS id, architecture...)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return dict(llm.metadata)
+    finally:
+        llm.close()

@@ -1,0 +1,115 @@
+"""Export a training run as a model version: merge, convert to GGUF, quantize, check parity.
+
+    appliance export RUN --quant q8_0,q4_k_m
+
+``models/VERSION/`` gets ``merged/`` (HF safetensors), ``model-f16.gguf`` (always: the reference
+for parity and quantization), one ``model-QUANT.gguf`` per requested type, ``parity.json`` and a
+manifest. The GGUF carries the tokenizer's chat template and its EOS (end-of-turn) token; the
+export refuses a GGUF without them. The whole version is staged in a temp folder and renamed
+into place, so an interrupted export leaves nothing half-written. The same run and quant list
+give the same version id, and exporting again returns the finished version.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.events import Event, EventSink, ignore
+from appliance.export import gguf, parity
+from appliance.export.merge import merge_adapter
+from appliance.train.common import load_run
+from appliance.train.pocket import pre_tokenizer_override
+from appliance.workspace import Workspace, WorkspaceError, atomic_write_json, read_json, short_hash, write_manifest
+
+PARITY_PROMPTS = 8
+PARITY_TOKENS = 32
+
+
+@dataclass
+class ModelVersion:
+    id: str
+    path: Path
+    created: bool = True
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.path / "manifest.json")
+
+    def gguf(self, quant: str | None = None) -> Path:
+        """The GGUF file for ``quant``; by default the first quantized one exported, else f16."""
+        available = self.manifest["quants"]
+        if quant is None:
+            quant = next((q for q in available if q != "f16"), "f16")
+        if quant not in available:
+            raise WorkspaceError(f"model version {self.id} has no {quant} GGUF (has: {', '.join(available)})")
+        return self.path / f"model-{quant}.gguf"
+
+
+def load_version(ws: Workspace, version: str | None) -> ModelVersion:
+    path = ws.model_dir(version)
+    return ModelVersion(path.name, path, created=False)
+
+
+def parity_prompts(ws: Workspace, run_manifest: dict, limit: int = PARITY_PROMPTS) -> list[list[dict]]:
+    """Prompts of the run's own training data (the best stand-in for what it will be asked)."""
+    from appliance.data.ingest import resolve_dataset
+
+    dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
+    prompts = [r["messages"][:-1] for r in dataset.records("chat")]
+    prompts += [[{"role": "user", "content": r["prompt"]}] for r in dataset.records("preference")]
+    return prompts[:limit]
+
+
+def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = ignore) -> ModelVersion:
+    run = load_run(ws, run_id)
+    manifest = run.manifest
+    adapter_sha = {k: v["sha256"] for k, v in manifest["files"].items() if k.startswith("adapter/")}
+    version_id = "mv-" + short_hash(run_id, adapter_sha, sorted(quants))
+    final = ws.models / version_id
+    if (final / "manifest.json").is_file():
+        on_event(Event("export", message=f"{version_id} already exported from {run_id}; reusing it"))
+        return ModelVersion(version_id, final, created=False)
+
+    base = Path(manifest["base_path"])
+    steps = 3 + len([q for q in quants if q != "f16"])
+    with ws.staging(final) as tmp:
+        on_event(Event("export", step=0, total=steps, message=f"merging {run_id}'s adapter into {base.name}"))
+        merge_adapter(base, run.adapter, tmp / "merged")
+        on_event(Event("export", step=1, total=steps, message="converting to GGUF f16 with llama.cpp's converter"))
+        f16 = tmp / "model-f16.gguf"
+        gguf.convert_hf_to_gguf(tmp / "merged", f16, pre_tokenizer=pre_tokenizer_override(base))
+        metadata = check_chat_metadata(f16)
+        done = 2
+        for quant in quants:
+            if quant == "f16":
+                continue
+            on_event(Event("export", step=done, total=steps, message=f"quantizing to {quant}"))
+            gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant)
+            done += 1
+        on_event(Event("export", step=done, total=steps, message="checking greedy parity of f16 GGUF with the merged model"))
+        report = parity.check(tmp / "merged", f16, parity_prompts(ws, manifest), PARITY_TOKENS)
+        atomic_write_json(tmp / "parity.json", report)
+        if not report["passed"]:
+            on_event(Event("export", message=f"WARNING: parity {report['matched']}/{report['prompts']} prompts, "
+                                             f"tokenizer {report['tokenizer_matched']}/{report['prompts']}"))
+        write_manifest(
+            tmp, "model_version", version_id,
+            {"run": run_id, "adapter_sha256": adapter_sha, "base": manifest["inputs"].get("base")},
+            {"quants": ["f16"] + [q for q in quants if q != "f16"], "parity": report, "gguf_metadata": metadata,
+             "merge": "lora merged into the full-precision base (merge_and_unload)"},
+        )
+        on_event(Event("export", step=steps, total=steps))
+    return ModelVersion(version_id, final)
+
+
+def check_chat_metadata(path: Path) -> dict:
+    """The GGUF must carry a chat template and an EOS token, or a served model never stops."""
+    metadata = gguf.read_metadata(path)
+    template = metadata.get("tokenizer.chat_template")
+    eos = metadata.get("tokenizer.ggml.eos_token_id")
+    if not template:
+        raise WorkspaceError(f"{path.name} has no chat template: the tokenizer's template was lost in conversion")
+    if eos is None:
+        raise WorkspaceError(f"{path.name} has no EOS token id")
+    return {"chat_template": template, "eos_token_id": int(eos),
+            "architecture": metadata.get("general.architecture")}

@@ -1,0 +1,324 @@
+"""The RAG store: a LanceDB table of embedded chunks, with a full-text index, in ``WORKSPACE/rag``.
+
+    appliance rag index PATH...     index files and folders (again: only what changed)
+    appliance ask "question"        uses :func:`search` (through :mod:`appliance.rag.answer`)
+
+Layout: ``rag/chunks.lance`` (table ``chunks``: id, source, title, section, position, text,
+doc_sha256, vector) and ``rag/chunks.model.json`` (the embedding model's path, sha256 and
+dimension). Indexing is incremental by document content hash: unchanged documents are skipped,
+a changed document's chunks are replaced in one merge-insert commit, and documents that vanished
+from an indexed folder (or became unreadable) lose their chunks. A store built with one embedding
+model is never indexed into or searched with another.
+
+Search modes: ``vector`` (cosine similarity), ``fts`` (BM25 on the native Lance full-text index),
+``hybrid`` (both, fused by reciprocal rank with LanceDB's ``RRFReranker``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from appliance.data.readers import UnreadableDocument, expand_paths, read_document
+from appliance.events import Event, EventSink, ignore
+from appliance.rag import RagError
+from appliance.rag.chunk import Chunk, chunk_document
+from appliance.rag.embed import embed, load_embedder, model_identity
+from appliance.workspace import Workspace, atomic_write_json, read_json, sha256_text
+
+os.environ.setdefault("LANCEDB_LOG", "error")  # before lancedb is imported: its Rust warnings go to stderr
+
+TABLE = "chunks"
+IDENTITY_FILE = "chunks.model.json"
+MODES = ("vector", "fts", "hybrid")
+CHUNK_FIELDS = tuple(f.name for f in fields(Chunk))
+FLUSH_ROWS = 4096
+"""Commit pending chunks after this many, so that a long first index keeps its progress."""
+RRF_K = 60
+
+
+@dataclass
+class Hit(Chunk):
+    score: float
+    """vector: cosine similarity; fts: BM25 score; hybrid: reciprocal-rank-fusion score."""
+
+
+@dataclass
+class IndexResult:
+    documents_indexed: int = 0
+    """New or changed documents whose chunks were (re)written."""
+    documents_unchanged: int = 0
+    documents_removed: int = 0
+    """Documents whose chunks were dropped: gone from an indexed folder, or now unreadable."""
+    chunks_added: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) for each file that could not be indexed."""
+
+
+# indexing ----------------------------------------------------------------------------------------
+def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = ignore,
+                    model_path: Path | None = None) -> IndexResult:
+    """Index files and folders into the store, incrementally; unreadable files land in ``rejected``."""
+    identity = model_identity(model_path)
+    db = connect(ws)
+    table = _open_table(db)
+    check_model(ws, identity, table_exists=table is not None)
+    result = IndexResult()
+    files, scopes = _collect(paths, result.rejected)
+    stored = _stored_documents(table)
+    seen: set[str] = set()
+    pending: list[tuple[Chunk, np.ndarray]] = []
+    replaced: set[str] = set()
+    changed = False
+    for step, path in enumerate(files, 1):
+        source = str(path)
+        status, chunks, reason = _prepare(source, stored)
+        if status == "rejected":
+            result.rejected.append((source, reason))
+        else:
+            seen.add(source)
+        result.documents_unchanged += int(status == "unchanged")
+        if chunks:
+            pending.extend(zip(chunks, _embed_chunks(chunks, model_path, identity)))
+            replaced.add(source)
+            result.documents_indexed += 1
+            result.chunks_added += len(chunks)
+        message = f"rejected {source}: {reason}" if reason else ""
+        on_event(Event("rag.index", message, step=step, total=len(files), metrics={"chunks": result.chunks_added}))
+        if len(pending) >= FLUSH_ROWS:
+            table = _commit(ws, db, table, pending, replaced, identity)
+            pending, replaced, changed = [], set(), True
+    removed = {s for s in stored if s not in seen and _in_scope(s, scopes)}
+    result.documents_removed = len(removed)
+    if pending or removed:
+        table = _commit(ws, db, table, pending, replaced | removed, identity)
+        changed = True
+    if table is not None:
+        _ensure_fts_index(table, rebuild=changed)
+    on_event(Event("rag.index", _summary(result)))
+    return result
+
+
+def _prepare(source: str, stored: dict[str, set[str]]) -> tuple[str, list[Chunk], str]:
+    """Read one document: ``("changed", chunks, "")``, ``("unchanged", [], "")`` or ``("rejected", [], why)``."""
+    try:
+        text = read_document(Path(source))
+    except (UnreadableDocument, OSError) as exc:
+        return "rejected", [], str(exc)
+    if stored.get(source) == {sha256_text(text)}:
+        return "unchanged", [], ""
+    chunks = chunk_document(source, text)
+    if not chunks:
+        return "rejected", [], "no text to index besides headings"
+    return "changed", chunks, ""
+
+
+def _embed_chunks(chunks: list[Chunk], model_path: Path | None, identity: dict[str, Any]) -> np.ndarray:
+    vectors = embed([c.embedding_text() for c in chunks], load_embedder(model_path))
+    if vectors.shape[1] != identity["dim"]:
+        raise RagError(f"the embedding model {identity['path']} returned {vectors.shape[1]}-d vectors, "
+                       f"but its config says {identity['dim']}-d")
+    return vectors
+
+
+def connect(ws: Workspace) -> Any:
+    """The LanceDB database in ``ws.rag``; every read sees the latest commit of any process."""
+    import lancedb
+
+    return lancedb.connect(ws.rag, read_consistency_interval=timedelta(0))
+
+
+def check_model(ws: Workspace, identity: dict[str, Any], table_exists: bool) -> None:
+    """Refuse a model other than the one that built the store (compared by weights sha256 and dim)."""
+    stored = stored_model(ws)
+    if stored is None:
+        if table_exists:
+            raise RagError(f"the RAG store {ws.rag} has no {IDENTITY_FILE}, so the model that built it is "
+                           f"unknown: remove {ws.rag} and run `appliance rag index PATH...` again")
+        return
+    if not table_exists:
+        return
+    if stored.get("sha256") != identity["sha256"] or stored.get("dim") != identity["dim"]:
+        raise RagError(
+            f"the RAG store {ws.rag} was built with embedding model {stored.get('path')} "
+            f"(sha256 {str(stored.get('sha256'))[:12]}…, {stored.get('dim')}-d), not with {identity['path']} "
+            f"(sha256 {identity['sha256'][:12]}…, {identity['dim']}-d): use that model, or remove {ws.rag} "
+            "and run `appliance rag index PATH...` again to rebuild the store with this one"
+        )
+
+
+def stored_model(ws: Workspace) -> dict[str, Any] | None:
+    """The identity of the model that built the store, or ``None`` before the first index."""
+    path = ws.rag / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise RagError(f"{path} is not valid JSON ({exc}): remove {ws.rag} and index again") from None
+
+
+def _collect(paths: Iterable[Path], rejected: list[tuple[str, str]]) -> tuple[list[Path], list[tuple[str, bool]]]:
+    """Files to read (absolute, no repeats) and the scopes (path, is_folder) whose removals we track."""
+    files: dict[Path, None] = {}
+    scopes: list[tuple[str, bool]] = []
+    for given in paths:
+        path = Path(given).expanduser().resolve()
+        if path.is_dir():
+            scopes.append((str(path), True))
+            files.update(dict.fromkeys(expand_paths([path])))
+        elif path.exists():
+            scopes.append((str(path), False))
+            files[path] = None
+        else:
+            scopes.append((str(path), True))
+            rejected.append((str(path), "no such file or folder (its chunks, if any, are removed)"))
+    return list(files), scopes
+
+
+def _in_scope(source: str, scopes: list[tuple[str, bool]]) -> bool:
+    return any(source == root or (is_dir and source.startswith(root.rstrip(os.sep) + os.sep))
+               for root, is_dir in scopes)
+
+
+def _stored_documents(table: Any) -> dict[str, set[str]]:
+    """source -> the document hashes its stored chunks carry (one, unless something went wrong)."""
+    if table is None:
+        return {}
+    rows = table.search().select(["source", "doc_sha256"]).limit(None).to_arrow()
+    documents: dict[str, set[str]] = {}
+    for source, digest in zip(rows["source"].to_pylist(), rows["doc_sha256"].to_pylist()):
+        documents.setdefault(source, set()).add(digest)
+    return documents
+
+
+def _commit(ws: Workspace, db: Any, table: Any, pending: list[tuple[Chunk, np.ndarray]],
+            sources: set[str], identity: dict[str, Any]) -> Any:
+    """Write ``pending`` and drop every other chunk of ``sources``, in one commit. Returns the table."""
+    data = _arrow_table(pending, identity["dim"])
+    if table is None:
+        if not pending:
+            return None
+        atomic_write_json(ws.rag / IDENTITY_FILE, identity)
+        return db.create_table(TABLE, data=data, schema=data.schema)
+    (table.merge_insert("id")
+          .when_matched_update_all()
+          .when_not_matched_insert_all()
+          .when_not_matched_by_source_delete(_source_filter(sources))
+          .execute(data))
+    return table
+
+
+def _arrow_table(pending: list[tuple[Chunk, np.ndarray]], dim: int) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema([(name, pa.int32() if name == "position" else pa.string()) for name in CHUNK_FIELDS]
+                       + [("vector", pa.list_(pa.float32(), dim))])
+    columns: dict[str, Any] = {name: [getattr(c, name) for c, _ in pending] for name in CHUNK_FIELDS}
+    flat = np.concatenate([v for _, v in pending]) if pending else np.zeros(0, dtype=np.float32)
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+    return pa.table(columns, schema=schema)
+
+
+def _source_filter(sources: set[str]) -> str:
+    if not sources:
+        return "false"
+    quoted = ", ".join("'" + s.replace("'", "''") + "'" for s in sorted(sources))
+    return f"source IN ({quoted})"
+
+
+def _ensure_fts_index(table: Any, rebuild: bool) -> None:
+    """(Re)build the native full-text index on ``text`` when the chunks changed or it is missing.
+
+    A changed store is also compacted (``optimize``): every merge-insert writes new small files.
+    """
+    from lancedb.index import FTS
+
+    has_index = any(idx.index_type == "FTS" and list(idx.columns) == ["text"] for idx in table.list_indices())
+    if rebuild or not has_index:
+        table.create_index("text", config=FTS(), replace=True)
+    if rebuild:
+        table.optimize()  # merge the small files of each commit; prune versions older than 7 days
+
+
+def _summary(result: IndexResult) -> str:
+    return (f"{result.documents_indexed} indexed, {result.documents_unchanged} unchanged, "
+            f"{result.documents_removed} removed, {len(result.rejected)} rejected, "
+            f"{result.chunks_added} chunks added")
+
+
+# search ------------------------------------------------------------------------------------------
+def search(ws: Workspace, query: str, k: int = 4, mode: str = "hybrid", model_path: Path | None = None) -> list[Hit]:
+    """The ``k`` best chunks for ``query``, best first."""
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode '{mode}' (choose one of: {', '.join(MODES)})")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not query.strip():
+        raise RagError("the question is empty")
+    table = open_store(ws)
+    if mode == "fts":
+        return _fts_hits(table, query, k)
+    identity = model_identity(model_path)
+    check_model(ws, identity, table_exists=True)
+    vector = embed([query], load_embedder(model_path))[0]
+    if mode == "vector":
+        return _vector_hits(table, vector, k)
+    return _hybrid_hits(table, query, vector, k)
+
+
+def open_store(ws: Workspace) -> Any:
+    """The chunks table; a clear error when nothing was indexed yet."""
+    table = _open_table(connect(ws))
+    if table is None or table.count_rows() == 0:
+        raise RagError(f"the RAG store in {ws.rag} is empty: run `appliance rag index PATH...` first")
+    return table
+
+
+def _open_table(db: Any) -> Any:
+    return db.open_table(TABLE) if TABLE in db.list_tables().tables else None
+
+
+def _vector_hits(table: Any, vector: np.ndarray, k: int) -> list[Hit]:
+    rows = (table.search(vector, vector_column_name="vector").distance_type("cosine")
+            .select([*CHUNK_FIELDS, "_distance"]).limit(k).to_list())
+    return [_hit(row, 1.0 - row["_distance"]) for row in rows]
+
+
+def _fts_hits(table: Any, query: str, k: int) -> list[Hit]:
+    rows = (table.search(query, query_type="fts", fts_columns="text")
+            .select([*CHUNK_FIELDS, "_score"]).limit(k).to_list())
+    return [_hit(row, row["_score"]) for row in rows]
+
+
+def _hybrid_hits(table: Any, query: str, vector: np.ndarray, k: int) -> list[Hit]:
+    """Reciprocal-rank fusion of the vector and full-text lists (LanceDB's reranker, else our own)."""
+    from lancedb.rerankers import RRFReranker
+
+    try:
+        rows = (table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
+                .vector(vector).text(query).distance_type("cosine").rerank(RRFReranker(K=RRF_K))
+                .select(list(CHUNK_FIELDS)).limit(k).to_list())
+        return [_hit(row, row["_relevance_score"]) for row in rows]
+    except Exception:  # noqa: BLE001 - the built-in fusion is optional; ours needs only the two lists
+        return rrf_fuse([_vector_hits(table, vector, k), _fts_hits(table, query, k)], k)
+
+
+def rrf_fuse(rankings: list[list[Hit]], k: int, rrf_k: int = RRF_K) -> list[Hit]:
+    """Fuse ranked lists: each hit scores the sum of ``1 / (rrf_k + rank)`` over the lists it is in."""
+    scores: dict[str, float] = {}
+    first: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, 1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (rrf_k + rank)
+            first.setdefault(hit.id, hit)
+    best = sorted(scores, key=lambda i: -scores[i])[:k]
+    return [Hit(**{name: getattr(first[i], name) for name in CHUNK_FIELDS}, score=scores[i]) for i in best]
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
+    return Hit(**{name: row[name] for name in CHUNK_FIELDS}, score=float(score))

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Create (or bring up to date) the project's virtual environment, offline apart from PyPI.
+#
+#   bash scripts/setup_env.sh [VENV]        (the Makefile calls this; VENV defaults to .venv)
+#
+# - llama-cpp-python is compiled from its PyPI sdist with CMAKE_ARGS=-DGGML_NATIVE=OFF (the
+#   native build enables AMX kernels that die with "Illegal instruction" on some CPUs). The wheel
+#   is kept in a cache folder so a second venv, or CI on the same machine, reuses it.
+# - llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
+#   convert_lora_to_gguf.py) are taken from that same sdist into $VENV/share/slm-appliance/llama.cpp.
+#   Nothing is cloned or fetched from anywhere but the package registry.
+set -euo pipefail
+
+VENV=${1:-.venv}
+PYTHON=${PYTHON:-python3}
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF"
+CACHE=${SLM_APPLIANCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-appliance}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STAMP="$VENV/.slm-appliance-installed"
+want=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+
+sdist_dir="$CACHE/sdist"
+sdist="$sdist_dir/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+if [ ! -f "$sdist" ]; then
+  log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist from PyPI"
+  mkdir -p "$sdist_dir"
+  $PIP download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$sdist_dir"
+fi
+
+flags_id=$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)
+wheel_dir="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$flags_id"
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  log "compiling llama-cpp-python with CMAKE_ARGS=$LLAMA_CMAKE_ARGS (7-25 minutes on 2 cores)"
+  mkdir -p "$wheel_dir.partial"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+    $PIP wheel --no-deps --no-cache-dir "$sdist" -w "$wheel_dir.partial"
+  rm -rf "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
+fi
+
+log "installing torch 2.13.0 (CPU) and the pinned stack"
+$PIP install --quiet "torch==2.13.0"
+$PIP install --quiet --find-links "$wheel_dir" -e "$ROOT[dev]"
+
+tools="$VENV/share/slm-appliance/llama.cpp"
+log "unpacking llama.cpp converters into $tools"
+tmp=$(mktemp -d)
+prefix="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+tar -xzf "$sdist" -C "$tmp" "$prefix/convert_hf_to_gguf.py" "$prefix/convert_lora_to_gguf.py" \
+  "$prefix/conversion" "$prefix/gguf-py" "$prefix/models" "$prefix/LICENSE"
+rm -rf "$tools" && mkdir -p "$(dirname "$tools")"
+mv "$tmp/$prefix" "$tools"
+rm -rf "$tmp"
+printf '%s\n' "$LLAMA_CPP_PYTHON_VERSION" > "$tools/VERSION"
+
+echo "$want" > "$STAMP"
+log "environment ready in $VENV"

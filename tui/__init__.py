@@ -1,0 +1,1 @@
+"""The SLM Appliance terminal UI (Textual): `appliance tui`. The library never imports this."""

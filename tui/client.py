@@ -1,0 +1,157 @@
+"""A small blocking client for the appliance's OpenAI-compatible API (no Textual here).
+
+The TUI calls it from thread workers; tests call it directly::
+
+    client = ChatClient("http://127.0.0.1:8000/v1")
+    client.models()                                   # ["pocket-..."]
+    for token in client.stream_chat([{"role": "user", "content": "hi"}], model="pocket-..."):
+        print(token, end="")
+
+Every failure (nothing listening, timeout, HTTP error, an error inside the stream) is raised as
+:class:`ChatError` with a message for the operator, the server's own message when it sent one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from appliance.workspace import Workspace, read_json
+
+NO_SERVER = "No server running: start one with `appliance serve`"
+
+
+class ChatError(Exception):
+    """A request to the server failed; ``str(error)`` is the line shown to the operator."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where the TUI should send requests: a base URL (``.../v1``) and, if known, the model id."""
+
+    base_url: str | None
+    model: str | None = None
+    problem: str | None = None  # why there is no base URL, phrased for the operator
+
+
+def server_from_workspace(root: Path | str | None = None) -> ServerInfo:
+    """Read ``serve.json`` (written by ``appliance serve``) from the workspace at ``root``."""
+    try:
+        ws = Workspace.open(root)
+        path = ws.serve_file
+        if not path.is_file():
+            return ServerInfo(None, problem=f"{NO_SERVER} (no {path})")
+        info = read_json(path)
+        host, port = str(info["host"]), int(info["port"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return ServerInfo(None, problem=f"{NO_SERVER} (cannot read serve.json: {exc})")
+    pid = info.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        return ServerInfo(None, problem=f"{NO_SERVER} (serve.json is stale: process {pid} is gone)")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return ServerInfo(f"http://{host}:{port}/v1", model=info.get("model"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _error_text(response: httpx.Response) -> str:
+    """``HTTP 400: <message>``, taking the message from an OpenAI error body when there is one."""
+    try:
+        body: Any = json.loads(response.read() or b"null")
+    except (ValueError, httpx.HTTPError):
+        body = None
+    message = None
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail"))
+        message = err.get("message") if isinstance(err, dict) else err
+    if not message:
+        message = (response.text or response.reason_phrase or "").strip()[:300]
+    return f"HTTP {response.status_code} from {response.request.url}: {message}"
+
+
+class ChatClient:
+    """Blocking calls to ``/models`` and ``/chat/completions`` under ``base_url``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._transport = transport
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=self._timeout, transport=self._transport)
+
+    def models(self) -> list[str]:
+        """The ids the server lists under ``GET /models``."""
+        with _guard(self.base_url), self._client() as client:
+            response = client.get("/models")
+            if response.is_error:
+                raise ChatError(_error_text(response))
+            return [m["id"] for m in response.json().get("data", []) if "id" in m]
+
+    def stream_chat(
+        self, messages: list[dict], *, stop_when: Callable[[], bool] = lambda: False, **params: Any
+    ) -> Iterator[str]:
+        """Yield the text of each streamed chunk until ``data: [DONE]`` (or ``stop_when()``)."""
+        body = {k: v for k, v in {"messages": messages, **params}.items() if v is not None}
+        with _guard(self.base_url), self._client() as client:
+            with client.stream("POST", "/chat/completions", json={**body, "stream": True}) as response:
+                if response.is_error:
+                    raise ChatError(_error_text(response))
+                for line in response.iter_lines():
+                    if stop_when():
+                        return
+                    if not line.startswith("data:"):
+                        continue  # blank separators, ": keep-alive" comments, "event:" lines
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        err = chunk["error"]
+                        raise ChatError(f"server error: {err.get('message', err) if isinstance(err, dict) else err}")
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield text
+
+
+@contextlib.contextmanager
+def _guard(base_url: str) -> Iterator[None]:
+    """Turn httpx's transport errors into :class:`ChatError` lines an operator can act on."""
+    try:
+        yield
+    except ChatError:
+        raise
+    except httpx.ConnectError as exc:
+        raise ChatError(f"Cannot reach the server at {base_url}: is `appliance serve` running? ({exc})") from exc
+    except httpx.TimeoutException as exc:
+        raise ChatError(f"The server at {base_url} did not answer in time ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise ChatError(f"Request to {base_url} failed: {exc}") from exc
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ChatError(f"Unexpected answer from {base_url}: {type(exc).__name__}: {exc}") from exc
