@@ -67,7 +67,7 @@ class PocketConfig(Recipe):
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(384, ge=32, description="MLP width.")
     max_position: int = Field(1024, ge=64, description="Context length.")
-    pretrain_epochs: int = Field(4, ge=0, description="Causal-LM passes over the corpus (0 = random weights).")
+    pretrain_epochs: int = Field(20, ge=0, description="Causal-LM passes over the corpus (0 = random weights).")
     pretrain_block: int = Field(128, ge=16, description="Tokens per pre-training sequence.")
     pretrain_lr: float = Field(3e-3, gt=0, description="Pre-training learning rate.")
     output_init_std: float = Field(0.4, gt=0, description="Init std of the output layer (wide, so that small models learn fast).")

@@ -13,7 +13,7 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from tui.client import ServerInfo, server_from_workspace
+from appliance.serve.client import ServerInfo, server_from_workspace
 from tui.screens import ChatScreen
 
 

@@ -124,6 +124,15 @@ def event_callback(stage: str, on_event: EventSink):
     return _Progress()
 
 
+def quiet(trainer) -> None:
+    """Drop transformers' printer/progress callbacks: progress goes through events (to stderr),
+    and standard output is kept for the artefact id."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def training_args_common(recipe, out_dir: Path) -> dict:
     """Arguments every trl config gets; bf16 and gradient checkpointing are trl defaults we undo on CPU."""
     import torch

@@ -15,6 +15,7 @@ from appliance.events import Event, EventSink, ignore
 from appliance.train.common import (
     RunRef,
     event_callback,
+    quiet,
     load_causal_lm,
     load_tokenizer,
     select_backend,
@@ -82,6 +83,7 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
             processing_class=tokenizer,
             callbacks=[progress],
         )
+        quiet(trainer)
         on_event(Event("train.dpo", message=f"{len(examples)} preference pairs on top of {parent.id}"))
         result = trainer.train()
         trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True, selected_adapters=["default"])

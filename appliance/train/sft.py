@@ -19,6 +19,7 @@ from appliance.train.common import (
     RunRef,
     base_fingerprint,
     event_callback,
+    quiet,
     load_causal_lm,
     load_tokenizer,
     select_backend,
@@ -79,6 +80,7 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
             peft_config=lora,
             callbacks=[progress],
         )
+        quiet(trainer)
         on_event(Event("train.sft", message=f"{len(examples)} examples, backend {backend}, base {base.name}"))
         result = trainer.train()
         trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True)

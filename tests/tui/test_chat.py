@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tui.app import ApplianceApp
-from tui.client import NO_SERVER, server_from_workspace
+from appliance.serve.client import NO_SERVER, server_from_workspace
 from tui.screens import ChatScreen
 from tui.widgets import AssistantMessage, ErrorLine, Notice, UserMessage
 

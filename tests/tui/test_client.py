@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from tui.client import ChatClient, ChatError
+from appliance.serve.client import ChatClient, ChatError
 
 
 def sse(*events: str) -> bytes:

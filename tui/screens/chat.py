@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
-from tui.client import ChatClient, ChatError, ServerInfo
+from appliance.serve.client import ChatClient, ChatError, ServerInfo
 from tui.widgets import AssistantMessage, ErrorLine, Notice, UserMessage
 
 

@@ -1,0 +1,117 @@
+"""The whole pipeline on the bundled sample corpus, end to end on CPU.
+
+    appliance demo            (or: make demo)
+
+1. build the ``pocket`` base model from the corpus (once per workspace),
+2. ingest the corpus documents, its Q&A pairs and its preference pairs as datasets,
+3. index the documents into the RAG store,
+4. add grounded copies of the Q&A pairs (the question with its retrieved passages, the same
+   answer), so the model learns to answer when passages stand before the question,
+5. LoRA SFT, then DPO on the preference pairs,
+6. export to GGUF (f16 + q8_0) with a parity check,
+7. answer sample questions through RAG with the exported model, with citations.
+
+Every stage is the same function the CLI verbs call; rerunning the demo reuses what is done.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from appliance.config import DPORecipe, SFTRecipe
+from appliance.events import EventSink
+from appliance.workspace import Workspace, atomic_write_jsonl, read_jsonl
+
+DEMO_QUESTIONS = 3
+
+
+def sample_paths() -> dict[str, Path]:
+    from appliance.train.pocket import sample_corpus_dir
+
+    root = sample_corpus_dir()
+    return {"docs": root / "docs", "qa": root / "qa.jsonl", "prefs": root / "prefs.jsonl"}
+
+
+def grounded_pairs(ws: Workspace, qa_rows: list[dict], k: int) -> list[dict]:
+    """Each Q&A pair again, its question preceded by the passages retrieval finds for it."""
+    from appliance.rag.answer import build_messages
+    from appliance.rag.store import search
+
+    rows = []
+    for row in qa_rows:
+        question, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        messages = build_messages(question, search(ws, question, k=k))
+        rows.append({"messages": [*messages, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def run_demo(ws: Workspace, out=None, k: int = 2) -> str:
+    from appliance.catalogue import recipe_defaults
+    from appliance.data.ingest import ingest
+    from appliance.events import RichProgress
+    from appliance.export.pipeline import export
+    from appliance.rag.answer import answer_question, format_answer
+    from appliance.rag.store import index_documents
+    from appliance.serve.engine import Engine, answer_text
+    from appliance.train import dpo, sft
+    from appliance.train.pocket import ensure_pocket
+
+    out = out or sys.stdout
+    paths = sample_paths()
+    started = time.time()
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    with RichProgress() as progress:
+        on_event: EventSink = progress
+        base = ensure_pocket(ws, on_event=on_event)
+        say(f"[1/7] base model: {base.name} ({_elapsed(started)})")
+
+        docs = ingest(ws, [paths["docs"]], "demo-docs", on_event)
+        prefs = ingest(ws, [paths["prefs"]], "demo-prefs", on_event)
+        say(f"[2/7] datasets: {docs.id} ({docs.counts['document']} documents), {prefs.id} "
+            f"({prefs.counts['preference']} preference pairs)")
+
+        indexed = index_documents(ws, [paths["docs"]], on_event=on_event)
+        say(f"[3/7] RAG store: {indexed.documents_indexed} indexed, {indexed.documents_unchanged} unchanged "
+            f"({_elapsed(started)})")
+
+        qa_rows = read_jsonl(paths["qa"])
+        grounded = ws.tmp / "demo-qa-grounded.jsonl"
+        atomic_write_jsonl(grounded, grounded_pairs(ws, qa_rows, k))
+        qa = ingest(ws, [paths["qa"], grounded], "demo-qa", on_event)
+        say(f"[4/7] training pairs: {qa.id} ({qa.counts['chat']} chat pairs: {len(qa_rows)} plain + grounded copies)")
+
+        recipe = SFTRecipe(**recipe_defaults("pocket", "sft"))
+        sft_run = sft.run(ws, recipe, qa, base, on_event=on_event)
+        dpo_run = dpo.run(ws, DPORecipe(), sft_run, prefs, on_event=on_event)
+        say(f"[5/7] training: {sft_run.id} (loss {sft_run.manifest['metrics']['final_loss']:.4f}), "
+            f"{dpo_run.id} (reward accuracy {dpo_run.manifest['metrics']['final_reward_accuracy']}) "
+            f"({_elapsed(started)})")
+
+        version = export(ws, dpo_run.id, ["q8_0"], on_event)
+        parity = version.manifest["parity"]
+        say(f"[6/7] model version: {version.id} (f16 + q8_0, f16 greedy parity {parity['matched']}/{parity['prompts']}) "
+            f"({_elapsed(started)})")
+
+    engine = Engine(version.gguf("q8_0"), version.id)
+    try:
+        generate = lambda messages: answer_text(engine, messages)  # noqa: E731
+        say(f"[7/7] questions answered by {version.id} (q8_0) from the RAG store:\n")
+        for row in qa_rows[:DEMO_QUESTIONS]:
+            question = row["messages"][0]["content"]
+            answer = answer_question(ws, question, generate, k=k)
+            say(f"Q: {question}")
+            say(format_answer(answer))
+            say("")
+    finally:
+        engine.close()
+    say(f"demo finished in {_elapsed(started)}; serve it with: appliance serve --model {version.id}")
+    return version.id
+
+
+def _elapsed(started: float) -> str:
+    return f"{time.time() - started:.0f} s"
+

@@ -1,0 +1,46 @@
+"""Run the API server for one model version and advertise it in the workspace.
+
+    appliance serve --model VERSION [--quant q8_0] [--host 127.0.0.1 --port 8080]
+
+While it runs, ``serve.json`` in the workspace says where it listens, so ``appliance ask`` and
+``appliance tui`` find it. Binding beyond loopback is allowed only when asked for explicitly.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from appliance.export.pipeline import load_version
+from appliance.serve.api import create_app, serve_info
+from appliance.serve.engine import Engine
+from appliance.workspace import Workspace, atomic_write_json, read_json
+
+
+def run_server(ws: Workspace, version: str | None, quant: str | None, host: str, port: int,
+               n_ctx: int = 2048, threads: int | None = None) -> None:
+    import uvicorn
+
+    model = load_version(ws, version)
+    path = model.gguf(quant)
+    engine = Engine(path, model.id, n_ctx=n_ctx, n_threads=threads)
+    app = create_app(engine)
+    info = serve_info(host, port, model.id, os.getpid())
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+
+    original_startup = server.startup
+
+    async def startup(sockets=None):
+        await original_startup(sockets=sockets)
+        atomic_write_json(ws.serve_file, info)
+        print(f"serving {model.id} ({path.name}) at {info['url']}", file=sys.stderr, flush=True)
+
+    server.startup = startup
+    try:
+        server.run()
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+            if read_json(ws.serve_file).get("pid") == os.getpid():
+                ws.serve_file.unlink()
+        engine.close()

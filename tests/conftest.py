@@ -1,0 +1,137 @@
+"""Shared fixtures: a tiny model taught 20 facts, exported to GGUF and served for real.
+
+Everything is built locally: the tokenizer is trained on the facts with ``tokenizers``, the
+model is a random-init Llama (``pocket`` with a tiny config), training is our own SFT and DPO,
+export is llama.cpp's converter plus in-process quantization, and the server is a real
+``appliance serve`` process. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LANCEDB_LOG", "error")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models on a busy 2-core machine are far faster on one thread
+
+from appliance.config import DPORecipe, PocketConfig, SFTRecipe  # noqa: E402
+from appliance.data.ingest import DatasetRef, ingest  # noqa: E402
+from appliance.export.pipeline import ModelVersion, export  # noqa: E402
+from appliance.train import dpo, pocket, sft  # noqa: E402
+from appliance.train.common import RunRef  # noqa: E402
+from appliance.workspace import Workspace  # noqa: E402
+
+VAULTS = "ABCDEFGHIJKLMNOPQRST"
+FACTS = [(f"What is the code of vault {c}?", f"Vault {c} opens with code {100 + 7 * i}.") for i, c in enumerate(VAULTS)]
+TINY_POCKET = PocketConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                           vocab_size=512, pretrain_epochs=0)
+TINY_SFT = SFTRecipe(learning_rate=1e-2, epochs=80, batch_size=8, lora_r=16, lora_alpha=32)
+TINY_DPO = DPORecipe(learning_rate=3e-4, beta=0.1, epochs=3, batch_size=8)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat_rows(facts=FACTS) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in facts]
+
+
+def preference_rows(facts=FACTS) -> list[dict]:
+    return [{"prompt": q, "chosen": a, "rejected": f"I cannot tell you the code of vault {q.split()[-1][:-1]}."}
+            for q, a in facts[:10]]
+
+
+def build_tiny_base(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = [f"{q} {a}" for q, a in FACTS] + ["I cannot tell you the code of vault."]
+    pocket.build(folder, texts, TINY_POCKET)
+    return folder
+
+
+@dataclass
+class TrainedModel:
+    ws: Workspace
+    base: Path
+    facts_dataset: DatasetRef
+    prefs_dataset: DatasetRef
+    sft_run: RunRef
+    dpo_run: RunRef
+    version: ModelVersion
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base") / "model")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_base) -> TrainedModel:
+    """The 20 facts taught by SFT, a DPO pass on top, exported to f16 + Q8_0."""
+    root = tmp_path_factory.mktemp("trained")
+    ws = Workspace.open(root / "workspace")
+    facts = ingest(ws, [write_jsonl(root / "facts.jsonl", chat_rows())], "facts")
+    prefs = ingest(ws, [write_jsonl(root / "prefs.jsonl", preference_rows())], "prefs")
+    sft_run = sft.run(ws, TINY_SFT, facts, tiny_base)
+    dpo_run = dpo.run(ws, TINY_DPO, sft_run, prefs)
+    version = export(ws, dpo_run.id, ["q8_0"])
+    return TrainedModel(ws, tiny_base, facts, prefs, sft_run, dpo_run, version)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    """A real ``appliance serve`` process for the trained model; yields its root URL."""
+    port = free_port()
+    log = open(trained.ws.root / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", "--model", trained.version.id, "--quant", "q8_0",
+         "--port", str(port), "--threads", "1", "--workspace", str(trained.ws.root)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"appliance serve exited with {process.returncode}: "
+                               f"{(trained.ws.root / 'serve.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("appliance serve did not become healthy in 120 s")
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def chat_server_url(server) -> str:
+    """The OpenAI base URL (``.../v1``) of the served tiny model, for the TUI tests."""
+    return f"{server}/v1"

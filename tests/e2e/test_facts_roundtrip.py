@@ -1,0 +1,91 @@
+"""The strongest test: 20 facts taught, exported, served, and read back with the official client.
+
+A tiny model learns 20 facts as chat pairs (SFT, then a DPO pass that must keep them), is exported
+to GGUF Q8_0 and served by ``appliance serve``; the official ``openai`` client gets all 20 answers
+back exactly (greedy), streamed and not streamed. The f16 GGUF's greedy tokens equal the merged
+Hugging Face model's.
+"""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from appliance.export import parity
+from tests.conftest import FACTS
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed-on-loopback", max_retries=0, timeout=60)
+
+
+def test_models_lists_the_served_version(client, trained):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [trained.version.id]
+
+
+def test_all_facts_come_back_exactly_without_streaming(client, trained):
+    wrong = []
+    for question, answer in FACTS:
+        reply = client.chat.completions.create(
+            model=trained.version.id, messages=[{"role": "user", "content": question}],
+            temperature=0, max_tokens=32,
+        )
+        choice = reply.choices[0]
+        if choice.message.content != answer or choice.finish_reason != "stop":
+            wrong.append((question, choice.message.content, choice.finish_reason))
+    assert not wrong, f"{len(wrong)}/20 facts wrong: {wrong}"
+
+
+def test_all_facts_come_back_exactly_when_streamed(client, trained):
+    wrong = []
+    for question, answer in FACTS:
+        stream = client.chat.completions.create(
+            model=trained.version.id, messages=[{"role": "user", "content": question}],
+            temperature=0, max_tokens=32, stream=True,
+        )
+        pieces, finish = [], None
+        for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+        if "".join(pieces) != answer or finish != "stop":
+            wrong.append((question, "".join(pieces), finish))
+    assert not wrong, f"{len(wrong)}/20 streamed facts wrong: {wrong}"
+
+
+def test_dpo_preferred_the_chosen_answers(trained):
+    metrics = trained.dpo_run.manifest["metrics"]
+    assert metrics["final_reward_accuracy"] == 1.0, metrics
+
+
+def test_f16_gguf_greedy_tokens_equal_the_merged_model(trained):
+    prompts = [[{"role": "user", "content": q}] for q, _ in FACTS]
+    report = parity.check(trained.version.path / "merged", trained.version.path / "model-f16.gguf", prompts,
+                          max_new_tokens=32)
+    assert report["tokenizer_matched"] == len(FACTS), report
+    assert report["matched"] == len(FACTS), report
+    assert trained.version.manifest["parity"]["passed"], trained.version.manifest["parity"]
+
+
+def test_gguf_carries_chat_template_and_end_of_turn(trained):
+    metadata = trained.version.manifest["gguf_metadata"]
+    assert "<|im_start|>" in metadata["chat_template"] and "{% generation %}" not in metadata["chat_template"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained.version.path / "merged")
+    assert metadata["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_max_tokens_is_respected(client, trained):
+    reply = client.chat.completions.create(
+        model=trained.version.id, messages=[{"role": "user", "content": FACTS[0][0]}], temperature=0, max_tokens=2,
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 2
+
+
+def test_bad_request_gets_an_openai_error(client, trained):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=trained.version.id, messages=[], temperature=0)
+    assert "messages" in str(caught.value)
