@@ -31,11 +31,16 @@ class Engine:
     def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
         import llama_cpp
 
+        from appliance.export.gguf import read_metadata
+
         self.model_id = model_id
         self.model_path = Path(model_path)
+        metadata = read_metadata(self.model_path)
+        trained = int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 0) or 0)
+        self.n_ctx = min(n_ctx, trained) if trained else n_ctx  # never beyond what the model was trained on
         self._llm = llama_cpp.Llama(
             model_path=str(model_path),
-            n_ctx=n_ctx,
+            n_ctx=self.n_ctx,
             n_threads=n_threads or max(1, os.cpu_count() or 1),
             verbose=False,
             seed=0,
