@@ -247,7 +247,7 @@ def rag_query(
 def ask_cmd(
     question: str = typer.Argument(...),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model version when answering in-process."),
-    k: int = typer.Option(3, "--k", help="How many passages to give the model."),
+    k: Optional[int] = typer.Option(None, "--k", help="How many passages to give the model (default 2)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Answer from the RAG store with the latest model (the running server if any) and cite passages."""
@@ -258,7 +258,7 @@ def ask_cmd(
     with _errors():
         generate, where = make_generator(ws, model)
         _say(f"answering with {where}")
-        answer = answer_question(ws, question, generate, k=k)
+        answer = answer_question(ws, question, generate, **({"k": k} if k else {}))
     print(format_answer(answer))
 
 

@@ -46,7 +46,7 @@ def grounded_pairs(ws: Workspace, qa_rows: list[dict], k: int) -> list[dict]:
     return rows
 
 
-def run_demo(ws: Workspace, out=None, k: int = 2) -> str:
+def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
     from appliance.catalogue import recipe_defaults
     from appliance.data.ingest import ingest
     from appliance.events import RichProgress
@@ -57,7 +57,10 @@ def run_demo(ws: Workspace, out=None, k: int = 2) -> str:
     from appliance.train import dpo, sft
     from appliance.train.pocket import ensure_pocket
 
+    from appliance.rag.answer import DEFAULT_PASSAGES
+
     out = out or sys.stdout
+    k = k or DEFAULT_PASSAGES
     paths = sample_paths()
     started = time.time()
 

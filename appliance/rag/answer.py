@@ -32,6 +32,9 @@ like [1] or [2][3]. If the passages do not contain the answer, say that you do n
 {passages}
 </passages>"""
 NO_PASSAGES = "(no passages were found for this question)"
+# How many passages an answer gets by default. The demo's grounded training pairs use the same
+# number, so `appliance ask` shows the pocket model the prompt shape it was tuned on.
+DEFAULT_PASSAGES = 2
 
 
 @dataclass
@@ -50,7 +53,7 @@ def build_messages(question: str, hits: list[Hit]) -> Messages:
     ]
 
 
-def answer_question(ws: Workspace, question: str, generate: Generate, k: int = 3, mode: str = "hybrid",
+def answer_question(ws: Workspace, question: str, generate: Generate, k: int = DEFAULT_PASSAGES, mode: str = "hybrid",
                     model_path: Path | None = None) -> Answer:
     """Retrieve ``k`` passages, ask ``generate`` to answer from them, and return answer + citations."""
     hits = search(ws, question, k=k, mode=mode, model_path=model_path)

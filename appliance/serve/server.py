@@ -21,6 +21,9 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, host: str,
                n_ctx: int = 2048, threads: int | None = None) -> None:
     import uvicorn
 
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding to {host} makes the API reachable from the network, and API keys are not "
+              "implemented yet: only do this on a trusted network", file=sys.stderr, flush=True)
     model = load_version(ws, version)
     path = model.gguf(quant)
     engine = Engine(path, model.id, n_ctx=n_ctx, n_threads=threads)
