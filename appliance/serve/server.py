@@ -32,18 +32,28 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, host: str,
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
 
-    original_startup = server.startup
+    original_startup, original_shutdown = server.startup, server.shutdown
 
     async def startup(sockets=None):
         await original_startup(sockets=sockets)
         atomic_write_json(ws.serve_file, info)
         print(f"serving {model.id} ({path.name}) at {info['url']}", file=sys.stderr, flush=True)
 
-    server.startup = startup
+    # uvicorn re-raises SIGTERM/SIGINT after shutting down, so cleanup belongs in shutdown, not in
+    # a finally block after server.run() (which a re-raised SIGTERM never reaches).
+    async def shutdown(sockets=None):
+        await original_shutdown(sockets=sockets)
+        _forget(ws)
+
+    server.startup, server.shutdown = startup, shutdown
     try:
         server.run()
     finally:
-        with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-            if read_json(ws.serve_file).get("pid") == os.getpid():
-                ws.serve_file.unlink()
-        engine.close()
+        _forget(ws)
+
+
+def _forget(ws: Workspace) -> None:
+    """Remove serve.json if it is ours (another server may have replaced it)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        if read_json(ws.serve_file).get("pid") == os.getpid():
+            ws.serve_file.unlink()
