@@ -23,7 +23,19 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SFTRecipe(Recipe):
+class TrainingRecipe(Recipe):
+    """What every training stage shares: the optimisation schedule and the machine."""
+
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    batch_size: int = Field(8, ge=1, description="Examples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
+    seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+
+
+class SFTRecipe(TrainingRecipe):
     """LoRA supervised fine-tuning. The loss is on the assistant's answer only."""
 
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
@@ -31,30 +43,17 @@ class SFTRecipe(Recipe):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
                                       description="Linear layers that get LoRA adapters.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
-    batch_size: int = Field(8, ge=1, description="Examples per device step.")
-    grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
     max_seq_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are truncated.")
-    seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
-    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
 
 
-class DPORecipe(Recipe):
-    """Direct preference optimisation on top of an SFT run's adapter."""
+class DPORecipe(TrainingRecipe):
+    """Direct preference optimisation on top of an SFT run's adapter (batch = preference pairs)."""
 
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
     beta: float = Field(0.1, gt=0, description="Strength of the KL penalty to the reference (SFT) model.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss (sigmoid = DPO, ipo = IPO).")
-    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
-    epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs.")
-    batch_size: int = Field(8, ge=1, description="Pairs per device step.")
-    grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
     max_length: int = Field(512, ge=16, description="Longest prompt + answer in tokens.")
-    seed: int = Field(0, description="Seed for shuffling.")
-    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
 
 
 class PocketConfig(Recipe):

@@ -15,7 +15,7 @@ from appliance.workspace import read_jsonl
 
 
 def test_demo_answers_its_sample_questions_with_citations(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # pocket trains faster on 2 threads
     done = subprocess.run([sys.executable, "-m", "appliance.cli", "demo", "--workspace", str(tmp_path / "ws")],
                           capture_output=True, text=True, env=env, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
