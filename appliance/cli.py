@@ -3,12 +3,14 @@
 Every verb that creates an artefact (dataset, run, model version) prints its id alone on the last
 line of standard output, so scripts can chain verbs; progress and warnings go to standard error.
 
-    appliance data ingest PATH... --dataset NAME
+    appliance data ingest PATH... --dataset NAME [--recipe curation.toml] [--append]
+    appliance data report NAME[@vN] [--json]   /   appliance data pairs DOCS --dataset NAME
     appliance train sft --dataset NAME --base pocket|HF_FOLDER [--epochs N]
     appliance train dpo --run RUN --dataset PREFS
+    appliance train resume RUN   /   appliance train plan --base FOLDER --gpu-mem 12GiB --4bit
     appliance export RUN --quant q8_0,q4_k_m
     appliance serve --model VERSION [--host 127.0.0.1 --port 8080]
-    appliance rag index PATH...   /   appliance rag query "question"
+    appliance rag sync PATH... [--watch]   /   appliance rag query "question"   /   appliance rag eval FILE
     appliance ask "question"
     appliance tui
     appliance demo
@@ -80,18 +82,69 @@ def _errors() -> Iterator[None]:
 # data -----------------------------------------------------------------------------------------
 @data_app.command("ingest")
 def data_ingest(
-    paths: list[Path] = typer.Argument(..., help="Files or folders: chat/prompt-completion/preference JSONL, .txt, .md."),
+    paths: list[Path] = typer.Argument(..., help="Files or folders: chat/prompt-completion/preference JSONL, "
+                                                 ".txt, .md, .log, .html, .pdf, .docx, .eml, .csv (tickets)."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name; a new version is made when content changes."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML): clean, pii, dedup, validate."),
+    append: bool = typer.Option(False, "--append", help="Add to the latest version (deduplicated against it)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Ingest files into a new dataset version (bad lines are reported with file:line and skipped)."""
+    """Ingest files into a new, curated dataset version (bad lines are reported with file:line and skipped)."""
     from appliance.data.ingest import ingest
+    from appliance.data.recipe import load_curation
 
-    with _errors(), _progress() as progress:
-        ref = ingest(_ws(workspace), paths, dataset, on_event=progress)
+    with _errors():
+        curation = load_curation(recipe)
+        with _progress() as progress:
+            ref = ingest(_ws(workspace), paths, dataset, on_event=progress, recipe=curation, append=append)
     counts = ", ".join(f"{v} {k}" for k, v in ref.counts.items() if v)
     state = "new version" if ref.created else "unchanged, existing version"
     _say(f"dataset {ref.id}: {counts}; {ref.rejected} rejected ({state}) in {ref.path}")
+    _say(f"see `appliance data report {ref.id}` for what each step did")
+    _emit_id(ref.id)
+
+
+@data_app.command("report")
+def data_report(
+    dataset: str = typer.Argument(..., help="NAME (latest version) or NAME@vN."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write report.json and report.txt into this folder."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """What curation did to a dataset version: steps, files, rejects, PII, duplicates, lengths."""
+    from appliance.data.ingest import resolve_dataset
+    from appliance.data.report import load_report, render_table
+    from appliance.workspace import atomic_write_json, atomic_write_text
+
+    with _errors():
+        report = load_report(resolve_dataset(_ws(workspace), dataset).path)
+    table = render_table(report)
+    if out is not None:
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.txt", table)
+        _say(f"wrote {out / 'report.json'} and {out / 'report.txt'}")
+    print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else table)
+
+
+@data_app.command("pairs")
+def data_pairs(
+    source: str = typer.Argument(..., help="Dataset with documents: NAME or NAME@vN."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Name of the pairs dataset to create."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Comma list of faq, tickets, headings."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML); [pairs] and [validate]."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Make instruction-response pairs from a document dataset with explicit strategies."""
+    from appliance.data.make_pairs import pairs_dataset
+    from appliance.data.recipe import load_curation
+
+    with _errors():
+        curation = load_curation(recipe)
+        strategies = [s.strip() for s in strategy.split(",") if s.strip()] if strategy else None
+        with _progress() as progress:
+            ref, made = pairs_dataset(_ws(workspace), source, dataset, curation, strategies, on_event=progress)
+    _say(f"dataset {ref.id}: {ref.counts.get('chat', 0)} chat pairs ({', '.join(f'{v} {k}' for k, v in made.items())}); "
+         f"{ref.rejected} rejected")
     _emit_id(ref.id)
 
 
@@ -148,6 +201,66 @@ def train_dpo(
     _emit_id(result.id)
 
 
+@train_app.command("resume")
+def train_resume(
+    run: str = typer.Argument(..., help="The interrupted run id (its work is in runs/.partial-RUN/)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Finish an interrupted SFT/DPO run from its last checkpoint; prints the run id."""
+    from appliance.config import DPORecipe, SFTRecipe
+    from appliance.data.ingest import resolve_dataset
+    from appliance.train import checkpoint, dpo, sft
+    from appliance.train.common import load_run
+
+    ws = _ws(workspace)
+    with _errors(), _progress() as progress:
+        if (ws.runs / run / "manifest.json").is_file():
+            _say(f"run {run} already finished")
+            result = load_run(ws, run)
+        else:
+            request = checkpoint.read_request(ws, run)
+            dataset = resolve_dataset(ws, request["dataset"])
+            if request["stage"] == "sft":
+                result = sft.run(ws, SFTRecipe(**request["recipe"]), dataset, Path(request["base"]),
+                                 backend=request["backend"], on_event=progress)
+            else:
+                result = dpo.run(ws, DPORecipe(**request["recipe"]), load_run(ws, request["parent_run"]), dataset,
+                                 backend=request["backend"], on_event=progress)
+            if result.id != run:
+                _fail(f"replaying {run} produced {result.id}: its inputs changed since it started")
+    _say(f"run {result.id} finished in {result.path}")
+    _emit_id(result.id)
+
+
+@train_app.command("plan")
+def train_plan(
+    base: str = typer.Option("pocket", "--base", "-b", help="'pocket', a local model folder or a config.json."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory to plan for, e.g. 12GiB (default: the detected GPU)."),
+    seq: int = typer.Option(2048, "--seq", help="Sequence length in tokens."),
+    batch: int = typer.Option(1, "--batch", help="Sequences per step."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    four_bit: bool = typer.Option(False, "--4bit", help="QLoRA: NF4 4-bit base weights."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Compute dtype: bf16 | fp16 | fp32 (fp32 = a CPU run)."),
+    backend: str = typer.Option("hf", "--backend", help="hf | unsloth (offloaded checkpoints, chunked loss)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Estimate peak training memory and whether it fits; exit code 2 when it does not."""
+    from appliance.train import planner
+
+    with _errors():
+        if dtype not in planner.DTYPE_BYTES:
+            raise WorkspaceError(f"--dtype must be one of {', '.join(planner.DTYPE_BYTES)}, not '{dtype}'")
+        budget = planner.parse_size(gpu_mem) if gpu_mem else planner.detected_gpu_memory()
+        shape = planner.load_shape(base)
+        result = planner.plan(shape, budget, seq=seq, batch=batch, lora_r=lora_r, four_bit=four_bit,
+                              grad_checkpointing=grad_checkpointing, dtype=dtype, backend=backend,
+                              gpu=dtype != "fp32")
+    print(json.dumps(result.as_dict(), indent=2) if as_json else result.report())
+    if result.fits is False:
+        raise typer.Exit(2)
+
+
 def _base_defaults(base: str, stage: str) -> dict:
     """Recipe defaults from the model catalogue (models/NAME.toml) when the base is catalogued."""
     from appliance.catalogue import recipe_defaults
@@ -184,6 +297,23 @@ def models_list(workspace: Optional[Path] = WorkspaceOption) -> None:
         print(f"{path.name}\t{manifest['inputs']['run']}\t{','.join(manifest['quants'])}\t{manifest['created']}")
 
 
+@models_app.command("report")
+def models_report(
+    version: Optional[str] = typer.Argument(None, help="Model version (default: the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """The quant report of a model version: size, speed, perplexity, KL and top-1 against f16."""
+    from appliance.export.pipeline import load_version
+    from appliance.export.quant_report import format_table
+
+    with _errors():
+        report = load_version(_ws(workspace), version).manifest.get("quant_report")
+    if report is None:
+        _fail("this model version was exported before quant reports existed; export it again")
+    print(json.dumps(report, indent=2) if as_json else format_table(report))
+
+
 # serve ----------------------------------------------------------------------------------------
 @app.command("serve")
 def serve_cmd(
@@ -203,20 +333,50 @@ def serve_cmd(
 
 
 # rag ------------------------------------------------------------------------------------------
+@rag_app.command("sync")
+def rag_sync(
+    paths: list[Path] = typer.Argument(..., help="Documents or folders to keep in the store."),
+    watch: bool = typer.Option(False, "--watch", help="Keep syncing whenever the files change, until Ctrl+C."),
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between checks with --watch.", min=0.1),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Re-index what changed, drop chunks of deleted documents; safe while the server answers."""
+    _rag_sync(paths, watch, interval, workspace)
+
+
 @rag_app.command("index")
 def rag_index(
     paths: list[Path] = typer.Argument(..., help="Documents or folders to index (re-indexes only what changed)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Index documents into the workspace's LanceDB store."""
-    from appliance.rag.store import index_documents
+    """Index documents into the workspace's LanceDB store (the same as `rag sync` without --watch)."""
+    _rag_sync(paths, False, 5.0, workspace)
 
-    with _errors(), _progress() as progress:
-        result = index_documents(_ws(workspace), paths, on_event=progress)
-    for path, reason in result.rejected:
-        _say(f"rejected {path}: {reason}")
-    print(f"indexed {result.documents_indexed} document(s) ({result.chunks_added} chunks), "
-          f"{result.documents_unchanged} unchanged, {result.documents_removed} removed, {len(result.rejected)} rejected")
+
+def _rag_sync(paths: list[Path], watch: bool, interval: float, workspace: Optional[Path]) -> None:
+    from appliance.rag import sync
+
+    def report(result) -> None:
+        for path, reason in result.rejected:
+            _say(f"rejected {path}: {reason}")
+        print(f"indexed {result.documents_indexed} document(s) ({result.chunks_added} chunks), "
+              f"{result.documents_unchanged} unchanged, {result.documents_removed} removed, "
+              f"{len(result.rejected)} rejected", flush=True)
+
+    ws = _ws(workspace)
+    with _errors():
+        if watch:
+            _say(f"watching {', '.join(map(str, paths))} every {interval:g} s (Ctrl+C to stop)")
+            sync.watch(ws, paths, interval=interval, on_event=_log_event, on_sync=report)
+        else:
+            with _progress() as progress:
+                result = sync.sync(ws, paths, on_event=progress)
+            report(result)
+
+
+def _log_event(event) -> None:
+    if event.message and not event.total:
+        _say(event.message)
 
 
 @rag_app.command("query")
@@ -225,6 +385,11 @@ def rag_query(
     k: int = typer.Option(4, "--k", help="How many passages."),
     mode: str = typer.Option("hybrid", "--mode", help="vector | fts | hybrid"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
+    source: Optional[str] = typer.Option(None, "--source", help="Only sources whose path contains this text."),
+    department: Optional[str] = typer.Option(None, "--department", help="Only this department."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only documents changed since: 2026-01-31, 7d, 12h."),
+    reranker: Optional[Path] = typer.Option(None, "--reranker", help="Local cross-encoder folder to re-rank with "
+                                            "(default: $APPLIANCE_RAG_RERANKER)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Print the top passages for a question, without calling the language model."""
@@ -233,8 +398,15 @@ def rag_query(
     from appliance.rag.answer import display_source
     from appliance.rag.store import search
 
+    _one_torch_thread()
     with _errors():
-        hits = search(_ws(workspace), question, k=k, mode=mode)
+        try:
+            hits = search(_ws(workspace), question, k=k, mode=mode, source=source, department=department,
+                          since=since, reranker=reranker)
+        except ValueError as exc:
+            _fail(str(exc))
+    if not hits:
+        _say("no passages matched")
     for n, hit in enumerate(hits, start=1):
         if as_json:
             print(json.dumps(asdict(hit), ensure_ascii=False))
@@ -243,22 +415,60 @@ def rag_query(
             print(f"    {hit.text[:300]}")
 
 
+def _one_torch_thread() -> None:
+    """Query embeddings are single short texts: one torch thread is several times faster than two
+    on a busy small machine (FACTS.md)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@rag_app.command("eval")
+def rag_eval(
+    file: Path = typer.Argument(..., help='JSONL: {"question": ..., "relevant": [source paths or file names]}.'),
+    k: int = typer.Option(5, "--k", help="Cut-off for recall@k and nDCG@k."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    mode: Optional[list[str]] = typer.Option(None, "--mode", help="Only these modes (repeatable)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Retrieval quality per search mode: recall@k, MRR and nDCG@k."""
+    from appliance.rag.evaluate import evaluate, format_table, load_questions, to_json
+    from appliance.rag.store import MODES
+
+    _one_torch_thread()
+    with _errors():
+        try:
+            scores = evaluate(_ws(workspace), load_questions(file), k=k, modes=tuple(mode or MODES))
+        except ValueError as exc:
+            _fail(str(exc))
+    print(to_json(scores, k) if as_json else format_table(scores, k))
+
+
 @app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(...),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model version when answering in-process."),
     k: Optional[int] = typer.Option(None, "--k", help="How many passages to give the model (default 2)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Only passages from sources whose path contains this."),
+    department: Optional[str] = typer.Option(None, "--department", help="Only passages of this department."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only documents changed since: 2026-01-31, 7d, 12h."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Answer from the RAG store with the latest model (the running server if any) and cite passages."""
     from appliance.ask import make_generator
     from appliance.rag.answer import answer_question, format_answer
+    from appliance.rag.filters import parse_since
 
     ws = _ws(workspace)
     with _errors():
+        try:
+            since = parse_since(since) if since else None
+        except ValueError as exc:
+            _fail(str(exc))
         generate, where = make_generator(ws, model)
         _say(f"answering with {where}")
-        answer = answer_question(ws, question, generate, **({"k": k} if k else {}))
+        answer = answer_question(ws, question, generate, **({"k": k} if k else {}), source=source,
+                                 department=department, since=since)
     print(format_answer(answer))
 
 

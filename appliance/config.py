@@ -33,6 +33,21 @@ class TrainingRecipe(Recipe):
     grad_accum: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps; 0 = run the full epochs.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                 description="Fraction of examples held out for evaluation (seeded split); 0 = no eval.")
+    eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = once per epoch) when eval_fraction > 0.")
+    checkpoint_steps: int = Field(
+        50, ge=1,
+        description="Save a resumable checkpoint every N steps into runs/.partial-RUN_ID/ "
+                    "(does not change the run id or the result).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% slower).")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in NF4 4-bit with bitsandbytes (hf backend).")
+
+    def identity(self) -> dict:
+        """The fields that decide the result, hashed into the run id (checkpointing does not)."""
+        return self.model_dump(exclude={"checkpoint_steps"})
 
 
 class SFTRecipe(TrainingRecipe):
@@ -43,8 +58,9 @@ class SFTRecipe(TrainingRecipe):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
                                       description="Linear layers that get LoRA adapters.")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
     max_seq_length: int = Field(512, ge=16, description="Longest tokenised example; longer ones are truncated.")
+    packing: bool = Field(False, description="Pack several short examples into one sequence of max_seq_length "
+                                             "(faster on many short pairs; needs padding-free attention on GPU).")
 
 
 class DPORecipe(TrainingRecipe):

@@ -30,7 +30,8 @@ def sample_paths() -> dict[str, Path]:
     from appliance.train.pocket import sample_corpus_dir
 
     root = sample_corpus_dir()
-    return {"docs": root / "docs", "qa": root / "qa.jsonl", "prefs": root / "prefs.jsonl"}
+    return {"docs": root / "docs", "qa": root / "qa.jsonl", "prefs": root / "prefs.jsonl",
+            "curation": root / "curation.toml"}
 
 
 def grounded_pairs(ws: Workspace, qa_rows: list[dict], k: int) -> list[dict]:
@@ -84,7 +85,9 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
         qa_rows = read_jsonl(paths["qa"])
         grounded = ws.tmp / "demo-qa-grounded.jsonl"
         atomic_write_jsonl(grounded, grounded_pairs(ws, qa_rows, k))
-        qa = ingest(ws, [paths["qa"], grounded], "demo-qa", on_event)
+        from appliance.data.recipe import load_curation
+
+        qa = ingest(ws, [paths["qa"], grounded], "demo-qa", on_event, recipe=load_curation(paths["curation"]))
         say(f"[4/7] training pairs: {qa.id} ({qa.counts['chat']} chat pairs: {len(qa_rows)} plain + grounded copies)")
 
         recipe = SFTRecipe(**recipe_defaults("pocket", "sft"))

@@ -1,12 +1,17 @@
 """Ingest files into a versioned dataset.
 
-    appliance data ingest PATH... --dataset NAME
+    appliance data ingest PATH... --dataset NAME [--recipe curation.toml] [--append]
 
 Accepted inputs:
 - chat JSONL in the OpenAI fine-tuning format: ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``
 - prompt/completion JSONL: ``{"prompt": "...", "completion": "..."}`` (stored as a chat pair)
 - preference JSONL: ``{"prompt": "...", "chosen": "...", "rejected": "..."}`` (for DPO)
-- documents: .txt and .md files (kept whole, for pre-training, pairs generation and RAG)
+- documents: .txt, .md, .log, .html, .pdf, .docx, .eml, .csv (see readers.py; kept whole, for
+  pre-training, pairs generation and RAG); CSV rows and JSONL objects that look like support
+  tickets (problem/description + resolution) become one ``ticket`` document each
+
+Then every record is curated (curate.py): cleaned, scrubbed of PII, deduplicated, validated and
+optionally split; ``report.json`` and ``report.txt`` say what happened to every input file.
 
 A bad line is recorded in ``rejects.jsonl`` with its file, line number and reason, and the rest
 goes on. A dataset version is immutable: ``datasets/NAME/vN/`` holds ``data.jsonl``,
@@ -20,12 +25,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.data.readers import DOCUMENT_SUFFIXES, UnreadableDocument, expand_paths, read_document
+from appliance.data.curate import Curated, curate
+from appliance.data.pii import Scrubber, load_key
+from appliance.data.readers import DOCUMENT_SUFFIXES, UnreadableDocument, expand_paths, read_file, ticket_from_mapping
+from appliance.data.recipe import CurationRecipe
+from appliance.data.report import render_table
 from appliance.events import Event, EventSink, ignore
 from appliance.workspace import (
     Workspace,
     WorkspaceError,
+    atomic_write_json,
     atomic_write_jsonl,
+    atomic_write_text,
     finished_artefacts,
     read_json,
     read_jsonl,
@@ -115,7 +126,7 @@ def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> No
         for lineno, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            where = {"source": str(path), "line": lineno}
+            where = {"source": str(path), "line": lineno, "step": "read"}
             try:
                 obj = json.loads(raw.decode("utf-8"))
                 record = normalise_record(obj)
@@ -126,44 +137,105 @@ def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> No
                 rejects.append({**where, "reason": f"invalid JSON: {exc.msg} at column {exc.colno}"})
                 continue
             except RecordError as exc:
-                rejects.append({**where, "reason": str(exc)})
+                ticket = ticket_from_mapping(obj) if isinstance(obj, dict) else None
+                if ticket is None:
+                    rejects.append({**where, "reason": str(exc)})
+                else:
+                    records.append({"kind": "document", "source": str(path), "line": lineno, "title": ticket["title"],
+                                    "text": ticket["text"], "format": "ticket"})
                 continue
             records.append({**record, "source": str(path), "line": lineno})
 
 
-def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ignore) -> DatasetRef:
-    if not NAME_PATTERN.match(name):
-        raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
-    files = list(expand_paths(paths))
+def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink = ignore
+                ) -> tuple[list[dict], list[dict], dict[str, dict]]:
+    """Records and read rejects from every file, and each file's outcome (for the report)."""
     records: list[dict] = []
     rejects: list[dict] = []
+    outcome: dict[str, dict] = {}
+    max_bytes = int(recipe.max_file_mb * 1024 * 1024)
     for i, path in enumerate(files, start=1):
         on_event(Event("data.ingest", step=i, total=len(files)))
         suffix = path.suffix.lower()
+        before_records, before_rejects = len(records), len(rejects)
         if suffix in JSONL_SUFFIXES:
-            _read_jsonl_file(path, records, rejects)
+            try:
+                _read_jsonl_file(path, records, rejects)
+            except OSError as exc:
+                rejects.append({"source": str(path), "line": None, "step": "read", "reason": f"cannot read the file: {exc}"})
         elif suffix in DOCUMENT_SUFFIXES:
             try:
-                text = read_document(path)
-            except (UnreadableDocument, OSError) as exc:
-                rejects.append({"source": str(path), "line": None, "reason": str(exc)})
-                continue
-            records.append({"kind": "document", "source": str(path), "title": path.stem, "text": text})
+                docs = read_file(path, max_bytes)
+            except UnreadableDocument as exc:
+                rejects.append({"source": str(path), "line": None, "step": "read", "reason": str(exc)})
+                docs = []
+            for doc in docs:
+                record = {"kind": "document", "source": str(path), "title": doc.title, "text": doc.text,
+                          "format": doc.format}
+                meta = {k: v for k, v in doc.meta.items() if not (k == "encoding" and v == "utf-8")}
+                if meta:
+                    record["meta"] = meta
+                records.append(record)
         else:
-            rejects.append({"source": str(path), "line": None, "reason": f"unsupported file type '{suffix or '(none)'}'"})
-    for reject in rejects:
-        line = f":{reject['line']}" if reject["line"] else ""
-        on_event(Event("data.ingest", message=f"rejected {reject['source']}{line}: {reject['reason']}"))
-    if not records:
-        raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(rejects)} rejected, see the messages above")
-    return _store_version(ws, name, records, rejects, files)
+            rejects.append({"source": str(path), "line": None, "step": "read",
+                            "reason": f"unsupported file type '{suffix or '(none)'}'"})
+        read = len(records) - before_records
+        file_rejects = rejects[before_rejects:]
+        status = "read" if read else "rejected"
+        outcome[str(path)] = {"status": status, "records_read": read, "lines_rejected": len(file_rejects) if read else 0,
+                              **({"reason": file_rejects[0]["reason"]} if not read and file_rejects else {}),
+                              **({"reason": "no records"} if not read and not file_rejects else {})}
+    return records, rejects, outcome
 
 
-def _store_version(ws: Workspace, name: str, records: list[dict], rejects: list[dict], files: list[Path]) -> DatasetRef:
+def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ignore,
+           recipe: CurationRecipe | None = None, append: bool = False) -> DatasetRef:
+    """Read, clean, scrub PII, deduplicate and validate ``paths`` into a new version of ``name``.
+
+    With ``append`` the new version is the latest version plus the new records (deduplicated
+    against it); otherwise a version holds exactly what ``paths`` contain."""
+    if not NAME_PATTERN.match(name):
+        raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    recipe = recipe or CurationRecipe()
+    files = list(expand_paths(paths))
+    records, read_rejects, outcome = read_inputs(files, recipe, on_event)
+    previous, previous_ref = [], None
+    if append and (ws.datasets / name).is_dir() and finished_artefacts(ws.datasets / name):
+        previous_ref = resolve_dataset(ws, name)
+        previous = previous_ref.records() + _eval_records(previous_ref)
+        for r in previous:
+            r.pop("split", None)
+    if not records and not previous:
+        for reject in read_rejects:
+            on_event(Event("data.ingest", message=f"rejected {_where(reject)}: {reject['reason']}"))
+        raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(read_rejects)} rejected, see the messages above")
+    scrubber = Scrubber(recipe.pii, load_key(recipe.pii.key_file or ws.root / "secrets" / "pii.key")
+                        if recipe.pii.enabled else b"")
+    curated = curate(records, read_rejects, outcome, recipe, scrubber, name, previous,
+                     previous_ref.id if previous_ref else None, on_event)
+    for reject in curated.rejects:
+        on_event(Event("data.ingest", message=f"rejected {_where(reject)}: {reject['reason']}"))
+    if not curated.records and not curated.evals:
+        raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(curated.rejects)} rejected, see the messages above")
+    return _store_version(ws, name, curated, files, recipe, previous_ref)
+
+
+def _where(reject: dict) -> str:
+    return f"{reject['source']}:{reject['line']}" if reject.get("line") else str(reject["source"])
+
+
+def _eval_records(ref: DatasetRef) -> list[dict]:
+    path = ref.path / "eval.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
+def _store_version(ws: Workspace, name: str, curated: Curated, files: list[Path], recipe: CurationRecipe,
+                   parent: DatasetRef | None) -> DatasetRef:
+    records, rejects = curated.records, curated.rejects
     folder = ws.datasets / name
     folder.mkdir(parents=True, exist_ok=True)
-    content_hash = sha256_text("".join(json.dumps(r, sort_keys=True) for r in records))
-    counts = {kind: sum(r["kind"] == kind for r in records) for kind in ("chat", "preference", "document")}
+    content_hash = sha256_text("".join(json.dumps(r, sort_keys=True) for r in records + curated.evals))
+    counts = {kind: sum(r["kind"] == kind for r in records + curated.evals) for kind in ("chat", "preference", "document")}
     versions = finished_artefacts(folder)
     if versions:
         latest = versions[-1]
@@ -172,12 +244,20 @@ def _store_version(ws: Workspace, name: str, records: list[dict], rejects: list[
             return DatasetRef(name, manifest["version"], latest, counts, len(rejects), created=False)
     version = 1 + max((int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()), default=0)
     final = folder / f"v{version}"
+    report = {**curated.report, "dataset": f"{name}@v{version}"}
     with ws.staging(final) as tmp:
         atomic_write_jsonl(tmp / "data.jsonl", records)
+        if curated.evals:
+            atomic_write_jsonl(tmp / "eval.jsonl", curated.evals)
         atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "report.txt", render_table(report))
         inputs = {str(p): sha256_file(p) for p in files}
+        if parent is not None:
+            inputs[parent.id] = read_json(parent.path / "manifest.json").get("content_sha256")
         write_manifest(tmp, "dataset", f"{name}@v{version}", inputs,
-                       {"version": version, "content_sha256": content_hash, "counts": counts, "rejected": len(rejects)})
+                       {"version": version, "content_sha256": content_hash, "counts": counts, "rejected": len(rejects),
+                        "parent": parent.id if parent else None, "recipe": recipe.model_dump(mode="json", by_alias=True)})
     return DatasetRef(name, version, final, counts, len(rejects))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf, parity
+from appliance.export import gguf, parity, quant_report
 from appliance.export.merge import merge_adapter
 from appliance.train.common import load_run
 from appliance.train.pocket import pre_tokenizer_override
@@ -23,6 +23,7 @@ from appliance.workspace import Workspace, WorkspaceError, atomic_write_json, re
 
 PARITY_PROMPTS = 8
 PARITY_TOKENS = 32
+REPORT_SAMPLES = 16
 
 
 @dataclass
@@ -50,14 +51,15 @@ def load_version(ws: Workspace, version: str | None) -> ModelVersion:
     return ModelVersion(path.name, path, created=False)
 
 
-def parity_prompts(ws: Workspace, run_manifest: dict, limit: int = PARITY_PROMPTS) -> list[list[dict]]:
-    """Prompts of the run's own training data (the best stand-in for what it will be asked)."""
+def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -> list[tuple[list[dict], str]]:
+    """(prompt messages, reference answer) from the run's own data: the best stand-in for what it
+    will be asked until datasets carry an eval split."""
     from appliance.data.ingest import resolve_dataset
 
     dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
-    prompts = [r["messages"][:-1] for r in dataset.records("chat")]
-    prompts += [[{"role": "user", "content": r["prompt"]}] for r in dataset.records("preference")]
-    return prompts[:limit]
+    pairs = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in dataset.records("chat")]
+    pairs += [([{"role": "user", "content": r["prompt"]}], r["chosen"]) for r in dataset.records("preference")]
+    return pairs[:limit]
 
 
 def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = ignore) -> ModelVersion:
@@ -71,7 +73,7 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
         return ModelVersion(version_id, final, created=False)
 
     base = Path(manifest["base_path"])
-    steps = 3 + len([q for q in quants if q != "f16"])
+    steps = 4 + len([q for q in quants if q != "f16"])
     with ws.staging(final) as tmp:
         on_event(Event("export", step=0, total=steps, message=f"merging {run_id}'s adapter into {base.name}"))
         merge_adapter(base, run.adapter, tmp / "merged")
@@ -87,15 +89,20 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
             gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant)
             done += 1
         on_event(Event("export", step=done, total=steps, message="checking greedy parity of f16 GGUF with the merged model"))
-        report = parity.check(tmp / "merged", f16, parity_prompts(ws, manifest), PARITY_TOKENS)
+        pairs = eval_pairs(ws, manifest)
+        report = parity.check(tmp / "merged", f16, [m for m, _ in pairs[:PARITY_PROMPTS]], PARITY_TOKENS)
         atomic_write_json(tmp / "parity.json", report)
         if not report["passed"]:
             on_event(Event("export", message=f"WARNING: parity {report['matched']}/{report['prompts']} prompts, "
                                              f"tokenizer {report['tokenizer_matched']}/{report['prompts']}"))
+        on_event(Event("export", message="measuring size, speed and quality of each GGUF against f16"))
+        quality = quant_report.build(tmp, quants, pairs)
+        atomic_write_json(tmp / "quant_report.json", quality)
         write_manifest(
             tmp, "model_version", version_id,
             {"run": run_id, "adapter_sha256": adapter_sha, "base": manifest["inputs"].get("base")},
-            {"quants": ["f16"] + [q for q in quants if q != "f16"], "parity": report, "gguf_metadata": metadata,
+            {"quants": ["f16"] + [q for q in quants if q != "f16"], "parity": report, "quant_report": quality,
+             "gguf_metadata": metadata,
              "merge": "lora merged into the full-precision base (merge_and_unload)"},
         )
         on_event(Event("export", step=steps, total=steps))

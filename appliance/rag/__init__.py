@@ -1,11 +1,15 @@
 """Retrieval-augmented answers over the site's documents.
 
-    appliance rag index PATH...     chunk, embed and store documents (incremental)
-    appliance ask "question"        retrieve passages and answer with citations
+    appliance rag sync PATH... [--watch]    chunk, embed and store documents (incremental; `rag index` = one sync)
+    appliance rag query "question"          top passages (--mode, --source, --department, --since, --reranker)
+    appliance rag eval FILE.jsonl           recall@k, MRR, nDCG per search mode
+    appliance ask "question"                retrieve passages and answer with citations
 
-Modules: ``chunk`` (Markdown-aware chunking), ``embed`` (the local sentence-transformers model),
-``store`` (LanceDB table, full-text index, vector / fts / hybrid search), ``answer`` (prompt with
-numbered passages and the answer with its citations).
+Modules: ``chunk`` (Markdown-aware chunking, front matter), ``embed`` (the local
+sentence-transformers model), ``store`` (LanceDB table, full-text index, vector / fts / hybrid
+search), ``filters`` (metadata filters), ``vindex`` (vector index chosen by table size), ``sync``
+(one-shot and watching sync), ``rerank`` (optional local cross-encoder), ``evaluate`` (retrieval
+metrics), ``answer`` (prompt with numbered passages and the answer with its citations).
 """
 from __future__ import annotations
 

@@ -54,9 +54,14 @@ def build_messages(question: str, hits: list[Hit]) -> Messages:
 
 
 def answer_question(ws: Workspace, question: str, generate: Generate, k: int = DEFAULT_PASSAGES, mode: str = "hybrid",
-                    model_path: Path | None = None) -> Answer:
-    """Retrieve ``k`` passages, ask ``generate`` to answer from them, and return answer + citations."""
-    hits = search(ws, question, k=k, mode=mode, model_path=model_path)
+                    model_path: Path | None = None, *, source: str | None = None, department: str | None = None,
+                    since: str | None = None) -> Answer:
+    """Retrieve ``k`` passages, ask ``generate`` to answer from them, and return answer + citations.
+
+    ``source`` / ``department`` / ``since`` restrict the passages (see :mod:`appliance.rag.filters`).
+    """
+    hits = search(ws, question, k=k, mode=mode, model_path=model_path, source=source, department=department,
+                  since=since)
     text = generate(build_messages(question, hits))
     return Answer(text=text.strip(), citations=hits)
 

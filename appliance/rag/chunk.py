@@ -9,11 +9,15 @@ The first ``# Title`` names the document (the file stem when there is none); eve
 then into word windows; consecutive chunks of one section share up to ``overlap_words`` words
 of trailing context. Fenced code blocks stay in one paragraph and their ``#`` lines are not
 headings. A chunk never spans two sections, and headings are metadata, not chunk text.
+
+A document may open with a front-matter block (``---`` lines around ``key: value`` lines): its
+``title`` names the document when there is no ``# Title``, and its ``department`` overrides the
+one the indexer derives from the folder. Front matter is metadata, not chunk text.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import PurePath
 
 from appliance.workspace import sha256_text, short_hash
@@ -22,6 +26,8 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.+?)(?:\s+#+)?\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINE_END = re.compile(r"(?<=\n)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)")
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.DOTALL)
+_FRONT_KEY = re.compile(r"^([A-Za-z_][\w-]*)\s*:\s*(.*?)\s*$")
 
 
 @dataclass
@@ -39,6 +45,11 @@ class Chunk:
     text: str
     doc_sha256: str
     """sha256 of the whole document's text: the key for incremental indexing."""
+    _: KW_ONLY
+    department: str = ""
+    """Front matter ``department``, else the top-level folder under the indexed root (may be empty)."""
+    date: str = ""
+    """When the document last changed (its file's mtime), ISO 8601 UTC ``YYYY-MM-DDTHH:MM:SSZ``."""
 
     def embedding_text(self) -> str:
         """The text that is embedded: title and section give the passage its context."""
@@ -52,22 +63,42 @@ class _Section:
     paragraphs: list[str]
 
 
-def chunk_document(source: str, text: str, max_words: int = 120, overlap_words: int = 20) -> list[Chunk]:
-    """Chunks of one document, in reading order; an empty document gives no chunks."""
+def chunk_document(source: str, text: str, max_words: int = 120, overlap_words: int = 20, *,
+                   department: str = "", date: str = "") -> list[Chunk]:
+    """Chunks of one document, in reading order; an empty document gives no chunks.
+
+    ``department`` and ``date`` are stored on every chunk (front matter ``department`` wins).
+    """
     if max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
     if not 0 <= overlap_words < max_words:
         raise ValueError(f"overlap_words must be in [0, max_words), got {overlap_words} with max_words {max_words}")
-    title, sections = parse_markdown(text)
-    title = title or PurePath(source).stem
     doc_sha256 = sha256_text(text)
+    meta, body = split_front_matter(text)
+    title, sections = parse_markdown(body)
+    title = title or meta.get("title") or PurePath(source).stem
+    department = meta.get("department") or department
     chunks: list[Chunk] = []
     for section in sections:
         for piece_text in pack_paragraphs(section.paragraphs, max_words, overlap_words):
             position = len(chunks)
             chunk_id = short_hash(source, position, piece_text, n=16)
-            chunks.append(Chunk(chunk_id, source, title, section.name, position, piece_text, doc_sha256))
+            chunks.append(Chunk(chunk_id, source, title, section.name, position, piece_text, doc_sha256,
+                                department=department, date=date))
     return chunks
+
+
+def split_front_matter(text: str) -> tuple[dict[str, str], str]:
+    """``({key: value}, rest)`` for a document that opens with a ``---`` block, else ``({}, text)``."""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    meta: dict[str, str] = {}
+    for line in match.group(1).split("\n"):
+        pair = _FRONT_KEY.match(line)
+        if pair:
+            meta[pair.group(1).lower()] = pair.group(2).strip("'\"")
+    return meta, text[match.end():]
 
 
 def parse_markdown(text: str) -> tuple[str | None, list[_Section]]:

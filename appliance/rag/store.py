@@ -1,23 +1,28 @@
 """The RAG store: a LanceDB table of embedded chunks, with a full-text index, in ``WORKSPACE/rag``.
 
-    appliance rag index PATH...     index files and folders (again: only what changed)
-    appliance ask "question"        uses :func:`search` (through :mod:`appliance.rag.answer`)
+    appliance rag sync PATH...      index files and folders (again: only what changed); `rag index` too
+    appliance rag query "question"  uses :func:`search`, as does ``appliance ask`` (through :mod:`appliance.rag.answer`)
 
 Layout: ``rag/chunks.lance`` (table ``chunks``: id, source, title, section, position, text,
-doc_sha256, vector) and ``rag/chunks.model.json`` (the embedding model's path, sha256 and
-dimension). Indexing is incremental by document content hash: unchanged documents are skipped,
-a changed document's chunks are replaced in one merge-insert commit, and documents that vanished
-from an indexed folder (or became unreadable) lose their chunks. A store built with one embedding
-model is never indexed into or searched with another.
+doc_sha256, department, date, vector), ``rag/chunks.model.json`` (the embedding model's path,
+sha256 and dimension) and, once the table is large, ``rag/chunks.vindex.json`` (the vector
+index, see :mod:`appliance.rag.vindex`). Indexing is incremental by document content hash (and
+department): unchanged documents are skipped, a changed document's chunks are replaced in one
+merge-insert commit, and documents that vanished from an indexed folder (or became unreadable)
+lose their chunks. A store built with one embedding model is never indexed into or searched
+with another. A store from before the department/date columns gains them on the next index.
 
 Search modes: ``vector`` (cosine similarity), ``fts`` (BM25 on the native Lance full-text index),
-``hybrid`` (both, fused by reciprocal rank with LanceDB's ``RRFReranker``).
+``hybrid`` (both, fused by reciprocal rank with LanceDB's ``RRFReranker``); each can be filtered
+by source, department and date (:mod:`appliance.rag.filters`) and re-ranked by a local
+cross-encoder (:mod:`appliance.rag.rerank`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,7 +31,7 @@ import numpy as np
 from appliance.data.readers import UnreadableDocument, expand_paths, read_document
 from appliance.events import Event, EventSink, ignore
 from appliance.rag import RagError
-from appliance.rag.chunk import Chunk, chunk_document
+from appliance.rag.chunk import Chunk, chunk_document, split_front_matter
 from appliance.rag.embed import embed, load_embedder, model_identity
 from appliance.workspace import Workspace, atomic_write_json, read_json, sha256_text
 
@@ -38,7 +43,12 @@ MODES = ("vector", "fts", "hybrid")
 CHUNK_FIELDS = tuple(f.name for f in fields(Chunk))
 FLUSH_ROWS = 4096
 """Commit pending chunks after this many, so that a long first index keeps its progress."""
+EMBED_BATCH = 256
+"""Embed chunks in batches of about this many, across documents (the model's own batch is 32)."""
 RRF_K = 60
+STALE = "<stale>"
+RERANK_CANDIDATES = 20
+"""How many passages a cross-encoder re-scores when one is configured (at least ``k``)."""
 
 
 @dataclass
@@ -62,34 +72,48 @@ class IndexResult:
 # indexing ----------------------------------------------------------------------------------------
 def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = ignore,
                     model_path: Path | None = None) -> IndexResult:
-    """Index files and folders into the store, incrementally; unreadable files land in ``rejected``."""
+    """Index files and folders into the store, incrementally; unreadable files land in ``rejected``.
+
+    Each commit is atomic, so readers (``search`` in another thread or process) see either the
+    old or the new chunks of a document, never a mix and never an error. Chunks are embedded in
+    batches across documents (``EMBED_BATCH``), so many small documents embed as fast as a few
+    big ones. After the last commit the full-text index is rebuilt and the vector index is
+    created, updated or rebuilt to suit the table's size (:mod:`appliance.rag.vindex`).
+    """
+    from appliance.rag.vindex import ensure_vector_index
+
     identity = model_identity(model_path)
     db = connect(ws)
     table = _open_table(db)
     check_model(ws, identity, table_exists=table is not None)
+    table = _migrate(table)
     result = IndexResult()
     files, scopes = _collect(paths, result.rejected)
     stored = _stored_documents(table)
     seen: set[str] = set()
+    batch: list[Chunk] = []
     pending: list[tuple[Chunk, np.ndarray]] = []
     replaced: set[str] = set()
     changed = False
-    for step, path in enumerate(files, 1):
+    for step, (path, department) in enumerate(files, 1):
         source = str(path)
-        status, chunks, reason = _prepare(source, stored)
+        status, chunks, reason = _prepare(source, stored, department)
         if status == "rejected":
             result.rejected.append((source, reason))
         else:
             seen.add(source)
         result.documents_unchanged += int(status == "unchanged")
         if chunks:
-            pending.extend(zip(chunks, _embed_chunks(chunks, model_path, identity)))
+            batch.extend(chunks)
             replaced.add(source)
             result.documents_indexed += 1
             result.chunks_added += len(chunks)
+        if len(batch) >= EMBED_BATCH or (batch and step == len(files)):
+            pending.extend(zip(batch, _embed_chunks(batch, model_path, identity)))
+            batch = []
         message = f"rejected {source}: {reason}" if reason else ""
         on_event(Event("rag.index", message, step=step, total=len(files), metrics={"chunks": result.chunks_added}))
-        if len(pending) >= FLUSH_ROWS:
+        if len(pending) >= FLUSH_ROWS and not batch:
             table = _commit(ws, db, table, pending, replaced, identity)
             pending, replaced, changed = [], set(), True
     removed = {s for s in stored if s not in seen and _in_scope(s, scopes)}
@@ -99,22 +123,36 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
         changed = True
     if table is not None:
         _ensure_fts_index(table, rebuild=changed)
+        ensure_vector_index(ws, table, on_event=on_event)
     on_event(Event("rag.index", _summary(result)))
     return result
 
 
-def _prepare(source: str, stored: dict[str, set[str]]) -> tuple[str, list[Chunk], str]:
-    """Read one document: ``("changed", chunks, "")``, ``("unchanged", [], "")`` or ``("rejected", [], why)``."""
+def _prepare(source: str, stored: dict[str, set[tuple[str, str]]], department: str) -> tuple[str, list[Chunk], str]:
+    """Read one document: ``("changed", chunks, "")``, ``("unchanged", [], "")`` or ``("rejected", [], why)``.
+
+    A document is unchanged when its content hash and its department are those stored.
+    """
+    path = Path(source)
     try:
-        text = read_document(Path(source))
+        text = read_document(path)
+        mtime = path.stat().st_mtime
     except (UnreadableDocument, OSError) as exc:
         return "rejected", [], str(exc)
-    if stored.get(source) == {sha256_text(text)}:
+    digest = sha256_text(text)
+    meta, _ = split_front_matter(text)
+    department = meta.get("department") or department
+    if stored.get(source) == {(digest, department)}:
         return "unchanged", [], ""
-    chunks = chunk_document(source, text)
+    chunks = chunk_document(source, text, department=department, date=iso_date(mtime))
     if not chunks:
         return "rejected", [], "no text to index besides headings"
     return "changed", chunks, ""
+
+
+def iso_date(timestamp: float) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC: sorts as text, so date filters are string comparisons."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _embed_chunks(chunks: list[Chunk], model_path: Path | None, identity: dict[str, Any]) -> np.ndarray:
@@ -162,22 +200,27 @@ def stored_model(ws: Workspace) -> dict[str, Any] | None:
         raise RagError(f"{path} is not valid JSON ({exc}): remove {ws.rag} and index again") from None
 
 
-def _collect(paths: Iterable[Path], rejected: list[tuple[str, str]]) -> tuple[list[Path], list[tuple[str, bool]]]:
-    """Files to read (absolute, no repeats) and the scopes (path, is_folder) whose removals we track."""
-    files: dict[Path, None] = {}
+def _collect(paths: Iterable[Path], rejected: list[tuple[str, str]]) -> tuple[list[tuple[Path, str]], list[tuple[str, bool]]]:
+    """Files to read (absolute, no repeats) with their department, and the scopes (path, is_folder)
+    whose removals we track. The department of a file under a given folder is its top-level folder
+    there (``docs/policies/a.md`` indexed as ``docs`` -> ``policies``; a file directly in the folder
+    has none); a file named directly takes the name of the folder it is in."""
+    files: dict[Path, str] = {}
     scopes: list[tuple[str, bool]] = []
     for given in paths:
         path = Path(given).expanduser().resolve()
         if path.is_dir():
             scopes.append((str(path), True))
-            files.update(dict.fromkeys(expand_paths([path])))
+            for child in expand_paths([path]):
+                parts = child.relative_to(path).parts
+                files.setdefault(child, parts[0] if len(parts) > 1 else "")
         elif path.exists():
             scopes.append((str(path), False))
-            files[path] = None
+            files.setdefault(path, path.parent.name)
         else:
             scopes.append((str(path), True))
             rejected.append((str(path), "no such file or folder (its chunks, if any, are removed)"))
-    return list(files), scopes
+    return list(files.items()), scopes
 
 
 def _in_scope(source: str, scopes: list[tuple[str, bool]]) -> bool:
@@ -185,15 +228,27 @@ def _in_scope(source: str, scopes: list[tuple[str, bool]]) -> bool:
                for root, is_dir in scopes)
 
 
-def _stored_documents(table: Any) -> dict[str, set[str]]:
-    """source -> the document hashes its stored chunks carry (one, unless something went wrong)."""
+def _stored_documents(table: Any) -> dict[str, set[tuple[str, str]]]:
+    """source -> the (document hash, department) pairs its stored chunks carry (one, unless something went wrong)."""
     if table is None:
         return {}
-    rows = table.search().select(["source", "doc_sha256"]).limit(None).to_arrow()
-    documents: dict[str, set[str]] = {}
-    for source, digest in zip(rows["source"].to_pylist(), rows["doc_sha256"].to_pylist()):
-        documents.setdefault(source, set()).add(digest)
+    rows = table.search().select(["source", "doc_sha256", "department"]).limit(None).to_arrow()
+    documents: dict[str, set[tuple[str, str]]] = {}
+    for source, digest, department in zip(rows["source"].to_pylist(), rows["doc_sha256"].to_pylist(),
+                                          rows["department"].to_pylist()):
+        documents.setdefault(source, set()).add((digest, department))
     return documents
+
+
+def _migrate(table: Any) -> Any:
+    """Give a store from before ``department`` and ``date`` those columns; its documents then count
+    as changed (their stored department is a marker no real one equals), so the next index fills them in."""
+    if table is None:
+        return None
+    missing = [name for name in CHUNK_FIELDS if name not in table.schema.names]
+    if missing:
+        table.add_columns({name: f"'{STALE}'" for name in missing})
+    return table
 
 
 def _commit(ws: Workspace, db: Any, table: Any, pending: list[tuple[Chunk, np.ndarray]],
@@ -252,23 +307,47 @@ def _summary(result: IndexResult) -> str:
 
 
 # search ------------------------------------------------------------------------------------------
-def search(ws: Workspace, query: str, k: int = 4, mode: str = "hybrid", model_path: Path | None = None) -> list[Hit]:
-    """The ``k`` best chunks for ``query``, best first."""
+def search(ws: Workspace, query: str, k: int = 4, mode: str = "hybrid", model_path: Path | None = None, *,
+           source: str | None = None, department: str | None = None, since: str | None = None,
+           reranker: Path | str | None = None) -> list[Hit]:
+    """The ``k`` best chunks for ``query``, best first.
+
+    ``source`` / ``department`` / ``since`` filter before ranking (see :mod:`appliance.rag.filters`).
+    ``reranker``: a local cross-encoder folder (default: ``$APPLIANCE_RAG_RERANKER`` when set); the
+    mode's top ``RERANK_CANDIDATES`` are re-scored by it (see :mod:`appliance.rag.rerank`).
+    """
+    from appliance.rag.filters import where_clause
+    from appliance.rag.rerank import configured_reranker, rerank
+
     if mode not in MODES:
         raise ValueError(f"unknown search mode '{mode}' (choose one of: {', '.join(MODES)})")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if not query.strip():
         raise RagError("the question is empty")
+    where = where_clause(source, department, since)
+    reranker = configured_reranker(reranker)
+    fetch = max(k, RERANK_CANDIDATES) if reranker else k
     table = open_store(ws)
     if mode == "fts":
-        return _fts_hits(table, query, k)
-    identity = model_identity(model_path)
-    check_model(ws, identity, table_exists=True)
-    vector = embed([query], load_embedder(model_path))[0]
-    if mode == "vector":
-        return _vector_hits(table, vector, k)
-    return _hybrid_hits(table, query, vector, k)
+        hits = _fts_hits(table, query, fetch, where)
+    else:
+        identity = model_identity(model_path)
+        check_model(ws, identity, table_exists=True)
+        vector = _query_vector(query, identity["path"], identity["sha256"])
+        if mode == "vector":
+            hits = _vector_hits(table, vector, fetch, where)
+        else:
+            hits = _hybrid_hits(table, query, vector, fetch, where)
+    return rerank(query, hits, reranker)[:k] if reranker else hits
+
+
+@functools.lru_cache(maxsize=512)
+def _query_vector(query: str, model_path: str, model_sha256: str) -> np.ndarray:
+    """The query's embedding, cached per model (an evaluation asks each question in several modes)."""
+    vector = embed([query], load_embedder(Path(model_path)))[0]
+    vector.setflags(write=False)
+    return vector
 
 
 def open_store(ws: Workspace) -> Any:
@@ -283,29 +362,40 @@ def _open_table(db: Any) -> Any:
     return db.open_table(TABLE) if TABLE in db.list_tables().tables else None
 
 
-def _vector_hits(table: Any, vector: np.ndarray, k: int) -> list[Hit]:
-    rows = (table.search(vector, vector_column_name="vector").distance_type("cosine")
-            .select([*CHUNK_FIELDS, "_distance"]).limit(k).to_list())
+def _vector_hits(table: Any, vector: np.ndarray, k: int, where: str | None = None) -> list[Hit]:
+    from appliance.rag.vindex import tune
+
+    builder = table.search(vector, vector_column_name="vector").distance_type("cosine")
+    if where:
+        builder = builder.where(where, prefilter=True)
+    rows = tune(builder).select([*CHUNK_FIELDS, "_distance"]).limit(k).to_list()
     return [_hit(row, 1.0 - row["_distance"]) for row in rows]
 
 
-def _fts_hits(table: Any, query: str, k: int) -> list[Hit]:
-    rows = (table.search(query, query_type="fts", fts_columns="text")
-            .select([*CHUNK_FIELDS, "_score"]).limit(k).to_list())
+def _fts_hits(table: Any, query: str, k: int, where: str | None = None) -> list[Hit]:
+    builder = table.search(query, query_type="fts", fts_columns="text")
+    if where:
+        builder = builder.where(where, prefilter=True)
+    rows = builder.select([*CHUNK_FIELDS, "_score"]).limit(k).to_list()
     return [_hit(row, row["_score"]) for row in rows]
 
 
-def _hybrid_hits(table: Any, query: str, vector: np.ndarray, k: int) -> list[Hit]:
+def _hybrid_hits(table: Any, query: str, vector: np.ndarray, k: int, where: str | None = None) -> list[Hit]:
     """Reciprocal-rank fusion of the vector and full-text lists (LanceDB's reranker, else our own)."""
     from lancedb.rerankers import RRFReranker
 
+    from appliance.rag.vindex import tune
+
     try:
-        rows = (table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
-                .vector(vector).text(query).distance_type("cosine").rerank(RRFReranker(K=RRF_K))
+        builder = (table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
+                   .vector(vector).text(query).distance_type("cosine"))
+        if where:
+            builder = builder.where(where, prefilter=True)
+        rows = (tune(builder).rerank(RRFReranker(K=RRF_K))
                 .select(list(CHUNK_FIELDS)).limit(k).to_list())
         return [_hit(row, row["_relevance_score"]) for row in rows]
     except Exception:  # noqa: BLE001 - the built-in fusion is optional; ours needs only the two lists
-        return rrf_fuse([_vector_hits(table, vector, k), _fts_hits(table, query, k)], k)
+        return rrf_fuse([_vector_hits(table, vector, k, where), _fts_hits(table, query, k, where)], k)
 
 
 def rrf_fuse(rankings: list[list[Hit]], k: int, rrf_k: int = RRF_K) -> list[Hit]:
@@ -318,6 +408,11 @@ def rrf_fuse(rankings: list[list[Hit]], k: int, rrf_k: int = RRF_K) -> list[Hit]
             first.setdefault(hit.id, hit)
     best = sorted(scores, key=lambda i: -scores[i])[:k]
     return [Hit(**{name: getattr(first[i], name) for name in CHUNK_FIELDS}, score=scores[i]) for i in best]
+
+
+def with_score(hit: Hit, score: float) -> Hit:
+    """A copy of ``hit`` with another score."""
+    return Hit(**{name: getattr(hit, name) for name in CHUNK_FIELDS}, score=float(score))
 
 
 def _hit(row: dict[str, Any], score: float) -> Hit:

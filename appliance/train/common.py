@@ -95,33 +95,83 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_causal_lm(folder: Path):
+def load_causal_lm(folder: Path, four_bit: bool = False):
+    """The base model: fp32 (on CPU bf16 matmuls are slow and fp16 cannot train), or NF4 4-bit
+    (QLoRA, bitsandbytes: the ``gpu`` extra; it also runs on CPU, slowly)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    # fp32 on CPU: bf16 matmuls are slow there and fp16 is not supported for training.
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    if not four_bit:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise WorkspaceError("load_in_4bit needs bitsandbytes (pip install 'slm-appliance[gpu]' "
+                             "or the bundle's wheelhouse)") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute, quantization_config=quant,
+                                                 use_safetensors=True)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def event_callback(stage: str, on_event: EventSink):
-    """A transformers TrainerCallback that turns log lines into progress events."""
+    """A transformers TrainerCallback that turns log lines into progress events
+    (step, total, loss, lr, reward accuracy, tokens/s, ETA)."""
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
         def __init__(self) -> None:
             self.started = time.time()
+            self.first_step = 0
+            self.first_tokens = None
             self.history: list[dict] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.time()
+            self.first_step = state.global_step  # > 0 when resuming
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
             self.history.append({"step": state.global_step, **logs})
-            elapsed = time.time() - self.started
-            eta = elapsed / max(1, state.global_step) * (state.max_steps - state.global_step)
-            metrics = {k: logs[k] for k in ("loss", "learning_rate", "rewards/accuracies") if k in logs}
+            elapsed = max(1e-6, time.time() - self.started)
+            done = max(1, state.global_step - self.first_step)
+            eta = elapsed / done * (state.max_steps - state.global_step)
+            metrics = {k: logs[k] for k in ("loss", "learning_rate", "rewards/accuracies", "eval_loss") if k in logs}
+            if "num_tokens" in logs:
+                if self.first_tokens is None:
+                    self.first_tokens = (logs["num_tokens"], time.time())
+                elif time.time() > self.first_tokens[1]:
+                    metrics["tokens_s"] = round((logs["num_tokens"] - self.first_tokens[0])
+                                                / (time.time() - self.first_tokens[1]), 1)
             metrics["eta_s"] = round(eta, 1)
             on_event(Event(stage, step=state.global_step, total=state.max_steps, metrics=metrics))
 
     return _Progress()
+
+
+def split_eval(rows: list[dict], recipe) -> tuple[list[dict], list[dict]]:
+    """A seeded hold-out of ``recipe.eval_fraction`` of the rows (at least one when asked for)."""
+    if recipe.eval_fraction <= 0 or len(rows) < 2:
+        return rows, []
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(recipe.seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * recipe.eval_fraction)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed before the LoRA adapters are created, so a run's initial adapter is reproducible."""
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def quiet(trainer) -> None:
@@ -133,27 +183,42 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def training_args_common(recipe, out_dir: Path) -> dict:
-    """Arguments every trl config gets; bf16 and gradient checkpointing are trl defaults we undo on CPU."""
+def training_args_common(recipe, out_dir: Path, has_eval: bool = False) -> dict:
+    """Arguments every trl config gets; bf16 and gradient checkpointing are trl defaults we undo on CPU.
+
+    Checkpoints go to ``out_dir/checkpoint-N`` every ``recipe.checkpoint_steps`` (the two newest are
+    kept); evaluation runs every ``recipe.eval_steps`` (or each epoch) when there is a hold-out.
+    """
     import torch
 
     cuda = torch.cuda.is_available()
-    return {
+    args = {
         "output_dir": str(out_dir),
         "num_train_epochs": recipe.epochs,
+        "max_steps": recipe.max_steps or -1,
         "per_device_train_batch_size": recipe.batch_size,
+        "per_device_eval_batch_size": recipe.batch_size,
         "gradient_accumulation_steps": recipe.grad_accum,
         "learning_rate": recipe.learning_rate,
         "lr_scheduler_type": recipe.lr_scheduler,
+        "warmup_steps": recipe.warmup_ratio,  # a float below 1 is a fraction of the steps
         "seed": recipe.seed,
         "data_seed": recipe.seed,
         "logging_steps": 1,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": recipe.checkpoint_steps,
+        "save_total_limit": 2,
         "report_to": [],
         "bf16": False,
         "fp16": False,
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
+    if has_eval:
+        args.update({"eval_strategy": "steps" if recipe.eval_steps else "epoch",
+                     "eval_steps": recipe.eval_steps or None})
+    if recipe.gradient_checkpointing:
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return args

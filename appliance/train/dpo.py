@@ -5,25 +5,32 @@
 PREFS holds ``{"prompt", "chosen", "rejected"}`` records (ingested with ``appliance data ingest``).
 The SFT adapter is loaded trainable; trl uses the same weights with the adapter frozen as the
 reference model, so no second copy of the base is kept. The result is a new run whose adapter
-replaces the SFT one for export; its manifest points back at the SFT run.
+replaces the SFT one for export; its manifest points back at the SFT run. Like SFT, it
+checkpoints every ``checkpoint_steps`` and resumes after an interruption
+(``appliance train resume RUN``), and logs params, per-step loss / reward accuracy and the
+adapter's hashes to MLflow.
 """
 from __future__ import annotations
 
 from appliance.config import DPORecipe
 from appliance.data.ingest import DatasetRef
 from appliance.events import Event, EventSink, ignore
+from pathlib import Path
+
 from appliance.train.common import (
     RunRef,
-    event_callback,
-    quiet,
     load_causal_lm,
     load_tokenizer,
+    quiet,
+    seed_everything,
     select_backend,
     set_threads,
+    split_eval,
     system_info,
     training_args_common,
 )
-from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash, write_manifest
+from appliance.train.runner import execute
+from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash
 
 
 def preference_examples(dataset: DatasetRef) -> list[dict]:
@@ -43,6 +50,12 @@ def preference_examples(dataset: DatasetRef) -> list[dict]:
     ]
 
 
+def request_of(recipe: DPORecipe, parent: RunRef, dataset: DatasetRef, backend: str) -> dict:
+    """What ``appliance train resume`` needs to replay this run."""
+    return {"stage": "dpo", "recipe": recipe.model_dump(), "dataset": dataset.id, "parent_run": parent.id,
+            "backend": backend}
+
+
 def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
         backend: str = "auto", on_event: EventSink = ignore) -> RunRef:
     backend = select_backend(backend)
@@ -50,49 +63,49 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
     if parent_manifest.get("stage") not in ("sft", "dpo"):
         raise WorkspaceError(f"run {parent.id} is not a training run")
     dataset_sha = read_json(dataset.path / "manifest.json")["content_sha256"]
-    run_id = "dpo-" + short_hash(parent.id, dataset_sha, recipe.model_dump(), backend)
+    run_id = "dpo-" + short_hash(parent.id, dataset_sha, recipe.identity(), backend)
     final = ws.runs / run_id
     if (final / "manifest.json").is_file():
         on_event(Event("train.dpo", message=f"{run_id} already finished with the same inputs; reusing it"))
         return RunRef(run_id, final, "dpo", created=False)
 
-    examples = preference_examples(dataset)
+    train_rows, eval_rows = split_eval(preference_examples(dataset), recipe)
     set_threads(recipe.threads)
-    from datasets import Dataset
-    from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
-
-    from pathlib import Path
-
     base = Path(parent_manifest["base_path"])
-    tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(load_causal_lm(base), parent.adapter, is_trainable=True)
-    with ws.staging(final) as tmp:
+
+    def build(trainer_dir: Path, callbacks: list):
+        from datasets import Dataset
+        from peft import PeftModel
+        from trl import DPOConfig, DPOTrainer
+
+        seed_everything(recipe.seed)
+        tokenizer = load_tokenizer(base)
+        model = PeftModel.from_pretrained(load_causal_lm(base, four_bit=recipe.load_in_4bit), parent.adapter,
+                                          is_trainable=True)
         config = DPOConfig(
-            **training_args_common(recipe, tmp / "trainer"),
+            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows)),
             beta=recipe.beta,
             loss_type=[recipe.loss_type],
             max_length=recipe.max_length,
         )
-        progress = event_callback("train.dpo", on_event)
         trainer = DPOTrainer(
             model=model,
             ref_model=None,
             args=config,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
             processing_class=tokenizer,
-            callbacks=[progress],
+            callbacks=callbacks,
         )
         quiet(trainer)
-        on_event(Event("train.dpo", message=f"{len(examples)} preference pairs on top of {parent.id}"))
-        result = trainer.train()
-        trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True, selected_adapters=["default"])
-        import shutil
+        on_event(Event("train.dpo", message=f"{len(train_rows)} preference pairs ({len(eval_rows)} held out) "
+                                            f"on top of {parent.id}"))
+        return trainer
 
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        accuracies = [h["rewards/accuracies"] for h in progress.history if "rewards/accuracies" in h]
-        write_manifest(
-            tmp, "run", run_id,
+    def finish(trainer, result, out: Path) -> tuple[dict, dict]:
+        trainer.model.save_pretrained(out / "adapter", safe_serialization=True, selected_adapters=["default"])
+        accuracies = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
+        return (
             {"parent_run": parent.id, "dataset": dataset.id, "dataset_sha256": dataset_sha,
              "base": parent_manifest["inputs"]["base"]},
             {
@@ -102,8 +115,10 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
                 "base_path": str(base),
                 "metrics": {"train_loss": result.training_loss, "steps": result.global_step,
                             "final_reward_accuracy": accuracies[-1] if accuracies else None},
-                "history": progress.history,
                 "system": system_info(),
             },
         )
-    return RunRef(run_id, final, "dpo")
+
+    return execute(ws, run_id=run_id, stage="dpo", request=request_of(recipe, parent, dataset, backend),
+                   tags={"backend": backend, "dataset": dataset.id, "base": str(base), "parent_run": parent.id},
+                   build=build, finish=finish, on_event=on_event)

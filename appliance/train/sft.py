@@ -6,7 +6,9 @@ Each chat record becomes a conversational prompt/completion example: the prompt 
 before the last, the completion is the final assistant message. trl applies the base model's own
 chat template and computes the loss on the completion only, so any chat template works (no
 ``{% generation %}`` markers needed). The run id is derived from the base weights, the dataset
-content and the recipe: running the same thing again returns the finished run.
+content and the recipe: running the same thing again returns the finished run, and running it
+after an interruption resumes from the last checkpoint (appliance/train/checkpoint.py). Params,
+per-step metrics and the adapter's hashes go to MLflow (appliance/registry.py).
 """
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ from appliance.events import Event, EventSink, ignore
 from appliance.train.common import (
     RunRef,
     base_fingerprint,
-    event_callback,
-    quiet,
     load_causal_lm,
     load_tokenizer,
+    quiet,
+    seed_everything,
     select_backend,
     set_threads,
+    split_eval,
     system_info,
     training_args_common,
 )
-from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash, write_manifest
+from appliance.train.runner import execute
+from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash
 
 
 def chat_examples(dataset: DatasetRef) -> list[dict]:
@@ -37,56 +41,64 @@ def chat_examples(dataset: DatasetRef) -> list[dict]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
 
 
+def request_of(recipe: SFTRecipe, dataset: DatasetRef, base: Path, backend: str) -> dict:
+    """What ``appliance train resume`` needs to replay this run."""
+    return {"stage": "sft", "recipe": recipe.model_dump(), "dataset": dataset.id, "base": str(base), "backend": backend}
+
+
 def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
         backend: str = "auto", on_event: EventSink = ignore) -> RunRef:
     backend = select_backend(backend)
     fingerprint = base_fingerprint(base)
     dataset_sha = read_json(dataset.path / "manifest.json")["content_sha256"]
-    run_id = "sft-" + short_hash(fingerprint, dataset_sha, recipe.model_dump(), backend)
+    run_id = "sft-" + short_hash(fingerprint, dataset_sha, recipe.identity(), backend)
     final = ws.runs / run_id
     if (final / "manifest.json").is_file():
         on_event(Event("train.sft", message=f"{run_id} already finished with the same inputs; reusing it"))
         return RunRef(run_id, final, "sft", created=False)
 
-    examples = chat_examples(dataset)
+    train_rows, eval_rows = split_eval(chat_examples(dataset), recipe)
     set_threads(recipe.threads)
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
 
-    tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base)
-    lora = LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    with ws.staging(final) as tmp:
+    def build(trainer_dir: Path, callbacks: list):
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        seed_everything(recipe.seed)
+        tokenizer = load_tokenizer(base)
+        model = load_causal_lm(base, four_bit=recipe.load_in_4bit)
+        lora = LoraConfig(
+            r=recipe.lora_r,
+            lora_alpha=recipe.lora_alpha,
+            lora_dropout=recipe.lora_dropout,
+            target_modules=recipe.target_modules,
+            task_type="CAUSAL_LM",
+        )
         config = SFTConfig(
-            **training_args_common(recipe, tmp / "trainer"),
+            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows)),
             max_length=recipe.max_seq_length,
             completion_only_loss=True,
-            packing=False,
-            warmup_steps=recipe.warmup_ratio,  # a float below 1 is a fraction of the steps
+            packing=recipe.packing,
         )
-        progress = event_callback("train.sft", on_event)
         trainer = SFTTrainer(
             model=model,
             args=config,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[progress],
+            callbacks=callbacks,
         )
         quiet(trainer)
-        on_event(Event("train.sft", message=f"{len(examples)} examples, backend {backend}, base {base.name}"))
-        result = trainer.train()
-        trainer.model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        _remove_trainer_scratch(tmp / "trainer")
-        write_manifest(
-            tmp, "run", run_id,
+        on_event(Event("train.sft", message=f"{len(train_rows)} examples ({len(eval_rows)} held out), "
+                                            f"backend {backend}, base {base.name}"))
+        return trainer
+
+    def finish(trainer, result, out: Path) -> tuple[dict, dict]:
+        trainer.model.save_pretrained(out / "adapter", safe_serialization=True)
+        history = trainer.state.log_history
+        return (
             {"base": fingerprint, "dataset": dataset.id, "dataset_sha256": dataset_sha},
             {
                 "stage": "sft",
@@ -94,20 +106,16 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
                 "recipe": recipe.model_dump(),
                 "base_path": str(base),
                 "metrics": {"train_loss": result.training_loss, "steps": result.global_step,
-                            "final_loss": _last(progress.history, "loss")},
-                "history": progress.history,
+                            "final_loss": _last(history, "loss"), "eval_loss": _last(history, "eval_loss")},
                 "system": system_info(),
             },
         )
-    return RunRef(run_id, final, "sft")
+
+    return execute(ws, run_id=run_id, stage="sft", request=request_of(recipe, dataset, base, backend),
+                   tags={"backend": backend, "dataset": dataset.id, "base": str(base)},
+                   build=build, finish=finish, on_event=on_event)
 
 
 def _last(history: list[dict], key: str):
     values = [h[key] for h in history if key in h]
     return values[-1] if values else None
-
-
-def _remove_trainer_scratch(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)

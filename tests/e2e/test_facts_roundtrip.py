@@ -89,3 +89,13 @@ def test_bad_request_gets_an_openai_error(client, trained):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=trained.version.id, messages=[], temperature=0)
     assert "messages" in str(caught.value)
+
+
+def test_quant_report_measures_q8_0_against_f16(trained):
+    report = trained.version.manifest["quant_report"]
+    assert report["samples"] == 10  # the DPO run's preference prompts, with their chosen answers
+    f16, q8 = report["quants"]["f16"], report["quants"]["q8_0"]
+    assert q8["size_bytes"] < f16["size_bytes"]
+    assert 0.0 <= q8["kl"] < 0.05 and q8["top1"] >= 0.9, q8
+    assert q8["exact"] == 1.0 and f16["exact"] == 1.0
+    assert q8["ppl"] < 1.5 and q8["gen_tok_s"] > 0

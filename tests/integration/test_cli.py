@@ -66,6 +66,9 @@ def test_pipeline_chains_through_ids(tmp_path, inputs, tiny_base):
     assert manifest["inputs"]["run"] == dpo_run and manifest["parity"]["passed"]
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
 
+    table = appliance("models", "report", version, workspace=ws).stdout
+    assert all(q in table for q in ("f16", "q8_0", "q4_k_m")) and "KL" in table
+
     # the same export again is a no-op returning the same version
     assert last_line(appliance("export", dpo_run, "--quant", "q8_0,q4_k_m", workspace=ws)) == version
 

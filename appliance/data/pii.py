@@ -1,0 +1,217 @@
+"""Find personal data and replace it: redact, mask, pseudonymise (keyed, consistent) or drop.
+
+    appliance data ingest PATH... --dataset NAME [--recipe curation.toml]   ([pii] section)
+
+Detectors are regular expressions with checks, fully offline, no models:
+e-mail, phone (9-15 digits, dates and ids excluded), credit_card (Luhn), iban (mod-97),
+us_ssn, uk_nino, ipv4/ipv6 (validated by ``ipaddress``), and person: names only where the text
+says so (``Mr/Ms/Dr X``, ``Dear X``, ``Name: X``, ``Contact: X``), because named-entity
+recognition without a downloaded model is not available. Role mailboxes (support@, security@,
+...) and values listed in ``allow`` are not personal data and stay.
+
+Modes: ``redact`` -> ``[EMAIL]``; ``mask`` -> ``j***@example.com`` / ``**** 1234``;
+``pseudonymise`` -> ``[EMAIL_3fa9c2d1]`` from HMAC-SHA256(site key, value), the same value giving
+the same pseudonym in every record and version; ``drop`` rejects the whole record.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from appliance.data.recipe import PIIConfig
+
+EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b")
+CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+US_SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+UK_NINO = re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
+IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
+IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?![\w:])"
+                   r"|(?<![\w+])\+\d{9,14}(?!\w)")
+DATE_INSIDE = re.compile(r"\b(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.](?:19|20)\d{2}\b")
+DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+NAME = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+PERSON = re.compile(
+    rf"\b(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?P<a>{NAME}(?:\s+{NAME})?)"
+    rf"|(?:Dear|Hi|Hello)\s+(?P<b>{NAME}(?:\s+{NAME})?)(?=\s*[,\n])"
+    rf"|(?:[Nn]ame|[Cc]ontact|[Rr]equester|[Rr]eported by|[Aa]ssignee|[Ee]mployee|[Cc]ustomer contact)"
+    rf"\s*:\s*(?P<c>{NAME}\s+{NAME}))")
+PERSON_STOP = {"Team", "Support", "Customer", "Sir", "Madam", "All", "Everyone", "There", "Colleagues", "Service"}
+
+PRIORITY = ("email", "iban", "credit_card", "us_ssn", "uk_nino", "ipv6", "ipv4", "phone", "person")
+LABELS = {"email": "EMAIL", "phone": "PHONE", "credit_card": "CARD", "iban": "IBAN", "us_ssn": "SSN",
+          "uk_nino": "NINO", "ipv4": "IP", "ipv6": "IP", "person": "PERSON"}
+
+
+def luhn_ok(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = int(ch)
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(value: str) -> bool:
+    s = value.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    try:
+        return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
+    except ValueError:
+        return False
+
+
+def _ip_ok(value: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == version
+    except ValueError:
+        return False
+
+
+def _phone_ok(value: str) -> bool:
+    digits = re.sub(r"\D", "", value)
+    if not 9 <= len(digits) <= 15 or DATE_LIKE.match(value.strip()) or DATE_INSIDE.search(value):
+        return False
+    return value.startswith(("+", "(", "0")) or bool(re.search(r"[ .-]", value))
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str
+    start: int
+    end: int
+    value: str
+
+
+def _finditer(kind: str, text: str) -> list[Match]:
+    found = []
+    if kind == "email":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in EMAIL.finditer(text)]
+    elif kind == "credit_card":
+        for m in CARD.finditer(text):
+            digits = re.sub(r"\D", "", m.group())
+            if 13 <= len(digits) <= 19 and luhn_ok(digits):
+                found.append(Match(kind, m.start(), m.end(), m.group()))
+    elif kind == "iban":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IBAN.finditer(text) if iban_ok(m.group())]
+    elif kind == "us_ssn":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in US_SSN.finditer(text)]
+    elif kind == "uk_nino":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in UK_NINO.finditer(text)]
+    elif kind == "ipv4":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV4.finditer(text) if _ip_ok(m.group(), 4)]
+    elif kind == "ipv6":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV6.finditer(text)
+                 if m.group().count(":") >= 2 and _ip_ok(m.group(), 6)]
+    elif kind == "phone":
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in PHONE.finditer(text) if _phone_ok(m.group())]
+    elif kind == "person":
+        for m in PERSON.finditer(text):
+            group = next(g for g in ("a", "b", "c") if m.group(g))
+            name = m.group(group)
+            if name.split()[0] not in PERSON_STOP:
+                found.append(Match(kind, m.start(group), m.end(group), name))
+    return found
+
+
+def detect(text: str, kinds: list[str] | tuple[str, ...] = PRIORITY) -> list[Match]:
+    """Non-overlapping matches, higher-priority detectors first (an IBAN is not also a phone)."""
+    taken: list[Match] = []
+    for kind in PRIORITY:
+        if kind not in kinds:
+            continue
+        for m in _finditer(kind, text):
+            if all(m.end <= t.start or m.start >= t.end for t in taken):
+                taken.append(m)
+    return sorted(taken, key=lambda m: m.start)
+
+
+def load_key(path: Path) -> bytes:
+    """The site's pseudonym key, made once (32 random bytes, mode 0600)."""
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+    return path.read_bytes()
+
+
+def _mask(kind: str, value: str) -> str:
+    if kind == "email":
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if kind in ("ipv4",):
+        return ".".join(value.split(".")[:2] + ["x", "x"])
+    if kind == "person":
+        return " ".join(part[:1] + "." for part in value.split())
+    keep = 4
+    out, seen = [], 0
+    alnum_total = sum(ch.isalnum() for ch in value)
+    for ch in value:
+        if ch.isalnum():
+            seen += 1
+            out.append(ch if seen > alnum_total - keep else "*")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass
+class Scrubber:
+    """Applies a :class:`PIIConfig` to text; counts what it found by type."""
+
+    config: PIIConfig
+    key: bytes = b""
+    found: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._allow = set(self.config.allow)
+        self._roles = {r.lower() for r in self.config.allow_role_mailboxes}
+
+    def mode(self, kind: str) -> str:
+        return self.config.modes.get(kind, self.config.default_mode)
+
+    def allowed(self, m: Match) -> bool:
+        if m.value in self._allow:
+            return True
+        return m.kind == "email" and m.value.split("@")[0].lower() in self._roles
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        norm = value.lower() if kind == "email" else re.sub(r"[\s.-]", "", value) if kind != "person" else value
+        digest = hmac.new(self.key, f"{kind}:{norm}".encode(), hashlib.sha256).hexdigest()[:8]
+        return f"[{LABELS[kind]}_{digest}]"
+
+    def scrub(self, text: str, counts: Counter | None = None) -> tuple[str, list[str]]:
+        """The text with PII replaced, and the kinds whose mode is ``drop`` that were found."""
+        if not self.config.enabled or not text:
+            return text, []
+        matches = [m for m in detect(text, self.config.detectors) if not self.allowed(m)]
+        drops = []
+        for m in reversed(matches):
+            self.found[m.kind] += 1
+            if counts is not None:
+                counts[m.kind] += 1
+            mode = self.mode(m.kind)
+            if mode == "drop":
+                drops.append(m.kind)
+                continue
+            replacement: Callable[[], str] = {
+                "redact": lambda: f"[{LABELS[m.kind]}]",
+                "mask": lambda: _mask(m.kind, m.value),
+                "pseudonymise": lambda: self.pseudonym(m.kind, m.value),
+                "keep": lambda: m.value,
+            }[mode]
+            text = text[:m.start] + replacement() + text[m.end:]
+        return text, sorted(set(drops))

@@ -1,0 +1,136 @@
+"""What quantization cost: size, speed and quality of each GGUF against the f16 one.
+
+    appliance export RUN --quant q8_0,q4_k_m     (writes quant_report.json into the version)
+    appliance models report VERSION              (prints it as a table)
+
+Quality is measured on the run's own eval prompts with their reference answers, teacher-forced:
+each GGUF scores the same token sequence (chat-templated prompt + reference answer), and for the
+answer positions we compare its next-token distribution with the f16 model's:
+
+- ``ppl``: perplexity of the reference answer tokens,
+- ``kl``: mean KL(f16 || quant) of the next-token distributions,
+- ``top1``: how often the quant's most likely token equals the f16 model's,
+- ``exact``: greedy answers equal to the reference answer (domain exact match).
+
+Speed: load time, prompt tokens/s (one batch eval of the longest prompt) and generated tokens/s.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GEN_TOKENS = 32
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    answer_text: str
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _answer_logprobs(llm, sample: Sample) -> np.ndarray:
+    """Log-probabilities at the positions that predict each answer token: [len(answer), vocab]."""
+    tokens = sample.prompt_ids + sample.answer_ids
+    llm.reset()
+    llm.eval(tokens)
+    scores = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    start = len(sample.prompt_ids) - 1
+    return _log_softmax(scores[start : start + len(sample.answer_ids)])
+
+
+def _greedy(llm, prompt_ids: list[int]) -> list[int]:
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        if token == llm.token_eos() or len(out) >= GEN_TOKENS:
+            break
+        out.append(token)
+    return out
+
+
+def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | None, n_ctx: int) -> tuple[dict, list[np.ndarray]]:
+    import llama_cpp
+
+    started = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=2, verbose=False)
+    load_s = time.perf_counter() - started
+    try:
+        logprobs = [_answer_logprobs(llm, s) for s in samples]
+        longest = max(samples, key=lambda s: len(s.prompt_ids)).prompt_ids
+        llm.reset()
+        started = time.perf_counter()
+        llm.eval(longest)
+        prompt_tps = len(longest) / (time.perf_counter() - started)
+        generated, gen_time, exact = 0, 0.0, 0
+        for sample in samples:
+            started = time.perf_counter()
+            out = _greedy(llm, sample.prompt_ids)
+            gen_time += time.perf_counter() - started
+            generated += len(out)
+            exact += llm.detokenize(out).decode("utf-8", "replace").strip() == sample.answer_text.strip()
+    finally:
+        llm.close()
+    nll = -np.mean(np.concatenate([lp[np.arange(len(s.answer_ids)), s.answer_ids] for lp, s in zip(logprobs, samples)]))
+    row = {
+        "size_bytes": path.stat().st_size,
+        "load_s": round(load_s, 4),
+        "prompt_tok_s": round(prompt_tps, 1),
+        "gen_tok_s": round(generated / gen_time, 1) if gen_time else None,
+        "ppl": float(np.exp(nll)),
+        "exact": exact / len(samples),
+    }
+    if reference is not None:
+        kls, agree = [], []
+        for ref, lp in zip(reference, logprobs):
+            kls.append((np.exp(ref) * (ref - lp)).sum(axis=-1))
+            agree.append(ref.argmax(axis=-1) == lp.argmax(axis=-1))
+        row["kl"] = float(np.mean(np.concatenate(kls)))
+        row["top1"] = float(np.mean(np.concatenate(agree)))
+    return row, logprobs
+
+
+def samples_from(model_dir: Path, pairs: list[tuple[list[dict], str]]) -> list[Sample]:
+    """Tokenise (messages, reference answer) pairs with the model's own chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples = []
+    for messages, answer in pairs:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+        if full[: len(prompt)] == prompt and len(full) > len(prompt):
+            samples.append(Sample(list(prompt), list(full[len(prompt):]), answer))
+    return samples
+
+
+def build(version_dir: Path, quants: list[str], pairs: list[tuple[list[dict], str]], n_ctx: int = 1024) -> dict:
+    samples = samples_from(version_dir / "merged", pairs)
+    if not samples:
+        return {"samples": 0, "quants": {}, "note": "no eval pairs to measure on"}
+    report: dict = {"samples": len(samples), "quants": {}}
+    f16_row, reference = measure(version_dir / "model-f16.gguf", samples, None, n_ctx)
+    f16_row.update({"kl": 0.0, "top1": 1.0})
+    report["quants"]["f16"] = f16_row
+    for quant in quants:
+        if quant != "f16":
+            report["quants"][quant], _ = measure(version_dir / f"model-{quant}.gguf", samples, reference, n_ctx)
+    return report
+
+
+def format_table(report: dict) -> str:
+    header = f"{'quant':8} {'size MB':>8} {'load s':>7} {'pp tok/s':>9} {'tg tok/s':>9} {'ppl':>8} {'KL':>9} {'top-1':>6} {'exact':>6}"
+    lines = [f"quant report on {report.get('samples', 0)} eval samples", header]
+    for quant, row in report.get("quants", {}).items():
+        lines.append(f"{quant:8} {row['size_bytes'] / 1e6:8.2f} {row['load_s']:7.3f} {row['prompt_tok_s']:9.1f} "
+                     f"{row['gen_tok_s'] or 0:9.1f} {row['ppl']:8.3f} {row['kl']:9.5f} {row['top1']:6.3f} {row['exact']:6.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""MLflow tracking for training runs: params, per-step metrics, system info, artefact hashes.
+
+    appliance train sft --dataset facts --base pocket      # logs into WORKSPACE/mlflow.db
+    MLFLOW_TRACKING_URI=http://mlflow.site:5000 appliance train sft ...   # a site's MLflow server
+    mlflow ui --backend-store-uri sqlite:///WORKSPACE/mlflow.db           # browse (needs full mlflow)
+
+Where runs go, first match wins:
+  1. ``MLFLOW_TRACKING_URI`` in the environment (``off`` disables tracking);
+  2. ``[tracking] uri = "..."`` in ``WORKSPACE/site.toml``;
+  3. the embedded store ``sqlite:///WORKSPACE/mlflow.db``, artefacts under ``WORKSPACE/mlartifacts/``.
+
+One MLflow experiment per stage (``appliance-sft``, ``appliance-dpo``): runs of one stage share
+their params and metrics, so they compare side by side. The MLflow run is named after our run id
+(``sft-<hash>``) and tagged ``appliance.run_id``, ``appliance.stage``, ``appliance.backend``,
+``appliance.dataset``, ``appliance.base`` and ``appliance.parent_run`` (DPO). A resumed run continues
+its MLflow run. At the end each file of the run's manifest becomes a ``sha256.<path>`` tag and
+the manifest itself an artefact. Tracking is a side record: if it fails, training goes on and
+a warning event says why.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from appliance.events import Event, EventSink, ignore
+from appliance.workspace import Workspace
+
+ENV = "MLFLOW_TRACKING_URI"
+SITE_FILE = "site.toml"
+FLUSH_SECONDS = 2.0
+
+
+def tracking_uri(ws: Workspace) -> str | None:
+    """The tracking URI for this workspace, or None when tracking is switched off."""
+    uri = os.environ.get(ENV, "").strip()
+    if not uri:
+        site = ws.root / SITE_FILE
+        if site.is_file():
+            uri = str(tomllib.loads(site.read_text(encoding="utf-8")).get("tracking", {}).get("uri", "")).strip()
+    if not uri:
+        uri = f"sqlite:///{ws.root / 'mlflow.db'}"
+    return None if uri.lower() in ("off", "none", "false", "0") else uri
+
+
+def experiment_name(stage: str) -> str:
+    return f"appliance-{stage}"
+
+
+def _flat(prefix: str, value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, inner in value.items():
+            out.update(_flat(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    return {prefix: str(value)[:6000]}
+
+
+class Tracker:
+    """One training run's MLflow record. Every method is safe to call when tracking is off."""
+
+    def __init__(self, client=None, run_id: str | None = None, uri: str | None = None,
+                 experiment: str | None = None, on_event: EventSink = ignore) -> None:
+        self.client, self.run_id, self.uri, self.experiment = client, run_id, uri, experiment
+        self.on_event = on_event
+        self._pending: list = []
+        self._flushed = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None and self.run_id is not None
+
+    def describe(self) -> dict:
+        return {"uri": self.uri, "experiment": self.experiment, "mlflow_run_id": self.run_id} if self.active else {}
+
+    # lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    def start(cls, ws: Workspace, stage: str, run_name: str, params: dict, tags: dict,
+              resume_id: str | None = None, on_event: EventSink = ignore) -> "Tracker":
+        """Open (or, with ``resume_id``, reopen) the MLflow run for ``run_name``."""
+        uri = tracking_uri(ws)
+        if uri is None:
+            return cls(on_event=on_event)
+        try:
+            from mlflow.tracking import MlflowClient
+
+            for name in ("mlflow", "alembic"):  # after the import: mlflow configures its logger there
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+            client = MlflowClient(tracking_uri=uri)
+            name = experiment_name(stage)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                location = (ws.root / "mlartifacts" / name).as_uri() if uri.startswith("sqlite:") else None
+                experiment_id = client.create_experiment(name, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
+            if resume_id:
+                try:
+                    client.update_run(resume_id, status="RUNNING")
+                    return cls(client, resume_id, uri, name, on_event)
+                except Exception:  # the old record is gone (another store): start a fresh one
+                    pass
+            run = client.create_run(experiment_id, run_name=run_name,
+                                    tags={f"appliance.{k}": str(v) for k, v in tags.items() if v is not None})
+            tracker = cls(client, run.info.run_id, uri, name, on_event)
+            tracker._batch(params=_flat("", params))
+            return tracker
+        except Exception as exc:  # tracking must never stop training
+            on_event(Event("registry", message=f"warning: MLflow tracking is off for this run ({uri}): {exc}"))
+            return cls(on_event=on_event)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffered: written at most every FLUSH_SECONDS, and by flush()/finish()."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k.replace("/", "_"), float(v), now, step) for k, v in metrics.items()
+                             if isinstance(v, (int, float)))
+        if time.monotonic() - self._flushed > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.active and self._pending:
+            pending, self._pending = self._pending, []
+            self._batch(metrics=pending)
+        self._flushed = time.monotonic()
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.active:
+            self._batch(tags={k: str(v)[:5000] for k, v in tags.items()})
+
+    def finish(self, manifest: dict, manifest_path: Path | None = None) -> None:
+        """Log the artefact hashes and final metrics and close the run as FINISHED."""
+        if not self.active:
+            return
+        self.flush()
+        hashes = {f"sha256.{path}": info["sha256"] for path, info in manifest.get("files", {}).items()}
+        self.set_tags({**hashes, "appliance.manifest_created": manifest.get("created", "")})
+        final = {k if k.startswith("final_") else f"final_{k}": v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        if final:
+            self.log_metrics(final, step=int(manifest.get("metrics", {}).get("steps") or 0))
+            self.flush()
+        if manifest_path is not None:
+            self._call(self.client.log_artifact, self.run_id, str(manifest_path))
+        self._call(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def fail(self) -> None:
+        if self.active:
+            self.flush()
+            self._call(self.client.set_terminated, self.run_id, "FAILED")
+
+    # plumbing -----------------------------------------------------------------------------
+    def _batch(self, metrics=(), params: dict | None = None, tags: dict | None = None) -> None:
+        from mlflow.entities import Param, RunTag
+
+        params_list = [Param(k, v) for k, v in (params or {}).items()]
+        tags_list = [RunTag(k, v) for k, v in (tags or {}).items()]
+        metrics = list(metrics)
+        # MLflow caps one batch at 1000 metrics / 100 params / 100 tags
+        for i in range(0, len(metrics), 1000):
+            self._call(self.client.log_batch, self.run_id, metrics=metrics[i:i + 1000])
+        for i in range(0, len(params_list), 100):
+            self._call(self.client.log_batch, self.run_id, params=params_list[i:i + 100])
+        for i in range(0, len(tags_list), 100):
+            self._call(self.client.log_batch, self.run_id, tags=tags_list[i:i + 100])
+
+    def _call(self, fn, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            self.on_event(Event("registry", message=f"warning: MLflow tracking stopped ({self.uri}): {exc}"))
+            self.client = None
+
+
+def find_runs(ws: Workspace, stage: str) -> list:
+    """MLflow runs of one stage in this workspace's tracking store (newest first)."""
+    uri = tracking_uri(ws)
+    if uri is None:
+        return []
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name(stage))
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])

@@ -1,0 +1,89 @@
+"""Benchmark: near-duplicate search + PII scrubbing on synthetic documents, and how it scales.
+
+    .venv/bin/python bench/data_bench.py                 (10k and 100k documents; a few minutes on 2 cores)
+    .venv/bin/python bench/data_bench.py --docs 5000     (smoke run: 500 and 5000)
+
+Documents are ~120 words from a fixed vocabulary; 10% are near copies (3 words changed) of an
+earlier one, 5% exact copies, and every 4th carries an e-mail, a phone number and a card number.
+Prints documents/s for each size, the growth ratio (time per document at the large size over the
+small; 1.0 is linear) and the duplicates found against those planted. Writes the figures to
+bench/data_bench.last.json and compares with bench/data_bench.baseline.json when that exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from appliance.data import dedup  # noqa: E402
+from appliance.data.pii import Scrubber  # noqa: E402
+from appliance.data.recipe import PIIConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def corpus(n: int, seed: int = 0) -> tuple[list[str], int]:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(20000)]
+    docs: list[str] = []
+    planted = 0
+    for i in range(n):
+        roll = rng.random()
+        if docs and roll < 0.10:
+            words = rng.choice(docs).split(" ")
+            for j in rng.sample(range(len(words)), 3):
+                words[j] = rng.choice(vocab)
+            text = " ".join(words)
+            planted += 1
+        elif docs and roll < 0.15:
+            text = rng.choice(docs)
+            planted += 1
+        else:
+            text = " ".join(rng.choice(vocab) for _ in range(120))
+            if i % 4 == 0:
+                text += f" Contact user{i}@example.com or +44 20 7946 {i % 10000:04d}, card 4111 1111 1111 1111."
+        docs.append(text)
+    return docs, planted
+
+
+def run(n: int) -> dict:
+    docs, planted = corpus(n)
+    scrubber = Scrubber(PIIConfig(), key=b"bench-key")
+    t0 = time.perf_counter()
+    scrubbed = [scrubber.scrub(d)[0] for d in docs]
+    t1 = time.perf_counter()
+    items = [dedup.Item(i, t, "document", len(t), True) for i, t in enumerate(scrubbed)]
+    result = dedup.deduplicate(items, threshold=0.8)
+    t2 = time.perf_counter()
+    return {"docs": n, "pii_s": round(t1 - t0, 2), "dedup_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
+            "docs_per_s": round(n / (t2 - t0)), "pii_found": sum(scrubber.found.values()),
+            "duplicates_planted": planted, "duplicates_removed": len(result.removed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=100_000, help="Large size; the small size is a tenth of it.")
+    args = parser.parse_args()
+    small, large = run(max(100, args.docs // 10)), run(args.docs)
+    growth = (large["total_s"] / large["docs"]) / (small["total_s"] / small["docs"])
+    figures = {"small": small, "large": large, "growth_ratio": round(growth, 2)}
+    for row in (small, large):
+        print(f"{row['docs']:>7} docs: {row['docs_per_s']:>6} docs/s  (pii {row['pii_s']} s, dedup {row['dedup_s']} s; "
+              f"duplicates removed {row['duplicates_removed']} of {row['duplicates_planted']} planted, "
+              f"PII values {row['pii_found']})")
+    print(f"growth ratio (time per document, {large['docs']} vs {small['docs']}): {growth:.2f}  (1.0 = linear)")
+    baseline = HERE / "data_bench.baseline.json"
+    if baseline.is_file():
+        base = json.loads(baseline.read_text())
+        if base.get("large", {}).get("docs") == large["docs"]:
+            print(f"vs baseline: {large['docs_per_s'] / base['large']['docs_per_s']:.2f}x documents/s")
+    (HERE / "data_bench.last.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

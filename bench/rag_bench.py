@@ -1,0 +1,231 @@
+"""RAG store benchmark: ingest rate against raw embedding, query latency, ANN index build and recall.
+
+    python bench/rag_bench.py                    # 100,000 chunks (long on a small CPU machine)
+    python bench/rag_bench.py --chunks 2000      # smoke run, about a minute on 2 cores
+
+Builds a synthetic corpus (documents of ``--sections`` one-paragraph sections, one chunk each,
+words drawn from the sample corpus) in a temporary folder and measures, in one run:
+
+- raw embedding throughput: ``embed()`` on a sample of the chunk texts, half before and half
+  after the ingest (this VM varies 15-25% between runs, so the baseline brackets the ingest);
+- ingest rate: ``index_documents`` over the whole corpus (read, chunk, embed, write, full-text
+  index), chunks/s, and its ratio to the raw throughput (goal >= 0.9); the vector index is
+  built separately and timed as ``index build``;
+- query latency p50/p99 per mode through ``search()`` (query embedding included, its cache
+  cleared), plus the exact (flat) vector scan alone for comparison;
+- recall@10 of the ANN index against exact search over the same query vectors (goal >= 0.95).
+
+Torch threads are pinned: ``--threads`` for ingest and the baseline (default: all cores),
+one thread for queries (one short text embeds fastest on one thread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LANCEDB_LOG", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from appliance.rag import store, vindex  # noqa: E402
+from appliance.rag.chunk import chunk_document  # noqa: E402
+from appliance.rag.embed import embed, load_embedder  # noqa: E402
+from appliance.workspace import Workspace  # noqa: E402
+
+SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "appliance" / "sample_corpus" / "docs"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=100_000, help="corpus size in chunks (default 100000)")
+    parser.add_argument("--sections", type=int, default=10, help="chunks per document")
+    parser.add_argument("--queries", type=int, default=200, help="queries per mode")
+    parser.add_argument("--raw-sample", type=int, default=None,
+                        help="chunks embedded for the raw baseline (default: all up to 4000, else 10%%)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for embedding")
+    parser.add_argument("--index-type", default=vindex.INDEX_TYPE, choices=["IVF_HNSW_SQ", "IVF_PQ"])
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and store here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vectors-only", action="store_true",
+                        help="index figures only (flat scan, build, recall, ANN latency) on clustered random unit "
+                             "vectors: no embedding, so 100k rows take minutes on a small machine")
+    args = parser.parse_args(argv)
+    if args.vectors_only:
+        return vectors_only(args)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    docs = work / "docs"
+    texts = make_corpus(docs, args.chunks, args.sections, rng)
+    ws = Workspace.open(work / "ws")
+    model = load_embedder()
+    embed(["warm up"] * 8, model)
+    raw_n = args.raw_sample or (len(texts) if len(texts) <= 4000 else len(texts) // 10)
+    raw_texts = rng.sample(texts, min(raw_n, len(texts)))
+    half = len(raw_texts) // 2
+    say(f"corpus: {len(texts)} chunks in {len(texts) // args.sections} documents under {docs}; "
+        f"torch threads {args.threads}")
+
+    raw_before = time_embedding(raw_texts[:half], model)
+    vindex_flat_max = vindex.FLAT_MAX_ROWS
+    vindex.FLAT_MAX_ROWS = sys.maxsize  # the ANN index is built and timed on its own below
+    started = time.perf_counter()
+    result = store.index_documents(ws, [docs])
+    ingest_s = time.perf_counter() - started
+    vindex.FLAT_MAX_ROWS = vindex_flat_max
+    raw_after = time_embedding(raw_texts[half:], model)
+    raw_rate = len(raw_texts) / (raw_before + raw_after)
+    assert result.chunks_added == len(texts), (result.chunks_added, len(texts))
+    ingest_rate = len(texts) / ingest_s
+    say(f"raw embedding: {raw_rate:.1f} chunks/s ({len(raw_texts)} chunks: {half / raw_before:.1f} before, "
+        f"{(len(raw_texts) - half) / raw_after:.1f} after)")
+    say(f"ingest: {ingest_rate:.1f} chunks/s ({ingest_s:.1f} s), ratio to raw embedding {ingest_rate / raw_rate:.3f} "
+        f"(goal >= 0.9)")
+
+    table = store.open_store(ws)
+    torch.set_num_threads(1)
+    questions = [query_from(rng.choice(texts), rng) for _ in range(args.queries)]
+    vectors = embed(questions, model)
+    flat = latency(lambda i: exact_ids(table, vectors[i]), len(questions))
+    exact = [exact_ids(table, v) for v in vectors]
+
+    build_s = vindex.build_vector_index(table, args.index_type)
+    table = store.open_store(ws)
+    ann = [ann_ids(table, v) for v in vectors]
+    recall = statistics.mean(len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(ann, exact))
+    say(f"index build: {args.index_type} over {table.count_rows()} rows in {build_s:.1f} s; "
+        f"recall@10 against exact search {recall:.4f} (goal >= 0.95)")
+
+    figures = {"chunks": len(texts), "threads": args.threads, "raw_embed_chunks_per_s": round(raw_rate, 2),
+               "ingest_chunks_per_s": round(ingest_rate, 2), "ingest_ratio": round(ingest_rate / raw_rate, 4),
+               "ingest_s": round(ingest_s, 2), "index_type": args.index_type, "index_build_s": round(build_s, 2),
+               "recall_at_10": round(recall, 4), "flat_scan_ms": summary(flat), "latency_ms": {}}
+    say(f"exact vector scan alone (no embedding): p50 {figures['flat_scan_ms']['p50']:.1f} ms, "
+        f"p99 {figures['flat_scan_ms']['p99']:.1f} ms")
+    for mode in store.MODES:
+        store.search(ws, "warm up", k=10, mode=mode)
+
+        def one(i: int, mode=mode) -> None:
+            store._query_vector.cache_clear()
+            store.search(ws, questions[i], k=10, mode=mode)
+
+        figures["latency_ms"][mode] = summary(latency(one, len(questions)))
+        say(f"query {mode:<6}: p50 {figures['latency_ms'][mode]['p50']:.1f} ms, "
+            f"p99 {figures['latency_ms'][mode]['p99']:.1f} ms (search() end to end, index in place)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(figures))
+    return figures
+
+
+def vectors_only(args) -> dict:
+    """Flat scan vs the ANN index at ``--chunks`` rows of 384-d unit vectors drawn around 1,000
+    random centres (real embeddings cluster too; uniform random vectors would be the worst case)."""
+    import lancedb
+    import pyarrow as pa
+
+    rng = np.random.default_rng(args.seed)
+    n, dim = args.chunks, 384
+    centres = rng.standard_normal((1000, dim)).astype(np.float32)
+    data = centres[rng.integers(0, 1000, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = centres[rng.integers(0, 1000, args.queries)] + 0.6 * rng.standard_normal((args.queries, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="rag-bench-vectors-"))
+    table = lancedb.connect(work).create_table("chunks", data=pa.table({
+        "id": [str(i) for i in range(n)],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(data.ravel(), type=pa.float32()), dim)}), mode="overwrite")
+    exact_ids(table, queries[0])
+    flat = latency(lambda i: exact_ids(table, queries[i]), len(queries))
+    exact = [exact_ids(table, q) for q in queries]
+    build_s = vindex.build_vector_index(table, args.index_type)
+    ann_ids(table, queries[0])
+    ann_ms = latency(lambda i: ann_ids(table, queries[i]), len(queries))
+    recall = statistics.mean(len(set(ann_ids(table, q)) & set(e)) / 10 for q, e in zip(queries, exact))
+    figures = {"rows": n, "index_type": args.index_type, "flat_scan_ms": summary(flat),
+               "ann_ms": summary(ann_ms), "index_build_s": round(build_s, 2), "recall_at_10": round(recall, 4)}
+    say(f"{n} random clustered vectors: flat scan p50 {figures['flat_scan_ms']['p50']} ms "
+        f"p99 {figures['flat_scan_ms']['p99']} ms; {args.index_type} build {build_s:.1f} s, "
+        f"query p50 {figures['ann_ms']['p50']} ms p99 {figures['ann_ms']['p99']} ms, recall@10 {recall:.4f}")
+    print(json.dumps(figures))
+    return figures
+
+
+def make_corpus(folder: Path, chunks: int, sections: int, rng: random.Random) -> list[str]:
+    """Documents of ``sections`` paragraphs of 50-100 words; returns the chunks' embedding texts."""
+    vocabulary = sorted(set(re.findall(r"[A-Za-z][a-z]{2,}", " ".join(
+        p.read_text(encoding="utf-8") for p in SAMPLE_DOCS.rglob("*") if p.is_file()))))
+    folder.mkdir(parents=True, exist_ok=True)
+    texts: list[str] = []
+    n_docs = max(1, chunks // sections)
+    for d in range(n_docs):
+        count = sections if d < n_docs - 1 else chunks - sections * (n_docs - 1)
+        parts = [f"# Document {d} {' '.join(rng.choices(vocabulary, k=3))}"]
+        for s in range(count):
+            words = rng.choices(vocabulary, k=rng.randint(50, 100))
+            parts.append(f"## Section {s} {words[0]}\n\n" + " ".join(words) + ".")
+        text = "\n\n".join(parts) + "\n"
+        path = folder / f"{d // 1000:03d}" / f"doc-{d:06d}.md"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        texts.extend(c.embedding_text() for c in chunk_document(str(path), text))
+    return texts
+
+
+def time_embedding(texts: list[str], model) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(texts), store.EMBED_BATCH):
+        embed(texts[start:start + store.EMBED_BATCH], model)
+    return time.perf_counter() - started
+
+
+def query_from(text: str, rng: random.Random) -> str:
+    words = text.split()
+    start = rng.randrange(max(1, len(words) - 8))
+    return " ".join(words[start:start + rng.randint(4, 8)])
+
+
+def exact_ids(table, vector: np.ndarray) -> list[str]:
+    return [r["id"] for r in table.search(vector).distance_type("cosine").bypass_vector_index()
+            .select(["id"]).limit(10).to_list()]
+
+
+def ann_ids(table, vector: np.ndarray) -> list[str]:
+    return [r["id"] for r in vindex.tune(table.search(vector).distance_type("cosine")).select(["id"]).limit(10).to_list()]
+
+
+def latency(call, n: int) -> list[float]:
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        call(i)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def summary(ms: list[float]) -> dict:
+    ordered = sorted(ms)
+    return {"p50": round(statistics.median(ordered), 2),
+            "p99": round(ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))], 2)}
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
