@@ -14,16 +14,6 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 from appliance.cli import app  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(*args: str, ws: Path, code: int = 0):
     result = CliRunner().invoke(app, [*args, "--workspace", str(ws)])
     assert result.exit_code == code, f"appliance {' '.join(args)}: {result.exit_code}\n{result.output}"

@@ -34,16 +34,6 @@ DOCS = {
 QUESTION = "What is the hotel limit per night in Leeds?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write(root: Path, docs: dict[str, str] = DOCS) -> Path:
     for name, text in docs.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
