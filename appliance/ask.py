@@ -39,9 +39,10 @@ def _in_process(ws: Workspace, model: str | None) -> tuple[Generate, str]:
     from appliance.serve.engine import Engine, answer_text
 
     version = load_version(ws, model)
-    engine = Engine(version.gguf(), version.id)
+    path = version.gguf()
+    engine = Engine(path, version.id)
 
     def generate_local(messages: list[dict]) -> str:
         return answer_text(engine, messages, MAX_ANSWER_TOKENS)
 
-    return generate_local, f"{version.id} in-process ({version.gguf().name})"
+    return generate_local, f"{version.id} in-process ({path.name})"

@@ -160,6 +160,7 @@ def train_sft(
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """LoRA supervised fine-tuning; prints the run id."""
+    from appliance.catalogue import recipe_defaults
     from appliance.config import SFTRecipe, load_recipe
     from appliance.data.ingest import resolve_dataset
     from appliance.train import sft
@@ -167,7 +168,7 @@ def train_sft(
 
     ws = _ws(workspace)
     with _errors(), _progress() as progress:
-        defaults = _base_defaults(base, "sft")
+        defaults = recipe_defaults(base, "sft")  # a catalogued base (models/NAME.toml) brings its own
         sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate})
         ref = resolve_dataset(ws, dataset)
         base_path = resolve_base(ws, base, progress)
@@ -259,13 +260,6 @@ def train_plan(
     print(json.dumps(result.as_dict(), indent=2) if as_json else result.report())
     if result.fits is False:
         raise typer.Exit(2)
-
-
-def _base_defaults(base: str, stage: str) -> dict:
-    """Recipe defaults from the model catalogue (models/NAME.toml) when the base is catalogued."""
-    from appliance.catalogue import recipe_defaults
-
-    return recipe_defaults(base, stage)
 
 
 # export ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ Training pairs only get the unicode repair (their wording is the operator's choi
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter, defaultdict
 
 from appliance.data.readers import PAGE_BREAK

@@ -7,7 +7,6 @@ no planted PII value in any output, every planted near-duplicate removed.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random

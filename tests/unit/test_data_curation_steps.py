@@ -9,7 +9,7 @@ import pytest
 from appliance.config import RecipeError
 from appliance.data import clean, dedup, pairs, pii, validate
 from appliance.data.ingest import ingest
-from appliance.data.recipe import CurationRecipe, PairsConfig, PIIConfig, ValidateConfig, load_curation
+from appliance.data.recipe import PairsConfig, PIIConfig, ValidateConfig, load_curation
 from appliance.workspace import Workspace, read_jsonl
 
 SAMPLE = Path(__file__).resolve().parents[2] / "appliance" / "sample_corpus"
