@@ -61,6 +61,10 @@ class Workspace:
         return self._dir("models")
 
     @property
+    def adapters(self) -> Path:
+        return self._dir("adapters")
+
+    @property
     def bases(self) -> Path:
         return self._dir("bases")
 

@@ -1,83 +1,192 @@
-"""The inference engine: one GGUF model loaded with llama-cpp-python.
+"""The inference engine: one resident base GGUF, LoRA adapters per request, continuous batching.
 
-    appliance serve --model VERSION        (the HTTP API in front of this engine)
+    appliance serve --model VERSION [--parallel 4] [--adapter legal=ADAPTER.gguf ...]
     appliance ask "question"               (uses the engine in-process when no server runs)
 
-The GGUF's own chat template and EOS token drive chat formatting and stopping. Requests run one
-at a time on the loaded context (a lock around each generation); batching concurrent requests
-and per-request LoRA adapters come with the serving work.
+A request names ``BASE`` (the model version) or ``BASE:ADAPTER``. The GGUF's own chat template
+formats chat messages; generation stops at any end-of-generation token of the vocabulary (every
+end-of-turn token the converter recorded), at a stop string, or at exactly ``max_tokens``.
+Batching, adapter switching and sampling live in ``scheduler.py``; this module turns requests
+into token sequences and the scheduler's events into OpenAI-shaped results.
 """
 from __future__ import annotations
 
 import os
-import threading
-from dataclasses import dataclass
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+from appliance.serve.scheduler import (
+    Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,
+)
 
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+__all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong", "answer_text"]
+
+ADAPTER_SEPARATOR = ":"
 
 
 class Engine:
-    def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None,
+                 adapters: dict[str, Path] | None = None, slots: int = 1) -> None:
         import llama_cpp
+        from llama_cpp import _internals, _logger
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         from appliance.export.gguf import read_metadata
 
+        _logger.set_verbose(False)
+        llama_cpp.llama_backend_init()
         self.model_id = model_id
         self.model_path = Path(model_path)
         metadata = read_metadata(self.model_path)
         trained = int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 0) or 0)
         self.n_ctx = min(n_ctx, trained) if trained else n_ctx  # never beyond what the model was trained on
-        self._llm = llama_cpp.Llama(
-            model_path=str(model_path),
-            n_ctx=self.n_ctx,
-            n_threads=n_threads or max(1, os.cpu_count() or 1),
-            verbose=False,
-            seed=0,
+        self.slots = max(1, slots)
+        model_params = llama_cpp.llama_model_default_params()
+        self._model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
+        template = metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.model_path.name} carries no chat template; export it again")
+        bos, eos = self._model.token_bos(), self._model.token_eos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
-        self._lock = threading.Lock()
+        self._scheduler = Scheduler(self._model, self.n_ctx, self.slots, n_threads or max(1, os.cpu_count() or 1))
+        for name, path in (adapters or {}).items():
+            self.add_adapter(name, path)
+
+    # -- models and adapters ----------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        return [self.model_id] + [f"{self.model_id}{ADAPTER_SEPARATOR}{a}" for a in self._scheduler.adapter_names()]
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        if not name or ADAPTER_SEPARATOR in name:
+            raise ValueError(f"adapter name {name!r} must be non-empty and contain no {ADAPTER_SEPARATOR!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"adapter file not found: {path}")
+        self._scheduler.load_adapter(name, str(path))
+
+    def remove_adapter(self, name: str) -> None:
+        self._scheduler.unload_adapter(name)
+
+    def resolve(self, model: str | None) -> str | None:
+        """The adapter a model name selects (None: the base); UnknownModel for anything else."""
+        if model in (None, "", self.model_id):
+            return None
+        base, _, adapter = model.partition(ADAPTER_SEPARATOR)
+        if base == self.model_id and adapter in self._scheduler.adapter_names():
+            return adapter
+        raise UnknownModel(f"the model {model!r} does not exist; this server serves: {', '.join(self.model_names())}")
+
+    def load(self) -> dict[str, int]:
+        """Running and waiting sequences, and the number of slots."""
+        return self._scheduler.load()
 
     def close(self) -> None:
-        self._llm.close()
+        self._scheduler.close()
+        self._model.close()
 
-    def _kwargs(self, params: SamplingParams) -> dict[str, Any]:
+    # -- tokens -----------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        prompt = self._formatter(messages=messages).prompt
+        # the template writes BOS itself when the model wants one
+        return self._model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def completion_prompt(self, prompt: str) -> list[int]:
+        return self._model.tokenize(prompt.encode("utf-8"), add_bos=self._model.add_bos_token(), special=True)
+
+    # -- generation -------------------------------------------------------------------------
+    def _run(self, tokens: list[int], params: SamplingParams, model: str | None) -> Iterator[Delta | Finished]:
+        seq = self._scheduler.submit(Sequence(prompt=tokens, params=params, adapter=self.resolve(model)))
+        try:
+            while True:
+                event = seq.events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            seq.cancelled.set()  # a client that went away frees its slot at the next step
+
+    def chat(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> dict:
+        text, finished = _collect(self._run(self.chat_prompt(messages), params, model))
         return {
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "seed": params.seed,
-            "stop": params.stop or [],
-            "presence_penalty": params.presence_penalty,
-            "frequency_penalty": params.frequency_penalty,
-            "repeat_penalty": 1.0,
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model or self.model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": finished.reason}],
+            "usage": _usage(finished),
+            "timings": finished.timings,
         }
 
-    def chat(self, messages: list[dict], params: SamplingParams) -> dict:
-        with self._lock:
-            self._llm.reset()
-            return self._llm.create_chat_completion(messages=messages, stream=False, **self._kwargs(params))
+    def chat_stream(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> Iterator[dict]:
+        """``chat.completion.chunk`` dicts; the last carries ``finish_reason`` and ``usage``."""
+        events = self._run(self.chat_prompt(messages), params, model)
+        ident, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model or self.model_id
 
-    def chat_stream(self, messages: list[dict], params: SamplingParams) -> Iterator[dict]:
-        """Chunks in OpenAI's ``chat.completion.chunk`` shape; the lock is held until the stream ends."""
-        self._lock.acquire()
-        try:
-            self._llm.reset()
-            yield from self._llm.create_chat_completion(messages=messages, stream=True, **self._kwargs(params))
-        finally:
-            self._lock.release()
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        first = True
+        for event in events:
+            if isinstance(event, Delta):
+                yield chunk({"role": "assistant", "content": event.text} if first else {"content": event.text})
+                first = False
+            else:
+                last = chunk({"role": "assistant", "content": ""} if first else {}, event.reason)
+                last["usage"] = _usage(event)
+                last["timings"] = event.timings
+                yield last
+
+    def complete(self, prompt: str, params: SamplingParams, model: str | None = None) -> dict:
+        text, finished = _collect(self._run(self.completion_prompt(prompt), params, model))
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model or self.model_id,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finished.reason}],
+            "usage": _usage(finished),
+            "timings": finished.timings,
+        }
+
+    def complete_stream(self, prompt: str, params: SamplingParams, model: str | None = None) -> Iterator[dict]:
+        events = self._run(self.completion_prompt(prompt), params, model)
+        ident, created, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model or self.model_id
+        for event in events:
+            finished = isinstance(event, Finished)
+            result = {"id": ident, "object": "text_completion", "created": created, "model": name,
+                      "choices": [{"index": 0, "text": "" if finished else event.text, "logprobs": None,
+                                   "finish_reason": event.reason if finished else None}]}
+            if finished:
+                result["usage"] = _usage(event)
+                result["timings"] = event.timings
+            yield result
+
+
+def _collect(events: Iterator[Delta | Finished]) -> tuple[str, Finished]:
+    parts: list[str] = []
+    for event in events:
+        if isinstance(event, Delta):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise RuntimeError("generation ended without a result")
+
+
+def _usage(finished: Finished) -> dict[str, int]:
+    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
 
 
 def answer_text(engine: Engine, messages: list[dict], max_tokens: int = 128) -> str:

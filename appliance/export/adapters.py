@@ -1,0 +1,138 @@
+"""LoRA adapters as GGUF files for hot-swap serving, tied to the exact base GGUF they belong to.
+
+    appliance export --base pocket --quant q8_0        (a version of the unmodified base)
+    appliance export RUN --adapter [--base-version mv-...]
+    appliance serve --model mv-BASE --adapter legal=ad-...
+
+An adapter is trained against a base model folder; served, it is applied on top of that base's
+GGUF. ``adapters/ad-ID/`` holds ``adapter.gguf`` (llama.cpp's ``convert_lora_to_gguf.py``, f32)
+and a manifest recording the base version and the sha256 of that version's f16 GGUF. Serving
+refuses an adapter whose recorded base is not the version being served.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.events import Event, EventSink, ignore
+from appliance.export import gguf
+from appliance.export.pipeline import ModelVersion, check_chat_metadata, load_version
+from appliance.train.common import base_fingerprint, load_run, resolve_base
+from appliance.train.pocket import pre_tokenizer_override
+from appliance.workspace import Workspace, WorkspaceError, finished_artefacts, read_json, short_hash, write_manifest
+
+
+@dataclass
+class AdapterRef:
+    id: str
+    path: Path
+    created: bool = True
+
+    @property
+    def gguf(self) -> Path:
+        return self.path / "adapter.gguf"
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.path / "manifest.json")
+
+
+def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink = ignore) -> ModelVersion:
+    """A model version of the unmodified base: what adapters are served on top of."""
+    folder = resolve_base(ws, base, on_event)
+    fingerprint = base_fingerprint(folder)
+    version_id = "mv-" + short_hash("base", fingerprint["weights_sha256"], sorted(quants))
+    final = ws.models / version_id
+    if (final / "manifest.json").is_file():
+        on_event(Event("export", message=f"{version_id} already exported from {folder.name}; reusing it"))
+        return ModelVersion(version_id, final, created=False)
+    steps = 1 + len([q for q in quants if q != "f16"])
+    with ws.staging(final) as tmp:
+        on_event(Event("export", step=0, total=steps, message=f"converting base {folder.name} to GGUF f16"))
+        f16 = tmp / "model-f16.gguf"
+        gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer=pre_tokenizer_override(folder))
+        metadata = check_chat_metadata(f16)
+        done = 1
+        for quant in quants:
+            if quant == "f16":
+                continue
+            on_event(Event("export", step=done, total=steps, message=f"quantizing to {quant}"))
+            gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant)
+            done += 1
+        write_manifest(
+            tmp, "model_version", version_id,
+            {"run": None, "base": base, "base_path": str(folder), "base_weights_sha256": fingerprint["weights_sha256"]},
+            {"quants": ["f16"] + [q for q in quants if q != "f16"], "gguf_metadata": metadata,
+             "merge": "none: the unmodified base, for serving LoRA adapters on top"},
+        )
+        on_event(Event("export", step=steps, total=steps))
+    return ModelVersion(version_id, final)
+
+
+def export_adapter(ws: Workspace, run_id: str, base_version: str | None = None,
+                   on_event: EventSink = ignore) -> AdapterRef:
+    """Convert a run's LoRA adapter to GGUF against the base version it was trained on."""
+    run = load_run(ws, run_id)
+    run_base = Path(run.manifest["base_path"])
+    version = _matching_base_version(ws, run_base, base_version)
+    base_sha = version.manifest["files"]["model-f16.gguf"]["sha256"]
+    adapter_sha = {k: v["sha256"] for k, v in run.manifest["files"].items() if k.startswith("adapter/")}
+    adapter_id = "ad-" + short_hash(run_id, adapter_sha, version.id)
+    final = ws.adapters / adapter_id
+    if (final / "manifest.json").is_file():
+        on_event(Event("export", message=f"{adapter_id} already exported from {run_id}; reusing it"))
+        return AdapterRef(adapter_id, final, created=False)
+    with ws.staging(final) as tmp:
+        on_event(Event("export", step=0, total=1, message=f"converting {run_id}'s LoRA adapter to GGUF for {version.id}"))
+        gguf.convert_lora_to_gguf(run.adapter, run_base, tmp / "adapter.gguf", pre_tokenizer=pre_tokenizer_override(run_base))
+        write_manifest(
+            tmp, "adapter", adapter_id,
+            {"run": run_id, "adapter_sha256": adapter_sha, "base_version": version.id,
+             "base_f16_sha256": base_sha},
+            {"format": "gguf lora f32 (convert_lora_to_gguf.py)"},
+        )
+        on_event(Event("export", step=1, total=1))
+    return AdapterRef(adapter_id, final)
+
+
+def _matching_base_version(ws: Workspace, run_base: Path, requested: str | None) -> ModelVersion:
+    weights = base_fingerprint(run_base)["weights_sha256"]
+    if requested:
+        version = load_version(ws, requested)
+        if version.manifest["inputs"].get("base_weights_sha256") != weights:
+            raise WorkspaceError(f"{version.id} is not an export of the unmodified base this run was trained on "
+                                 f"({run_base}); export it with `appliance export --base {run_base}`")
+        return version
+    for path in reversed(finished_artefacts(ws.models)):
+        if read_json(path / "manifest.json")["inputs"].get("base_weights_sha256") == weights:
+            return load_version(ws, path.name)
+    raise WorkspaceError(f"no model version of the base {run_base} to attach the adapter to: "
+                         f"run `appliance export --base {run_base}` first")
+
+
+def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
+    """The GGUF of adapter ``ref`` (an ``ad-...`` id or a file path), checked against the served version."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path.resolve()  # a bare file carries no lineage; llama.cpp still checks its shapes
+    folder = ws.adapters / ref
+    if not (folder / "manifest.json").is_file():
+        known = ", ".join(p.name for p in finished_artefacts(ws.adapters)) or "none"
+        raise WorkspaceError(f"no adapter '{ref}' (known: {known}) and no such .gguf file")
+    adapter = AdapterRef(ref, folder, created=False)
+    inputs = adapter.manifest["inputs"]
+    served_sha = served.manifest["files"]["model-f16.gguf"]["sha256"]
+    if inputs["base_version"] != served.id or inputs["base_f16_sha256"] != served_sha:
+        raise WorkspaceError(f"adapter {ref} belongs to base {inputs['base_version']} "
+                             f"(f16 sha256 {inputs['base_f16_sha256'][:12]}), not to {served.id}: refusing the pair")
+    return adapter.gguf
+
+
+def adapter_summary(ws: Workspace) -> list[dict]:
+    rows = []
+    for path in finished_artefacts(ws.adapters):
+        inputs = read_json(path / "manifest.json")["inputs"]
+        rows.append({"id": path.name, "run": inputs["run"], "base_version": inputs["base_version"],
+                     "size_bytes": (path / "adapter.gguf").stat().st_size})
+    return rows
+

@@ -1,0 +1,355 @@
+"""Continuous batching over one llama.cpp context, with LoRA adapters switched per decode step.
+
+    appliance serve --model VERSION --parallel 4 --adapter legal=ADAPTER.gguf
+
+One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
+run at once, each in its own sequence id (its own slice of a non-unified KV cache). llama.cpp
+applies LoRA adapters per context, not per sequence, so every decode step serves one adapter
+group: the groups with running sequences take turns (round robin), and within a group the
+step decodes one token for every running sequence plus as much of the waiting prompts as the
+batch holds. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
+seed), its own stop strings and an exact ``max_tokens``.
+
+``slots=1`` is the deterministic mode: no cross-request batching, so a greedy answer is the same
+token for token as the same request served alone.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import json
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the per-sequence context."""
+
+
+class UnknownModel(LookupError):
+    """The request names a model or adapter this engine does not serve."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    json_schema: dict | None = None  # constrain the output to JSON matching this schema
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float]
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+@dataclass
+class Sequence:
+    """One request in flight: its prompt, sampler and what it has produced so far."""
+    prompt: list[int]
+    params: SamplingParams
+    adapter: str | None
+    events: "queue.Queue[Delta | Finished | Failed]" = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    slot: int = -1
+    n_prefilled: int = 0
+    generated: list[int] = field(default_factory=list)
+    held: str = ""
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    sampler: Any = None
+    pointer: Any = None  # the adapter's llama.cpp handle, fixed at submit time
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_prefilled < len(self.prompt)
+
+
+class Scheduler:
+    """Owns the llama.cpp context; ``submit`` hands it a sequence, events come back on its queue."""
+
+    def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._llama_cpp = llama_cpp
+        self._internals = _internals
+        self.model = model
+        self.slots = slots
+        self.n_ctx = n_ctx_per_seq
+        self.n_batch = n_batch
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_per_seq * slots
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.kv_unified = False  # each sequence gets its own n_ctx_per_seq cells
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.ctx = _internals.LlamaContext(model=model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.n_vocab = model.n_vocab()
+        self._piece_buffer = ctypes.create_string_buffer(64)
+        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
+        self._current_adapter: str | None = None
+        self._pending: list[Sequence] = []
+        self._running: list[Sequence] = []
+        self._free_slots = list(range(slots))
+        self._group_turn = 0
+        self._cv = threading.Condition()
+        self._stopping = False
+        self.steps = 0
+        self.adapter_switches = 0
+        self._thread = threading.Thread(target=self._loop, name="llama-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- adapters ---------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str) -> None:
+        pointer = self._llama_cpp.llama_adapter_lora_init(self.model.model, path.encode("utf-8"))
+        if not pointer:
+            raise ValueError(f"llama.cpp could not load LoRA adapter {path} for this base model "
+                             "(wrong base architecture or shapes?)")
+        with self._cv:
+            self._adapters[name] = pointer
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving ``name``; sequences already running with it finish first. The adapter's
+        memory is released with the model (llama.cpp frees adapters with their model)."""
+        with self._cv:
+            if name not in self._adapters:
+                raise UnknownModel(f"no adapter named {name!r}")
+            self._adapters.pop(name)
+
+    def adapter_names(self) -> list[str]:
+        with self._cv:
+            return sorted(self._adapters)
+
+    # -- requests ---------------------------------------------------------------------------
+    def submit(self, seq: Sequence) -> Sequence:
+        if seq.adapter is not None and seq.adapter not in self._adapters:
+            raise UnknownModel(f"no adapter named {seq.adapter!r}")
+        if len(seq.prompt) >= self.n_ctx:
+            raise PromptTooLong(f"the prompt has {len(seq.prompt)} tokens; this server's context holds "
+                                f"{self.n_ctx} per request, including the answer")
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            seq.pointer = self._adapters.get(seq.adapter) if seq.adapter else None
+            self._pending.append(seq)
+            self._cv.notify()
+        return seq
+
+    def load(self) -> dict[str, int]:
+        with self._cv:
+            return {"running": len(self._running), "waiting": len(self._pending), "slots": self.slots}
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+        for seq in self._pending + self._running:
+            seq.events.put(Failed(RuntimeError("the engine shut down")))
+        self.batch.close()
+        self.ctx.close()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._pending and not self._running:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                self._admit()
+            self._drop_cancelled()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as exc:  # a failed decode fails the sequences it carried, not the server
+                    for seq in list(self._running):
+                        self._finish(seq, failure=exc)
+
+    def _admit(self) -> None:
+        while self._free_slots and self._pending:
+            seq = self._pending.pop(0)
+            if seq.cancelled.is_set():
+                continue
+            seq.slot = self._free_slots.pop(0)
+            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            seq.sampler = self._sampler(seq.params)
+            self._running.append(seq)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running if s.cancelled.is_set()]:
+            self._finish(seq, reason="cancelled")
+
+    def _groups(self) -> list[str | None]:
+        order: list[str | None] = []
+        for seq in self._running:
+            if seq.adapter not in order:
+                order.append(seq.adapter)
+        return order
+
+    def _step(self) -> None:
+        groups = self._groups()
+        if not groups:
+            return
+        group = groups[self._group_turn % len(groups)]
+        self._group_turn += 1
+        members = [s for s in self._running if s.adapter == group]
+        self._use_adapter(group, members[0])
+
+        batch = self.batch.batch
+        n = 0
+        sample_at: list[tuple[Sequence, int]] = []
+
+        def add(token: int, pos: int, slot: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.seq_id[n][0] = slot
+            batch.n_seq_id[n] = 1
+            batch.logits[n] = logits
+            n += 1
+
+        for seq in members:  # one token for every sequence already generating
+            if not seq.prefilling:
+                add(seq.generated[-1], len(seq.prompt) + len(seq.generated) - 1, seq.slot, True)
+                sample_at.append((seq, n - 1))
+        for seq in members:  # then as much prompt as the batch still holds
+            if seq.prefilling and n < self.n_batch:
+                take = min(self.n_batch - n, len(seq.prompt) - seq.n_prefilled)
+                for i in range(seq.n_prefilled, seq.n_prefilled + take):
+                    add(seq.prompt[i], i, seq.slot, False)
+                seq.n_prefilled += take
+                if not seq.prefilling:
+                    batch.logits[n - 1] = True
+                    sample_at.append((seq, n - 1))
+        batch.n_tokens = n
+        code = self._llama_cpp.llama_decode(self.ctx.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+        self.steps += 1
+        for seq, index in sample_at:
+            token = seq.sampler.sample(self.ctx, index)
+            self._advance(seq, token)
+
+    def _use_adapter(self, name: str | None, seq: Sequence) -> None:
+        if name == self._current_adapter:
+            return
+        if name is None:
+            self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
+        else:
+            pointers = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(seq.pointer)
+            scales = (ctypes.c_float * 1)(1.0)
+            self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, pointers, 1, scales)
+        self._current_adapter = name
+        self.adapter_switches += 1
+
+    def _sampler(self, params: SamplingParams):
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        sampler = self._internals.LlamaSampler()
+        if params.json_schema is not None:
+            grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
+            sampler.add_grammar(self.model, grammar)
+        if params.presence_penalty or params.frequency_penalty:
+            sampler.add_penalties(self.n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty)
+        if params.temperature <= 0.0:
+            sampler.add_greedy()
+        else:
+            if params.top_p < 1.0:
+                sampler.add_top_p(params.top_p, 1)
+            sampler.add_temp(params.temperature)
+            sampler.add_dist(params.seed if params.seed is not None else random.getrandbits(32))
+        return sampler
+
+    def _advance(self, seq: Sequence, token: int) -> None:
+        now = time.perf_counter()
+        if seq.first_token is None:
+            seq.first_token = now
+        if self._llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            self._finish(seq, reason="stop")
+            return
+        seq.generated.append(token)
+        seq.held += seq.decoder.decode(self._piece(token))
+        stops = seq.params.stop or []
+        hit = min((i for i in (seq.held.find(s) for s in stops if s) if i >= 0), default=-1)
+        if hit >= 0:
+            seq.held = seq.held[:hit]
+            self._finish(seq, reason="stop")
+            return
+        keep = _partial_stop_suffix(seq.held, stops)
+        if len(seq.held) > keep:
+            seq.events.put(Delta(seq.held[: len(seq.held) - keep]))
+            seq.held = seq.held[len(seq.held) - keep:]
+        limit = seq.params.max_tokens
+        if (limit is not None and len(seq.generated) >= limit) or len(seq.prompt) + len(seq.generated) >= self.n_ctx:
+            self._finish(seq, reason="length")
+
+    def _piece(self, token: int) -> bytes:
+        size = len(self._piece_buffer)
+        n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, size, 0, False)
+        if n > size:  # a piece longer than the buffer: grow it once and retry
+            self._piece_buffer = ctypes.create_string_buffer(n)
+            n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, n, 0, False)
+        return self._piece_buffer.raw[:max(n, 0)]
+
+    def _finish(self, seq: Sequence, reason: str = "stop", failure: BaseException | None = None) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            self._free_slots.append(seq.slot)
+            self._free_slots.sort()
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        if failure is not None:
+            seq.events.put(Failed(failure))
+            return
+        tail = seq.held + seq.decoder.decode(b"", final=True)
+        if tail:
+            seq.events.put(Delta(tail))
+        end = time.perf_counter()
+        first = seq.first_token or end
+        seq.events.put(Finished(
+            reason=reason,
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=len(seq.generated),
+            timings={"queue_and_prompt_s": round(first - seq.submitted, 6), "total_s": round(end - seq.submitted, 6)},
+        ))
+
+
+def _partial_stop_suffix(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of ``text`` that could still grow into a stop string."""
+    best = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-length:]):
+                best = length
+                break
+    return best
