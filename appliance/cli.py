@@ -5,11 +5,14 @@ line of standard output, so scripts can chain verbs; progress and warnings go to
 
     appliance data ingest PATH... --dataset NAME [--recipe curation.toml] [--append]
     appliance data report NAME[@vN] [--json]   /   appliance data pairs DOCS --dataset NAME
+    appliance data synth DOCS --dataset NAME [--model VERSION|FILE.gguf] [--seed N] [--from-rag]
+    appliance data feedback [--dataset feedback] [--input FILE] [--model MODEL]
     appliance train sft --dataset NAME --base pocket|HF_FOLDER [--epochs N]
-    appliance train dpo --run RUN --dataset PREFS
+    appliance train dpo --run RUN --dataset PREFS [--method dpo|ipo|orpo|kto]
     appliance train resume RUN   /   appliance train plan --base FOLDER --gpu-mem 12GiB --4bit
     appliance export RUN --quant q8_0,q4_k_m
-    appliance serve --model VERSION [--host 127.0.0.1 --port 8080]
+    appliance serve --model VERSION [--host 127.0.0.1 --port 8080] [--adapter NAME=ad-ID] [--parallel 4]
+    appliance keys create NAME [--adapters a,b] [--no-output-filter]   /   appliance keys list|revoke
     appliance rag sync PATH... [--watch]   /   appliance rag query "question"   /   appliance rag eval FILE
     appliance ask "question"
     appliance tui
@@ -33,10 +36,12 @@ data_app = typer.Typer(help="Bring documents and training pairs into versioned d
 train_app = typer.Typer(help="Fine-tune: LoRA SFT, then DPO.", no_args_is_help=True)
 rag_app = typer.Typer(help="The local retrieval store (LanceDB).", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions in the workspace.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for `appliance serve` (stored hashed in the workspace).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(rag_app, name="rag")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 
 WorkspaceOption = typer.Option(None, "--workspace", "-w", envvar="APPLIANCE_HOME",
                                help="Workspace folder (default ./workspace).")
@@ -130,7 +135,7 @@ def data_report(
 def data_pairs(
     source: str = typer.Argument(..., help="Dataset with documents: NAME or NAME@vN."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Name of the pairs dataset to create."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Comma list of faq, tickets, headings."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Comma list of faq, tickets, headings, clauses."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML); [pairs] and [validate]."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -148,6 +153,73 @@ def data_pairs(
     _emit_id(ref.id)
 
 
+@data_app.command("feedback")
+def data_feedback(
+    dataset: str = typer.Option("feedback", "--dataset", "-d", help="Name of the dataset to make a version of."),
+    source: Optional[Path] = typer.Option(None, "--input", help="Feedback JSONL (default WORKSPACE/feedback/feedback.jsonl)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Only feedback on this model."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML); its PII settings apply."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Operators' thumbs up/down and corrections -> preference pairs + KTO rows (a dataset version)."""
+    from appliance.data.feedback import feedback_dataset
+    from appliance.data.recipe import load_curation
+
+    with _errors():
+        curation = load_curation(recipe)
+        with _progress() as progress:
+            ref = feedback_dataset(_ws(workspace), dataset, source, model, curation, on_event=progress)
+    state = "new version" if ref.created else "unchanged, existing version"
+    _say(f"dataset {ref.id}: {ref.counts.get('preference', 0)} correction pairs, {ref.counts.get('unpaired', 0)} "
+         f"thumbs-only rows; {ref.rejected} rejected ({state}) in {ref.path}")
+    _emit_id(ref.id)
+
+
+@data_app.command("synth")
+def data_synth(
+    source: Optional[str] = typer.Argument(None, help="Dataset with documents: NAME or NAME@vN (or --from-rag)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Name of the dataset to create (SFT + DPO records)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model version id or a .gguf file (default: "
+                                        "the running server, else the newest model version)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="Which GGUF of the model version (default its first quant)."),
+    engine: str = typer.Option("auto", "--engine", help="auto | server | local (llama.cpp in-process)."),
+    from_rag: bool = typer.Option(False, "--from-rag", help="Seed passages from the RAG store's chunks."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the passage sample and sampling (overrides the recipe)."),
+    max_passages: Optional[int] = typer.Option(None, "--max-passages", help="Seed passages at most (overrides the recipe)."),
+    answer: Optional[str] = typer.Option(None, "--answer", help="extract | model (overrides the recipe)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the in-process engine."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML): its synth and validate sections."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Questions from seed passages by the local model, BM25 hard negatives -> validated SFT + DPO pairs."""
+    from appliance.data.recipe import SynthConfig, load_curation
+    from appliance.data.synth import synthesise
+
+    with _errors():
+        curation = load_curation(recipe)
+        overrides = {k: v for k, v in {"seed": seed, "max_passages": max_passages, "answer": answer}.items()
+                     if v is not None}
+        if overrides:
+            from pydantic import ValidationError
+
+            from appliance.config import RecipeError
+
+            try:
+                synth_cfg = SynthConfig(**{**curation.synth.model_dump(), **overrides})
+            except ValidationError as exc:
+                raise RecipeError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+            curation = curation.model_copy(update={"synth": synth_cfg})
+        with _progress() as progress:
+            result = synthesise(_ws(workspace), source, dataset, curation, model=model, quant=quant, engine=engine,
+                                from_rag=from_rag, threads=threads, on_event=progress)
+    ref = result.dataset
+    rejected = ", ".join(f"{n} {why}" for why, n in sorted(result.rejected.items(), key=lambda kv: -kv[1])) or "none"
+    _say(f"dataset {ref.id}: {ref.counts.get('chat', 0)} SFT + {ref.counts.get('preference', 0)} DPO pairs from "
+         f"{result.questions} question(s) by {result.model}; rejected by the synth checks: {rejected}")
+    _say(f"see `appliance data report {ref.id}` for every reject and its reason")
+    _emit_id(ref.id)
+
+
 # train ----------------------------------------------------------------------------------------
 @train_app.command("sft")
 def train_sft(
@@ -156,7 +228,9 @@ def train_sft(
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (overrides the recipe)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (overrides the recipe)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="SFT recipe TOML (see appliance/config.py)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | hf"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe's backend; "
+                                                                  "auto = unsloth on CUDA when it imports, else hf)."),
+    four_bit: Optional[bool] = typer.Option(None, "--4bit/--no-4bit", help="QLoRA: NF4 4-bit base (overrides the recipe)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """LoRA supervised fine-tuning; prints the run id."""
@@ -169,10 +243,11 @@ def train_sft(
     ws = _ws(workspace)
     with _errors(), _progress() as progress:
         defaults = recipe_defaults(base, "sft")  # a catalogued base (models/NAME.toml) brings its own
-        sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate})
+        sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate,
+                                                     "backend": backend, "load_in_4bit": four_bit})
         ref = resolve_dataset(ws, dataset)
         base_path = resolve_base(ws, base, progress)
-        run = sft.run(ws, sft_recipe, ref, base_path, backend=backend, on_event=progress)
+        run = sft.run(ws, sft_recipe, ref, base_path, on_event=progress)
     _say(f"run {run.id}: final loss {run.manifest['metrics']['final_loss']} in {run.path}")
     _emit_id(run.id)
 
@@ -183,11 +258,13 @@ def train_dpo(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset with prompt/chosen/rejected records."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the pairs (overrides the recipe)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (overrides the recipe)."),
+    method: Optional[str] = typer.Option(None, "--method", help="dpo | ipo | orpo | kto (overrides the recipe; default dpo)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="DPO recipe TOML."),
-    backend: str = typer.Option("auto", "--backend", help="auto | hf"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe)."),
+    four_bit: Optional[bool] = typer.Option(None, "--4bit/--no-4bit", help="QLoRA: NF4 4-bit base (overrides the recipe)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """DPO on preference pairs on top of an SFT run; prints the new run id."""
+    """DPO (or IPO, ORPO, KTO: --method) on preference data on top of an SFT run; prints the new run id."""
     from appliance.config import DPORecipe, load_recipe
     from appliance.data.ingest import resolve_dataset
     from appliance.train import dpo
@@ -195,10 +272,13 @@ def train_dpo(
 
     ws = _ws(workspace)
     with _errors(), _progress() as progress:
-        dpo_recipe = load_recipe(recipe, DPORecipe, {"epochs": epochs, "beta": beta})
+        dpo_recipe = load_recipe(recipe, DPORecipe, {"epochs": epochs, "beta": beta, "method": method,
+                                                     "backend": backend, "load_in_4bit": four_bit})
         parent = load_run(ws, run)
-        result = dpo.run(ws, dpo_recipe, parent, resolve_dataset(ws, dataset), backend=backend, on_event=progress)
-    _say(f"run {result.id}: reward accuracy {result.manifest['metrics']['final_reward_accuracy']} in {result.path}")
+        result = dpo.run(ws, dpo_recipe, parent, resolve_dataset(ws, dataset), on_event=progress)
+    metrics = result.manifest["metrics"]
+    _say(f"run {result.id} ({result.manifest.get('method', 'dpo')}): reward accuracy "
+         f"{metrics.get('final_reward_accuracy')}, margin {metrics.get('final_reward_margin')} in {result.path}")
     _emit_id(result.id)
 
 
@@ -265,20 +345,60 @@ def train_plan(
 # export ---------------------------------------------------------------------------------------
 @app.command("export")
 def export_cmd(
-    run: str = typer.Argument(..., help="The training run to export."),
+    run: Optional[str] = typer.Argument(None, help="The training run to export."),
     quant: str = typer.Option("q8_0", "--quant", "-q", help="Comma-separated: f16, q8_0, q6_k, q5_k_m, q4_k_m."),
+    adapter: bool = typer.Option(False, "--adapter", help="Export RUN's LoRA adapter as GGUF for hot-swap serving "
+                                 "on its base's version instead of merging it."),
+    base: Optional[str] = typer.Option(None, "--base", help="Export this unmodified base ('pocket' or a local HF "
+                                       "folder) as a model version, to serve adapters on (no RUN)."),
+    base_version: Optional[str] = typer.Option(None, "--base-version", help="With --adapter: the base's model "
+                                               "version (default: the newest export of the run's base)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Merge, convert to GGUF (chat template and EOS intact), quantize, check parity; prints the version."""
-    from appliance.export.gguf import parse_quants
-    from appliance.export.pipeline import export
+    """Merge, convert to GGUF (chat template and EOS intact), quantize, check parity; prints the version.
 
+    With --adapter, converts the run's adapter instead (prints ad-ID); with --base, exports the base."""
+    from appliance.export.gguf import parse_quants
+
+    if (run is None) == (base is None):
+        _fail("give either a RUN to export or --base BASE")
     with _errors(), _progress() as progress:
-        version = export(_ws(workspace), run, parse_quants(quant), on_event=progress)
-    parity = version.manifest["parity"]
-    _say(f"model version {version.id}: {', '.join(version.manifest['quants'])}; "
-         f"f16 greedy parity {parity['matched']}/{parity['prompts']} in {version.path}")
-    _emit_id(version.id)
+        ws = _ws(workspace)
+        if base is not None:
+            from appliance.export.adapters import export_base
+
+            result = export_base(ws, base, parse_quants(quant), on_event=progress)
+            summary = f"base model version {result.id}: {', '.join(result.manifest['quants'])} in {result.path}"
+        elif adapter:
+            from appliance.export.adapters import export_adapter
+
+            result = export_adapter(ws, run, base_version, on_event=progress)
+            summary = f"adapter {result.id} for {result.manifest['inputs']['base_version']} in {result.gguf}"
+        else:
+            from appliance.export.pipeline import export
+
+            result = export(ws, run, parse_quants(quant), on_event=progress)
+            parity = result.manifest["parity"]
+            summary = (f"model version {result.id}: {', '.join(result.manifest['quants'])}; "
+                       f"f16 greedy parity {parity['matched']}/{parity['prompts']} in {result.path}")
+    _say(summary)
+    _emit_id(result.id)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str = typer.Argument(..., help="The model version to serve from now on."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="The GGUF to serve (default: the version's first quant)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Promote a version: a running `appliance serve` following promotions switches to it without
+    dropping requests in flight. Prints the version."""
+    from appliance.serve.hotswap import promote
+
+    with _errors():
+        record = promote(_ws(workspace), version, quant)
+    _say(f"promoted {record['version']} (previous: {record['previous'] or 'none'})")
+    _emit_id(record["version"])
 
 
 @models_app.command("list")
@@ -317,38 +437,138 @@ def serve_cmd(
     port: int = typer.Option(8080, "--port", help="TCP port."),
     n_ctx: int = typer.Option(2048, "--ctx", help="Context length in tokens."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="NAME=ad-ID or NAME=FILE.gguf: a LoRA "
+                                                "adapter served as MODEL:NAME (repeatable)."),
+    parallel: int = typer.Option(4, "--parallel", min=1, help="Sequences the engine decodes together (slots)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
+                                                 help="Requests in the engine at once (default: --parallel)."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting beyond those; more get HTTP 429."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=1,
+                                                    help="Refuse longer prompts with HTTP 400 (default: context)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="max_tokens when a request gives none."),
+    timeout: float = typer.Option(300.0, "--timeout", min=0.1, help="Seconds a request may take, queue included."),
+    graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", min=0,
+                                           help="On shutdown, seconds running requests get to finish."),
+    require_keys: Optional[bool] = typer.Option(None, "--require-keys/--no-require-keys",
+                                                help="API keys on loopback too (default: site.toml [serve] "
+                                                     "require_keys; always required beyond loopback)."),
+    output_filter: bool = typer.Option(True, "--output-filter/--no-output-filter",
+                                       help="Redact PII in completions of requests without a key "
+                                            "(keys carry their own setting)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Serve a model version behind an OpenAI-compatible API."""
-    from appliance.serve.server import run_server
+    """Serve a model version (and its LoRA adapters) behind an OpenAI-compatible API."""
+    from appliance.serve.server import ServeOptions, parse_adapters, run_server
 
     with _errors():
-        run_server(_ws(workspace), model, quant, host, port, n_ctx=n_ctx, threads=threads)
+        options = ServeOptions(host=host, port=port, n_ctx=n_ctx, threads=threads, parallel=parallel,
+                               adapters=parse_adapters(adapter or []), max_concurrent=max_concurrent,
+                               max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, timeout_s=timeout,
+                               graceful_timeout_s=graceful_timeout, require_keys=require_keys,
+                               output_filter=output_filter, max_tokens_default=max_tokens)
+        run_server(_ws(workspace), model, quant, options)
+
+
+# keys -----------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what uses the key (unique among active keys)."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help="Comma list: the only adapters this key may "
+                                           "use (the base model always; default: every adapter)."),
+    no_output_filter: bool = typer.Option(False, "--no-output-filter", help="Do not redact PII in this key's "
+                                          "completions."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Create an API key; its secret is printed once, on the last line, and stored only hashed."""
+    from appliance.serve.auth import create_key
+
+    with _errors():
+        key, secret = create_key(_ws(workspace), name, adapters.split(",") if adapters is not None else None,
+                                 output_filter=not no_output_filter)
+    _say(f"key {key.name} (id {key.id}): adapters {','.join(key.adapters) if key.adapters else 'all'}, output "
+         f"filter {'on' if key.output_filter else 'off'}; the secret below is shown only now")
+    _emit_id(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: bool = typer.Option(False, "--all", help="Include revoked keys."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """API keys: id, name, adapters, output filter, created (never the secrets)."""
+    from appliance.serve.auth import keys_path, load_keys
+
+    for key in load_keys(keys_path(_ws(workspace))):
+        if key.revoked and not all_keys:
+            continue
+        if as_json:
+            print(json.dumps(key.public()))
+        else:
+            print(f"{key.id}\t{key.name}\t{','.join(key.adapters) if key.adapters else 'all'}\t"
+                  f"filter={'on' if key.output_filter else 'off'}\t{key.created}"
+                  + (f"\trevoked {key.revoked}" if key.revoked else ""))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: str = typer.Argument(..., help="The key's name or id."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Revoke an API key (a running server stops accepting it at its next request)."""
+    from appliance.serve.auth import revoke_key
+
+    with _errors():
+        revoked = revoke_key(_ws(workspace), key)
+    _say(f"revoked key {revoked.name} (id {revoked.id})")
 
 
 # rag ------------------------------------------------------------------------------------------
+WaitOption = typer.Option(0.0, "--wait", min=0, help="Seconds to wait when another sync holds the workspace's "
+                          "sync lock (default 0: refuse at once with exit status 75).")
+RecipeOption = typer.Option(None, "--recipe", help="RAG recipe (TOML): chunk_tokens, chunk_overlap_tokens.")
+ChunkTokensOption = typer.Option(None, "--chunk-tokens", help="Most tokens (embedding model's tokenizer) per chunk "
+                                 "(default: the store's setting, else 160).")
+OverlapTokensOption = typer.Option(None, "--chunk-overlap-tokens", help="Tokens of context consecutive chunks share "
+                                   "(default: the store's setting, else 24).")
+
+
 @rag_app.command("sync")
 def rag_sync(
     paths: list[Path] = typer.Argument(..., help="Documents or folders to keep in the store."),
     watch: bool = typer.Option(False, "--watch", help="Keep syncing whenever the files change, until Ctrl+C."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between checks with --watch.", min=0.1),
+    wait: float = WaitOption,
+    recipe: Optional[Path] = RecipeOption,
+    chunk_tokens: Optional[int] = ChunkTokensOption,
+    chunk_overlap_tokens: Optional[int] = OverlapTokensOption,
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Re-index what changed, drop chunks of deleted documents; safe while the server answers."""
-    _rag_sync(paths, watch, interval, workspace)
+    """Re-index what changed, drop chunks of deleted documents; safe while the server answers.
+
+    One sync at a time per workspace: another one refuses (exit 75) or, with --wait, waits."""
+    _rag_sync(paths, watch, interval, workspace, wait, recipe, chunk_tokens, chunk_overlap_tokens)
 
 
 @rag_app.command("index")
 def rag_index(
     paths: list[Path] = typer.Argument(..., help="Documents or folders to index (re-indexes only what changed)."),
+    wait: float = WaitOption,
+    recipe: Optional[Path] = RecipeOption,
+    chunk_tokens: Optional[int] = ChunkTokensOption,
+    chunk_overlap_tokens: Optional[int] = OverlapTokensOption,
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Index documents into the workspace's LanceDB store (the same as `rag sync` without --watch)."""
-    _rag_sync(paths, False, 5.0, workspace)
+    _rag_sync(paths, False, 5.0, workspace, wait, recipe, chunk_tokens, chunk_overlap_tokens)
 
 
-def _rag_sync(paths: list[Path], watch: bool, interval: float, workspace: Optional[Path]) -> None:
+def _rag_sync(paths: list[Path], watch: bool, interval: float, workspace: Optional[Path], wait: float = 0.0,
+              recipe_file: Optional[Path] = None, chunk_tokens: Optional[int] = None,
+              chunk_overlap_tokens: Optional[int] = None) -> None:
     from appliance.rag import sync
+    from appliance.rag.config import load_rag_recipe
+    from appliance.rag.lock import EXIT_BUSY, SyncBusy
 
     def report(result) -> None:
         for path, reason in result.rejected:
@@ -359,13 +579,18 @@ def _rag_sync(paths: list[Path], watch: bool, interval: float, workspace: Option
 
     ws = _ws(workspace)
     with _errors():
-        if watch:
-            _say(f"watching {', '.join(map(str, paths))} every {interval:g} s (Ctrl+C to stop)")
-            sync.watch(ws, paths, interval=interval, on_event=_log_event, on_sync=report)
-        else:
-            with _progress() as progress:
-                result = sync.sync(ws, paths, on_event=progress)
-            report(result)
+        recipe = load_rag_recipe(recipe_file, {"chunk_tokens": chunk_tokens,
+                                               "chunk_overlap_tokens": chunk_overlap_tokens})
+        try:
+            if watch:
+                _say(f"watching {', '.join(map(str, paths))} every {interval:g} s (Ctrl+C to stop)")
+                sync.watch(ws, paths, interval=interval, on_event=_log_event, on_sync=report, recipe=recipe)
+            else:
+                with _progress() as progress:
+                    result = sync.sync(ws, paths, on_event=progress, recipe=recipe, wait=wait)
+                report(result)
+        except SyncBusy as exc:
+            _fail(str(exc), code=EXIT_BUSY)
 
 
 def _log_event(event) -> None:

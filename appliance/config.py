@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -43,11 +43,17 @@ class TrainingRecipe(Recipe):
         description="Save a resumable checkpoint every N steps into runs/.partial-RUN_ID/ "
                     "(does not change the run id or the result).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% slower).")
-    load_in_4bit: bool = Field(False, description="QLoRA: load the base in NF4 4-bit with bitsandbytes (hf backend).")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in NF4 4-bit (double-quantised) with "
+                                                 "bitsandbytes; works on CPU too (slowly). The run manifest records "
+                                                 "quantization = \"nf4\".")
+    backend: Literal["auto", "hf", "unsloth"] = Field(
+        "auto", description="Training backend: auto = unsloth when CUDA is present and unsloth imports, else hf "
+                            "(transformers + peft + trl). The CLI's --backend overrides it; the run records the one used.")
 
     def identity(self) -> dict:
-        """The fields that decide the result, hashed into the run id (checkpointing does not)."""
-        return self.model_dump(exclude={"checkpoint_steps"})
+        """The fields that decide the result, hashed into the run id (checkpointing does not; the
+        backend actually used is hashed by the stage, not the request)."""
+        return self.model_dump(exclude={"checkpoint_steps", "backend"})
 
 
 class SFTRecipe(TrainingRecipe):
@@ -63,13 +69,60 @@ class SFTRecipe(TrainingRecipe):
                                              "(faster on many short pairs; needs padding-free attention on GPU).")
 
 
+PreferenceMethod = Literal["dpo", "ipo", "orpo", "kto"]
+
+
 class DPORecipe(TrainingRecipe):
-    """Direct preference optimisation on top of an SFT run's adapter (batch = preference pairs)."""
+    """Preference optimisation on top of an SFT run's adapter; DPO unless ``method`` says otherwise.
+
+    - ``dpo``: trl's DPOTrainer on preference pairs, with ``loss_type`` (sigmoid = the DPO paper);
+    - ``ipo``: the same trainer with the IPO loss (``loss_type`` must stay ``sigmoid`` or be ``ipo``);
+    - ``orpo``: trl's ORPOTrainer (``trl.experimental.orpo``) on pairs: odds-ratio preference plus
+      the SFT loss on the chosen answer, no reference model; ``beta`` is its lambda;
+    - ``kto``: trl's KTOTrainer on unpaired thumbs-up/down rows (a pair counts as one up and one
+      down row); needs ``batch_size >= 2`` (its KL estimate mixes completions within a batch).
+
+    The batch is counted in pairs (dpo, ipo, orpo) or rows (kto).
+    """
 
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    beta: float = Field(0.1, gt=0, description="Strength of the KL penalty to the reference (SFT) model.")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss (sigmoid = DPO, ipo = IPO).")
+    method: PreferenceMethod = Field("dpo", description="dpo | ipo | orpo | kto (see the class docstring).")
+    beta: float = Field(0.1, gt=0, description="dpo/ipo/kto: strength of the KL penalty to the reference (SFT) "
+                                               "model (IPO's tau); orpo: the weight lambda of the odds-ratio loss.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss (sigmoid = DPO, ipo = IPO); "
+                                                                              "dpo and ipo methods only.")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of thumbs-up rows (raise it when they are "
+                                                           "fewer than thumbs-down rows).")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of thumbs-down rows.")
     max_length: int = Field(512, ge=16, description="Longest prompt + answer in tokens.")
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> "DPORecipe":
+        if self.method == "ipo" and self.loss_type not in ("sigmoid", "ipo"):
+            raise ValueError(f"method 'ipo' uses the IPO loss; loss_type '{self.loss_type}' contradicts it")
+        if self.method in ("orpo", "kto") and self.loss_type != "sigmoid":
+            raise ValueError(f"loss_type is a DPO setting; method '{self.method}' does not use it")
+        if self.method == "kto" and self.batch_size < 2:
+            raise ValueError("method 'kto' needs batch_size >= 2 (its KL term pairs completions within a batch)")
+        return self
+
+    def identity(self) -> dict:
+        """As for every recipe, minus the fields the chosen method ignores (so adding a method's
+        knobs does not change the ids of runs that do not use it)."""
+        data = super().identity()
+        if self.method == "dpo":
+            data.pop("method")
+        if self.method != "kto":
+            data.pop("desirable_weight")
+            data.pop("undesirable_weight")
+        if self.method in ("orpo", "kto", "ipo"):
+            data.pop("loss_type")
+        return data
+
+    @property
+    def dpo_loss(self) -> str:
+        """The loss trl's DPOTrainer is given (dpo and ipo methods)."""
+        return "ipo" if self.method == "ipo" else self.loss_type
 
 
 class PocketConfig(Recipe):

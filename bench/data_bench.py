@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/data_bench.py                 (10k and 100k documents; a few minutes on 2 cores)
     .venv/bin/python bench/data_bench.py --docs 5000     (smoke run: 500 and 5000)
+    .venv/bin/python bench/data_bench.py --synth 20000   (also: synth checks + BM25 hard negatives)
 
 Documents are ~120 words from a fixed vocabulary; 10% are near copies (3 words changed) of an
 earlier one, 5% exact copies, and every 4th carries an e-mail, a phone number and a card number.
 Prints documents/s for each size, the growth ratio (time per document at the large size over the
 small; 1.0 is linear) and the duplicates found against those planted. Writes the figures to
 bench/data_bench.last.json and compares with bench/data_bench.baseline.json when that exists.
+
+``--synth N`` also times synthetic expansion without a model (a scripted question per passage):
+BM25 indexing of N passages (bm25s), the question/answer checks and hard-negative mining for a
+tenth of them, as seed passages per second; the model's own time comes on top of this.
 """
 from __future__ import annotations
 
@@ -65,9 +70,38 @@ def run(n: int) -> dict:
             "duplicates_planted": planted, "duplicates_removed": len(result.removed)}
 
 
+def run_synth(n: int, seed: int = 0) -> dict:
+    from collections import Counter
+
+    from appliance.data import synth
+    from appliance.data.report import reason_code
+    from appliance.data.recipe import SynthConfig
+
+    rng = random.Random(seed)
+    things = [f"w{i}" for i in range(5000)]
+    pool = []
+    for i in range(n):
+        sents = [f"The {rng.choice(things)} team must review the {rng.choice(things)} report within {rng.randint(2, 30)} "
+                 f"days of the {rng.choice(things)} audit." for _ in range(4)]
+        pool.append(synth.Passage(f"p{i}", f"doc{i // 5}.md", f"Policy {i // 5}", "Rules", " ".join(sents)))
+    seeds = synth.sample(pool, max(1, n // 10), seed)
+
+    def scripted(messages, max_tokens, s):
+        first = messages[-1]["content"].split("\n")[1].split(" within ")[0]
+        return f"Which report must {first.split(' team ')[0].replace('The ', 'the ')} team review?"
+
+    t0 = time.perf_counter()
+    records, rejects, counts = synth.expand(pool, seeds, scripted, SynthConfig(), ["en"])
+    elapsed = time.perf_counter() - t0
+    return {"passages": n, "seeds": len(seeds), "synth_s": round(elapsed, 2),
+            "seeds_per_s": round(len(seeds) / elapsed, 1), "sft": counts["sft"], "dpo": counts["dpo"],
+            "rejected": len(rejects), "rejected_by_reason": dict(Counter(reason_code(r["reason"]) for r in rejects))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000, help="Large size; the small size is a tenth of it.")
+    parser.add_argument("--synth", type=int, default=0, help="Also time synth checks + BM25 over this many passages.")
     args = parser.parse_args()
     small, large = run(max(100, args.docs // 10)), run(args.docs)
     growth = (large["total_s"] / large["docs"]) / (small["total_s"] / small["docs"])
@@ -82,6 +116,11 @@ def main() -> None:
         base = json.loads(baseline.read_text())
         if base.get("large", {}).get("docs") == large["docs"]:
             print(f"vs baseline: {large['docs_per_s'] / base['large']['docs_per_s']:.2f}x documents/s")
+    if args.synth:
+        figures["synth"] = row = run_synth(args.synth)
+        print(f"synth: {row['seeds']} seed passages of {row['passages']} in {row['synth_s']} s = {row['seeds_per_s']} "
+              f"seeds/s (BM25 index + checks + hard negatives, no model); {row['sft']} SFT, {row['dpo']} DPO, "
+              f"{row['rejected']} rejected {row['rejected_by_reason']}")
     (HERE / "data_bench.last.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 

@@ -135,3 +135,26 @@ def server(trained):
 def chat_server_url(server) -> str:
     """The OpenAI base URL (``.../v1``) of the served tiny model, for the TUI tests."""
     return f"{server}/v1"
+
+
+ALT_FACTS = [(q, a.replace("code", "combination")) for q, a in FACTS]
+
+
+@dataclass
+class AdapterSet:
+    base: ModelVersion  # the unmodified tiny base, exported
+    facts: str  # adapter id of the facts run (SFT)
+    alt: str  # adapter id of a run taught ALT_FACTS
+
+
+@pytest.fixture(scope="session")
+def adapter_set(trained, tmp_path_factory) -> AdapterSet:
+    """Two LoRA adapters (FACTS, ALT_FACTS) as GGUFs on an export of the unmodified tiny base."""
+    from appliance.export.adapters import export_adapter, export_base
+
+    root = tmp_path_factory.mktemp("alt")
+    alt_data = ingest(trained.ws, [write_jsonl(root / "alt.jsonl", chat_rows(ALT_FACTS))], "alt-facts")
+    alt_run = sft.run(trained.ws, TINY_SFT, alt_data, trained.base)
+    base = export_base(trained.ws, str(trained.base), ["q8_0"])
+    return AdapterSet(base, export_adapter(trained.ws, trained.sft_run.id).id,
+                      export_adapter(trained.ws, alt_run.id, base.id).id)

@@ -71,6 +71,24 @@ class DatasetRef:
         rows = read_jsonl(self.path / "data.jsonl")
         return [r for r in rows if kind is None or r["kind"] == kind]
 
+    def eval_records(self, kind: str | None = None) -> list[dict]:
+        """The version's held-out split (``eval.jsonl``; empty when it has none)."""
+        path = self.path / "eval.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    def held_out(self, kind: str | None = None) -> "DatasetRef | None":
+        """A view of the version's eval split whose ``records()`` read ``eval.jsonl`` (for training's
+        evaluation set), or None when the split holds no record of ``kind``."""
+        if not self.eval_records(kind):
+            return None
+        return _EvalView(f"{self.name}:eval", self.version, self.path, self.counts, created=False)
+
+
+class _EvalView(DatasetRef):
+    def records(self, kind: str | None = None) -> list[dict]:
+        return self.eval_records(kind)
+
 
 def normalise_record(obj: object) -> dict:
     """Return the record in our stored shape, or raise RecordError saying why it is unusable."""
@@ -230,7 +248,7 @@ def _eval_records(ref: DatasetRef) -> list[dict]:
 
 
 def _store_version(ws: Workspace, name: str, curated: Curated, files: list[Path], recipe: CurationRecipe,
-                   parent: DatasetRef | None) -> DatasetRef:
+                   parent: DatasetRef | None, extra_inputs: dict | None = None, extra: dict | None = None) -> DatasetRef:
     records, rejects = curated.records, curated.rejects
     folder = ws.datasets / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -255,9 +273,11 @@ def _store_version(ws: Workspace, name: str, curated: Curated, files: list[Path]
         inputs = {str(p): sha256_file(p) for p in files}
         if parent is not None:
             inputs[parent.id] = read_json(parent.path / "manifest.json").get("content_sha256")
+        inputs.update(extra_inputs or {})
         write_manifest(tmp, "dataset", f"{name}@v{version}", inputs,
                        {"version": version, "content_sha256": content_hash, "counts": counts, "rejected": len(rejects),
-                        "parent": parent.id if parent else None, "recipe": recipe.model_dump(mode="json", by_alias=True)})
+                        "parent": parent.id if parent else None, "recipe": recipe.model_dump(mode="json", by_alias=True),
+                        **(extra or {})})
     return DatasetRef(name, version, final, counts, len(rejects))
 
 

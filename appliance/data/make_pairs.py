@@ -1,6 +1,6 @@
 """Make a pairs dataset from a document dataset (the strategies live in pairs.py).
 
-    appliance data pairs DOCS[@vN] --dataset NAME [--strategy faq,tickets,headings] [--recipe R]
+    appliance data pairs DOCS[@vN] --dataset NAME [--strategy faq,tickets,headings,clauses] [--recipe R]
 
 The pairs go through the same curation as ingested pairs (dedup, validation, optional split) and
 become a new version of NAME whose manifest names the document dataset it came from.
@@ -16,7 +16,7 @@ from appliance.data.recipe import CurationRecipe, PairsConfig
 from appliance.events import Event, EventSink, ignore
 from appliance.workspace import Workspace, WorkspaceError
 
-STRATEGIES = ("faq", "tickets", "headings")
+STRATEGIES = ("faq", "tickets", "headings", "clauses")
 
 
 def pairs_dataset(ws: Workspace, source: str, name: str, recipe: CurationRecipe,

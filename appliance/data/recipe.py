@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from appliance.config import Recipe, load_recipe
 
@@ -84,15 +84,58 @@ class ValidateConfig(Recipe):
     seed: str = Field("split-v1", description="Salt of the deterministic split (hash of the prompt).")
     tokenizer: Path | None = Field(None, description="tokenizer.json of the base model; without it tokens are "
                                                      "estimated as characters / 4.")
+    languages: list[str] = Field(default_factory=lambda: ["en"],
+                                 description="Languages pairs may be in (en, de, fr, es, it, nl, pt; see "
+                                             "appliance/data/language.py); [] switches the language check off.")
+    language_min_words: int = Field(6, ge=1, description="Texts with fewer words are not language-checked.")
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        from appliance.data.language import LANGUAGES
+
+        unknown = [v for v in value if v not in LANGUAGES]
+        if unknown:
+            raise ValueError(f"unknown language(s) {unknown}; the check knows {', '.join(LANGUAGES)}")
+        return value
 
 
 class PairsConfig(Recipe):
     """Which strategies turn documents into instruction-response pairs (``appliance data pairs``)."""
 
-    strategies: list[Literal["headings", "faq", "tickets"]] = Field(
-        default_factory=lambda: ["faq", "tickets", "headings"], description="Strategies, in order of preference.")
+    strategies: list[Literal["headings", "faq", "tickets", "clauses"]] = Field(
+        default_factory=lambda: ["faq", "tickets", "headings"],
+        description="Strategies, in order of preference; 'clauses' (obligation -> JSON extraction) is opt-in.")
     min_answer_chars: int = Field(30, ge=1, description="Sections with shorter bodies make no pair.")
     max_answer_chars: int = Field(2000, ge=100, description="Sections with longer bodies make no pair.")
+
+
+class SynthConfig(Recipe):
+    """Synthetic expansion (``appliance data synth``): questions from seed passages, hard negatives, checks."""
+
+    seed: int = Field(0, description="Seed of the passage sample and of the model's sampling.")
+    max_passages: int = Field(200, ge=1, description="Seed passages used at most (a seeded sample when there are more).")
+    questions_per_passage: int = Field(1, ge=1, le=8, description="Questions asked of the model per passage.")
+    passage_words: int = Field(120, ge=20, description="Chunk size when passages are cut from documents.")
+    min_passage_words: int = Field(12, ge=1, description="Shorter passages are not used as seeds.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature (0 = greedy).")
+    max_question_tokens: int = Field(48, ge=8, description="Longest generated question, in model tokens.")
+    answer: Literal["extract", "model"] = Field(
+        "extract", description="extract: the passage sentences that best match the question (grounded by "
+                               "construction); model: the model answers from the passage, then is checked.")
+    max_answer_tokens: int = Field(160, ge=8, description="Longest model-written answer (answer = 'model').")
+    answer_sentences: int = Field(2, ge=1, description="Sentences in an extracted answer (and rejected answer).")
+    negatives_k: int = Field(10, ge=2, description="BM25 hits searched for the source passage and a hard negative.")
+    min_question_words: int = Field(4, ge=2, description="Shorter questions are rejected.")
+    max_question_words: int = Field(40, ge=4, description="Longer questions are rejected.")
+    min_question_overlap: float = Field(0.5, ge=0, le=1, description="Share of the question's content words "
+                                        "that must appear in the passage.")
+    min_answer_support: float = Field(0.8, ge=0, le=1, description="Share of the answer's content words that "
+                                      "must appear in the passage.")
+    max_question_copy: float = Field(0.8, gt=0, le=1, description="A question whose content words are this "
+                                     "share of a passage sentence's is copied, not asked (rejected).")
+    require_retrievable: bool = Field(True, description="Reject a question whose own passage is not among the "
+                                      "negatives_k BM25 hits (it does not point at its passage).")
 
 
 class CurationRecipe(Recipe):
@@ -104,6 +147,7 @@ class CurationRecipe(Recipe):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
 def load_curation(path: Path | None) -> CurationRecipe:

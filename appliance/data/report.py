@@ -40,7 +40,8 @@ def rejects_by_reason(rejects: list[dict]) -> dict[str, dict]:
         g["count"] += 1
         if len(g["examples"]) < EXAMPLES_PER_REASON:
             where = f"{r['source']}:{r['line']}" if r.get("line") else str(r["source"])
-            g["examples"].append(f"{where}: {r['reason']}"[:240])
+            said = f' <- "{r["question"][:80]}"' if r.get("question") else ""  # a generated question (synth)
+            g["examples"].append((f"{where}: {r['reason']}"[:200] + said)[:300])
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]["count"]))
 
 

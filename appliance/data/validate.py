@@ -3,9 +3,11 @@
     appliance data ingest PATH... --dataset NAME [--recipe curation.toml]   ([validate] section)
 
 Checks on chat records: roles and schema (done when a line is read), empty or short answers,
-truncated answers (ending in ``...``, a dangling ``and``/``the``, an open code fence), length in
-the base model's tokens (``validate.tokenizer``; otherwise estimated as characters / 4), and
-prompts with conflicting answers (every variant is rejected: the data cannot say which is right).
+truncated answers (ending in ``...``, a dangling ``and``/``the``, an open code fence), the language
+(``validate.languages``, a function-word detector: appliance/data/language.py; reason ``language``),
+clause extractions that are not the fixed JSON shape (reason ``extraction``), length in the base
+model's tokens (``validate.tokenizer``; otherwise estimated as characters / 4), and prompts with
+conflicting answers (every variant is rejected: the data cannot say which is right).
 Split: a prompt's group (prompts that are near-duplicates of each other share one group) goes to
 eval when ``hash(seed, group)`` falls under ``eval_fraction``, so no eval prompt or near copy of it
 is in train, and the same data always splits the same way.
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from appliance.data.dedup import MinHasher, normalise, shingles
+from appliance.data.language import check as check_language
 from appliance.data.recipe import ValidateConfig
 
 DANGLING = re.compile(r"\b(and|or|the|a|an|to|of|with|for|in|because|but|that)\s*$", re.I)
@@ -68,6 +71,10 @@ def check_pairs(records: list[dict], config: ValidateConfig) -> tuple[list[dict]
             bad.append((record, f"answer shorter than {config.min_answer_chars} characters"))
         elif config.reject_truncated and truncated(answer):
             bad.append((record, "answer looks truncated"))
+        elif (why := language_problem(record, answer, config)) is not None:
+            bad.append((record, f"language: {why}"))
+        elif record.get("strategy") == "clauses" and (why := extraction_problem(answer)) is not None:
+            bad.append((record, f"extraction: {why}"))
         elif tokens > config.max_tokens:
             bad.append((record, f"too long: {tokens} {how} > {config.max_tokens}"))
         else:
@@ -77,6 +84,40 @@ def check_pairs(records: list[dict], config: ValidateConfig) -> tuple[list[dict]
         good, conflicts = _drop_conflicts(good)
         bad += conflicts
     return good, bad, {"token_lengths": lengths, "token_unit": how}
+
+
+def language_problem(record: dict, answer: str, config: ValidateConfig) -> str | None:
+    """Why a pair is not in one of the site's languages (None when it is, or is too short to judge).
+
+    The prompt and answer are judged together (a terse answer is carried by its prompt); the answer
+    alone is refused only when it positively looks like another language."""
+    if not config.languages:
+        return None
+    whole = check_language(f"{_last_user(record)}\n{answer}", config.languages, config.language_min_words)
+    if whole is not None:
+        return whole
+    alone = check_language(answer, config.languages, config.language_min_words, unknown_is_error=False)
+    return f"the answer {alone}" if alone else None
+
+
+def extraction_problem(answer: str) -> str | None:
+    """Why an extraction answer is not the fixed JSON shape of pairs.EXTRACTION_KEYS (None when it is)."""
+    import json
+
+    from appliance.data.pairs import EXTRACTION_KEYS
+
+    try:
+        obj = json.loads(answer)
+    except json.JSONDecodeError as exc:
+        return f"answer is not JSON ({exc.msg})"
+    if not isinstance(obj, dict) or list(obj) != list(EXTRACTION_KEYS):
+        got = list(obj) if isinstance(obj, dict) else type(obj).__name__
+        return f"expected keys {list(EXTRACTION_KEYS)}, got {got}"
+    if not all(isinstance(obj[k], str) and obj[k].strip() for k in ("party", "modality", "obligation")):
+        return "party, modality and obligation must be non-empty strings"
+    if not (obj["deadline"] is None or isinstance(obj["deadline"], str)):
+        return "deadline must be a string or null"
+    return None
 
 
 def _drop_conflicts(records: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:

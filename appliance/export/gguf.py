@@ -59,6 +59,25 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_file: Path, pre_
     _run(command, "convert_lora_to_gguf.py")
 
 
+def convert_many(jobs: list[tuple[Path, Path, str | None]], outtype: str = "f16") -> None:
+    """Convert several HF model folders (``(model_dir, out_file, pre_tokenizer)``) in one child
+    process; raises naming every folder that failed."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="appliance-convert-") as scratch:
+        spec, results = Path(scratch) / "jobs.json", Path(scratch) / "results.json"
+        spec.write_text(json.dumps([
+            {"which": "hf", "pre_tokenizer": pre, "args": [str(src), "--outtype", outtype, "--outfile", str(dst)]}
+            for src, dst, pre in jobs]))
+        _run([sys.executable, "-m", "appliance.export.convert_driver", str(tools_dir()), "-", "batch",
+              str(spec), str(results)], "convert_hf_to_gguf.py (batch)")
+        outcome = json.loads(results.read_text())
+    failed = [f"{src}: {r['error']}" for (src, _, _), r in zip(jobs, outcome) if not r["ok"]]
+    if failed:
+        raise WorkspaceError("convert_hf_to_gguf.py failed for:\n" + "\n".join(failed))
+
+
 def _run(command: list[str], what: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its vendored gguf-py, not PyPI's gguf
@@ -80,6 +99,19 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
         tmp.unlink(missing_ok=True)
         raise WorkspaceError(f"llama_model_quantize to {quant} failed with code {code}")
     os.replace(tmp, dst)
+
+
+def end_of_generation(path: Path, token_ids: list[int]) -> dict[int, bool]:
+    """Whether llama.cpp ends generation at each of ``token_ids`` when it serves ``path``
+    (its end-of-generation set: EOS, EOT and the end-of-turn tokens it recognises by text)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        vocab = llm._model.vocab
+        return {int(t): bool(llama_cpp.llama_vocab_is_eog(vocab, int(t))) for t in token_ids}
+    finally:
+        llm.close()
 
 
 def read_metadata(path: Path) -> dict[str, str]:

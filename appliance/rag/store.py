@@ -4,13 +4,15 @@
     appliance rag query "question"  uses :func:`search`, as does ``appliance ask`` (through :mod:`appliance.rag.answer`)
 
 Layout: ``rag/chunks.lance`` (table ``chunks``: id, source, title, section, position, text,
-doc_sha256, department, date, vector), ``rag/chunks.model.json`` (the embedding model's path,
-sha256 and dimension) and, once the table is large, ``rag/chunks.vindex.json`` (the vector
+doc_sha256, department, date, chunking, vector), ``rag/chunks.model.json`` (the embedding model's path,
+sha256 and dimension, and the chunk sizes in tokens the store was built with),
+``rag/sync.lock`` (one sync at a time, :mod:`appliance.rag.lock`) and, once the table is large, ``rag/chunks.vindex.json`` (the vector
 index, see :mod:`appliance.rag.vindex`). Indexing is incremental by document content hash (and
 department): unchanged documents are skipped, a changed document's chunks are replaced in one
 merge-insert commit, and documents that vanished from an indexed folder (or became unreadable)
 lose their chunks. A store built with one embedding model is never indexed into or searched
-with another. A store from before the department/date columns gains them on the next index.
+with another. A store from before the department/date/chunking columns gains them on the next
+index (and its documents are re-chunked, since they were chunked by words).
 
 Search modes: ``vector`` (cosine similarity), ``fts`` (BM25 on the native Lance full-text index),
 ``hybrid`` (both, fused by reciprocal rank with LanceDB's ``RRFReranker``); each can be filtered
@@ -31,8 +33,11 @@ import numpy as np
 from appliance.data.readers import UnreadableDocument, expand_paths, read_document
 from appliance.events import Event, EventSink, ignore
 from appliance.rag import RagError
-from appliance.rag.chunk import Chunk, chunk_document, split_front_matter
+from appliance.rag.chunk import (Chunk, TokenCounter, chunk_document, chunking_label, load_token_counter,
+                                 split_front_matter)
+from appliance.rag.config import RagRecipe
 from appliance.rag.embed import embed, load_embedder, model_identity
+from appliance.rag.lock import SyncBusy, sync_lock  # noqa: F401 - SyncBusy is part of this module's contract
 from appliance.workspace import Workspace, atomic_write_json, read_json, sha256_text
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # before lancedb is imported: its Rust warnings go to stderr
@@ -71,8 +76,14 @@ class IndexResult:
 
 # indexing ----------------------------------------------------------------------------------------
 def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = ignore,
-                    model_path: Path | None = None) -> IndexResult:
+                    model_path: Path | None = None, *, recipe: RagRecipe | None = None,
+                    wait: float | None = None) -> IndexResult:
     """Index files and folders into the store, incrementally; unreadable files land in ``rejected``.
+
+    Holds the workspace's sync lock throughout (:mod:`appliance.rag.lock`): ``wait`` is how long to
+    wait for another sync (``None``: as long as it takes; ``0``: raise :class:`SyncBusy` at once).
+    ``recipe`` sets the chunk sizes in tokens; ``None`` keeps the ones the store was built with
+    (the defaults for a new store). Different sizes than the stored ones re-chunk every document.
 
     Each commit is atomic, so readers (``search`` in another thread or process) see either the
     old or the new chunks of a document, never a mix and never an error. Chunks are embedded in
@@ -80,13 +91,27 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
     big ones. After the last commit the full-text index is rebuilt and the vector index is
     created, updated or rebuilt to suit the table's size (:mod:`appliance.rag.vindex`).
     """
+    identity = model_identity(model_path)
+    tokens = load_token_counter(Path(identity["path"]))
+    with sync_lock(ws, wait=wait, on_event=on_event):
+        return _index_locked(ws, paths, on_event, model_path, identity, tokens, recipe)
+
+
+def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_path: Path | None,
+                  identity: dict[str, Any], tokens: TokenCounter, recipe: RagRecipe | None) -> IndexResult:
     from appliance.rag.vindex import ensure_vector_index
 
-    identity = model_identity(model_path)
     db = connect(ws)
     table = _open_table(db)
     check_model(ws, identity, table_exists=table is not None)
     table = _migrate(table)
+    built_with = (stored_model(ws) or {}).get("chunking") if table is not None else None
+    chunking = recipe.chunking() if recipe else built_with or RagRecipe().chunking()
+    identity = {**identity, "chunking": chunking}
+    if table is not None and built_with != chunking:
+        on_event(Event("rag.index", f"chunk sizes {chunking} differ from the store's "
+                                    f"{built_with or 'word-based sizes'}: documents chunked with other sizes "
+                                    "are re-chunked as they are synced"))
     result = IndexResult()
     files, scopes = _collect(paths, result.rejected)
     stored = _stored_documents(table)
@@ -97,7 +122,7 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
     changed = False
     for step, (path, department) in enumerate(files, 1):
         source = str(path)
-        status, chunks, reason = _prepare(source, stored, department)
+        status, chunks, reason = _prepare(source, stored, department, chunking, tokens)
         if status == "rejected":
             result.rejected.append((source, reason))
         else:
@@ -124,14 +149,17 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
     if table is not None:
         _ensure_fts_index(table, rebuild=changed)
         ensure_vector_index(ws, table, on_event=on_event)
+        if (stored_model(ws) or {}).get("chunking") != chunking:
+            atomic_write_json(ws.rag / IDENTITY_FILE, identity)
     on_event(Event("rag.index", _summary(result)))
     return result
 
 
-def _prepare(source: str, stored: dict[str, set[tuple[str, str]]], department: str) -> tuple[str, list[Chunk], str]:
+def _prepare(source: str, stored: dict[str, set[tuple[str, str, str]]], department: str, chunking: dict[str, int],
+             tokens: TokenCounter) -> tuple[str, list[Chunk], str]:
     """Read one document: ``("changed", chunks, "")``, ``("unchanged", [], "")`` or ``("rejected", [], why)``.
 
-    A document is unchanged when its content hash and its department are those stored.
+    A document is unchanged when its content hash, department and chunk sizes are those stored.
     """
     path = Path(source)
     try:
@@ -142,9 +170,11 @@ def _prepare(source: str, stored: dict[str, set[tuple[str, str]]], department: s
     digest = sha256_text(text)
     meta, _ = split_front_matter(text)
     department = meta.get("department") or department
-    if stored.get(source) == {(digest, department)}:
+    label = chunking_label(chunking["chunk_tokens"], chunking["chunk_overlap_tokens"])
+    if stored.get(source) == {(digest, department, label)}:
         return "unchanged", [], ""
-    chunks = chunk_document(source, text, department=department, date=iso_date(mtime))
+    chunks = chunk_document(source, text, chunking["chunk_tokens"], chunking["chunk_overlap_tokens"],
+                            department=department, date=iso_date(mtime), tokens=tokens)
     if not chunks:
         return "rejected", [], "no text to index besides headings"
     return "changed", chunks, ""
@@ -228,15 +258,15 @@ def _in_scope(source: str, scopes: list[tuple[str, bool]]) -> bool:
                for root, is_dir in scopes)
 
 
-def _stored_documents(table: Any) -> dict[str, set[tuple[str, str]]]:
-    """source -> the (document hash, department) pairs its stored chunks carry (one, unless something went wrong)."""
+def _stored_documents(table: Any) -> dict[str, set[tuple[str, str, str]]]:
+    """source -> the (document hash, department, chunk sizes) its stored chunks carry (one, unless something went wrong)."""
     if table is None:
         return {}
-    rows = table.search().select(["source", "doc_sha256", "department"]).limit(None).to_arrow()
-    documents: dict[str, set[tuple[str, str]]] = {}
-    for source, digest, department in zip(rows["source"].to_pylist(), rows["doc_sha256"].to_pylist(),
-                                          rows["department"].to_pylist()):
-        documents.setdefault(source, set()).add((digest, department))
+    rows = table.search().select(["source", "doc_sha256", "department", "chunking"]).limit(None).to_arrow()
+    documents: dict[str, set[tuple[str, str, str]]] = {}
+    for source, digest, department, sizes in zip(rows["source"].to_pylist(), rows["doc_sha256"].to_pylist(),
+                                                 rows["department"].to_pylist(), rows["chunking"].to_pylist()):
+        documents.setdefault(source, set()).add((digest, department, sizes))
     return documents
 
 

@@ -123,6 +123,7 @@ class Scheduler:
         self._stopping = False
         self.steps = 0
         self.adapter_switches = 0
+        self.switch_seconds = 0.0
         self._thread = threading.Thread(target=self._loop, name="llama-scheduler", daemon=True)
         self._thread.start()
 
@@ -261,6 +262,7 @@ class Scheduler:
     def _use_adapter(self, name: str | None, seq: Sequence) -> None:
         if name == self._current_adapter:
             return
+        started = time.perf_counter()
         if name is None:
             self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
         else:
@@ -269,6 +271,7 @@ class Scheduler:
             self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, pointers, 1, scales)
         self._current_adapter = name
         self.adapter_switches += 1
+        self.switch_seconds += time.perf_counter() - started
 
     def _sampler(self, params: SamplingParams):
         from llama_cpp.llama_grammar import LlamaGrammar

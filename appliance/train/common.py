@@ -55,14 +55,11 @@ def base_fingerprint(base: Path) -> dict:
 
 
 def select_backend(requested: str = "auto") -> str:
-    """``hf`` (transformers + peft + trl) is the backend this build trains with.
+    """The backend to train with (appliance/train/backends.py): ``unsloth`` when CUDA is present and
+    unsloth imports, else ``hf``; an explicit request that cannot be met is an error."""
+    from appliance.train.backends import select_backend as select
 
-    The unsloth backend (CUDA) is planned; asking for it explicitly is an error rather than a
-    silent fallback, so a run never records a backend it did not use.
-    """
-    if requested in ("auto", "hf"):
-        return "hf"
-    raise WorkspaceError(f"training backend '{requested}' is not available in this build (use 'hf' or 'auto')")
+    return select(requested)
 
 
 def set_threads(threads: int) -> None:
@@ -96,18 +93,16 @@ def load_tokenizer(folder: Path):
 
 
 def load_causal_lm(folder: Path, four_bit: bool = False):
-    """The base model: fp32 (on CPU bf16 matmuls are slow and fp16 cannot train), or NF4 4-bit
-    (QLoRA, bitsandbytes: the ``gpu`` extra; it also runs on CPU, slowly)."""
+    """The base model: fp32 (on CPU bf16 matmuls are slow and fp16 cannot train), or NF4 4-bit with
+    double quantisation (QLoRA, bitsandbytes 0.50.2; it also runs on CPU, slowly)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if not four_bit:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise WorkspaceError("load_in_4bit needs bitsandbytes (pip install 'slm-appliance[gpu]' "
-                             "or the bundle's wheelhouse)") from None
+    from appliance.train.backends import check_4bit
+
+    check_4bit()
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
@@ -183,7 +178,7 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def training_args_common(recipe, out_dir: Path, has_eval: bool = False) -> dict:
+def training_args_common(recipe, out_dir: Path, has_eval: bool = False, backend: str = "hf") -> dict:
     """Arguments every trl config gets; bf16 and gradient checkpointing are trl defaults we undo on CPU.
 
     Checkpoints go to ``out_dir/checkpoint-N`` every ``recipe.checkpoint_steps`` (the two newest are
@@ -216,6 +211,9 @@ def training_args_common(recipe, out_dir: Path, has_eval: bool = False) -> dict:
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
+    from appliance.train.backends import precision_args
+
+    args.update(precision_args(backend))
     if has_eval:
         args.update({"eval_strategy": "steps" if recipe.eval_steps else "epoch",
                      "eval_steps": recipe.eval_steps or None})

@@ -20,7 +20,6 @@ from appliance.events import Event, EventSink, ignore
 from appliance.train.common import (
     RunRef,
     base_fingerprint,
-    load_causal_lm,
     load_tokenizer,
     quiet,
     seed_everything,
@@ -30,6 +29,7 @@ from appliance.train.common import (
     system_info,
     training_args_common,
 )
+from appliance.train.backends import quantization
 from appliance.train.runner import execute
 from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash
 
@@ -48,7 +48,7 @@ def request_of(recipe: SFTRecipe, dataset: DatasetRef, base: Path, backend: str)
 
 def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
         backend: str = "auto", on_event: EventSink = ignore) -> RunRef:
-    backend = select_backend(backend)
+    backend = select_backend(backend if backend != "auto" else recipe.backend)
     fingerprint = base_fingerprint(base)
     dataset_sha = read_json(dataset.path / "manifest.json")["content_sha256"]
     run_id = "sft-" + short_hash(fingerprint, dataset_sha, recipe.identity(), backend)
@@ -57,26 +57,22 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
         on_event(Event("train.sft", message=f"{run_id} already finished with the same inputs; reusing it"))
         return RunRef(run_id, final, "sft", created=False)
 
-    train_rows, eval_rows = split_eval(chat_examples(dataset), recipe)
+    held = dataset.held_out("chat")  # the dataset's own eval split (eval.jsonl) wins over the recipe's
+    train_rows, eval_rows = ((chat_examples(dataset), chat_examples(held)) if held
+                             else split_eval(chat_examples(dataset), recipe))
     set_threads(recipe.threads)
 
     def build(trainer_dir: Path, callbacks: list):
         from datasets import Dataset
-        from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
+
+        from appliance.train.backends import sft_model
 
         seed_everything(recipe.seed)
         tokenizer = load_tokenizer(base)
-        model = load_causal_lm(base, four_bit=recipe.load_in_4bit)
-        lora = LoraConfig(
-            r=recipe.lora_r,
-            lora_alpha=recipe.lora_alpha,
-            lora_dropout=recipe.lora_dropout,
-            target_modules=recipe.target_modules,
-            task_type="CAUSAL_LM",
-        )
+        model, lora = sft_model(backend, base, recipe)
         config = SFTConfig(
-            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows)),
+            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows), backend=backend),
             max_length=recipe.max_seq_length,
             completion_only_loss=True,
             packing=recipe.packing,
@@ -103,6 +99,7 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
             {
                 "stage": "sft",
                 "backend": backend,
+                "quantization": quantization(recipe),
                 "recipe": recipe.model_dump(),
                 "base_path": str(base),
                 "metrics": {"train_loss": result.training_loss, "steps": result.global_step,
@@ -112,7 +109,8 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
         )
 
     return execute(ws, run_id=run_id, stage="sft", request=request_of(recipe, dataset, base, backend),
-                   tags={"backend": backend, "dataset": dataset.id, "base": str(base)},
+                   tags={"backend": backend, "dataset": dataset.id, "base": str(base),
+                         "quantization": quantization(recipe)},
                    build=build, finish=finish, on_event=on_event)
 
 

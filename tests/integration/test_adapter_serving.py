@@ -7,32 +7,25 @@ also when requests for all three arrive at once and share decode steps.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from appliance.export.adapters import export_adapter, export_base, resolve_adapter
+from appliance.export.adapters import AdapterRef, resolve_adapter
 from appliance.serve.engine import Engine, PromptTooLong, SamplingParams, UnknownModel
-from appliance.train import sft
 from appliance.workspace import WorkspaceError
-from tests.conftest import FACTS, TINY_SFT, chat_rows, write_jsonl
+from tests.conftest import ALT_FACTS, FACTS
 
-ALT_FACTS = [(q, a.replace("code", "combination")) for q, a in FACTS]
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def adapters(trained, tmp_path_factory):
-    from appliance.data.ingest import ingest
-
-    ws = trained.ws
-    root = tmp_path_factory.mktemp("alt")
-    alt_data = ingest(ws, [write_jsonl(root / "alt.jsonl", chat_rows(ALT_FACTS))], "alt-facts")
-    alt_run = sft.run(ws, TINY_SFT, alt_data, trained.base)
-    base = export_base(ws, str(trained.base), ["q8_0"])
-    facts = export_adapter(ws, trained.sft_run.id)
-    alt = export_adapter(ws, alt_run.id, base.id)
-    return base, {"facts": resolve_adapter(ws, facts.id, base), "alt": resolve_adapter(ws, alt.id, base)}, facts
+def adapters(trained, adapter_set):
+    ws, base = trained.ws, adapter_set.base
+    facts = AdapterRef(adapter_set.facts, ws.adapters / adapter_set.facts, created=False)
+    paths = {"facts": resolve_adapter(ws, adapter_set.facts, base), "alt": resolve_adapter(ws, adapter_set.alt, base)}
+    return base, paths, facts
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +113,37 @@ def test_an_adapter_is_refused_on_a_base_it_was_not_made_for(trained, adapters):
     with pytest.raises(WorkspaceError, match="refusing the pair"):
         resolve_adapter(trained.ws, facts.id, trained.version)  # the merged version is not its base
     assert Path(facts.gguf).is_file() and facts.manifest["inputs"]["base_f16_sha256"]
+
+
+def test_promotion_swaps_the_engine_without_dropping_a_stream(trained, adapters):
+    from appliance.export.pipeline import load_version
+    from appliance.serve.hotswap import EngineHolder, PromotionWatcher, promote
+
+    base = adapters[0]
+    ws = trained.ws
+    holder = EngineHolder(Engine(trained.version.gguf("q8_0"), trained.version.id, n_ctx=256, n_threads=1))
+    promote(ws, trained.version.id)
+
+    def make(version, quant):
+        model = load_version(ws, version)
+        return Engine(model.gguf(quant), model.id, n_ctx=256, n_threads=1)
+
+    watcher = PromotionWatcher(ws, holder, make, interval=0.1)
+    try:
+        with holder.lease() as old:
+            stream = old.chat_stream([{"role": "user", "content": FACTS[3][0]}], GREEDY)
+            first = next(stream)
+            promote(ws, base.id, "q8_0")
+            deadline = time.monotonic() + 60
+            while holder.current.model_id != base.id and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert holder.current.model_id == base.id
+            rest = list(stream)  # the old engine is still open: the stream finishes on it
+        text = first["choices"][0]["delta"]["content"] + "".join(c["choices"][0]["delta"].get("content", "") for c in rest)
+        assert text == FACTS[3][1]
+        with holder.lease() as new:
+            assert new.model_id == base.id and ask(new, FACTS[3][0], None) != FACTS[3][1]
+        assert holder.in_flight() == 0 and not watcher.errors
+    finally:
+        watcher.stop()
+        holder.close()

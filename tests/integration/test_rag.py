@@ -105,7 +105,7 @@ def test_a_question_finds_its_source_in_each_mode(indexed, mode) -> None:
 def test_index_records_model_identity_and_full_text_index(indexed) -> None:
     ws, _ = indexed
     identity = stored_model(ws)
-    assert identity == model_identity(None)
+    assert identity == {**model_identity(None), "chunking": {"chunk_tokens": 160, "chunk_overlap_tokens": 24}}
     assert identity["dim"] == 384 and identity["sha256"] == DEFAULT_MODEL_SHA256
     table = open_store(ws)
     assert any(i.index_type == "FTS" and list(i.columns) == ["text"] for i in table.list_indices())
@@ -138,6 +138,31 @@ def test_a_changed_document_replaces_its_chunks(fresh) -> None:
     hits = search(ws, "manufacturer six months", k=1, mode="fts")
     assert sources(hits) == ["boiler.md"] and "six months" in hits[0].text
     assert sources(search(ws, "Who services the boiler and how often?", k=1, mode="hybrid")) == ["boiler.md"]
+
+
+def test_new_chunk_sizes_rechunk_every_document_once_and_are_then_kept(fresh) -> None:
+    from appliance.rag.chunk import load_token_counter
+    from appliance.rag.config import RagRecipe
+
+    ws, docs = fresh
+    (docs / "long.md").write_text("# Long\n\n## Notes\n\n" + " ".join(
+        f"Note {i} says the valve is checked weekly." for i in range(40)) + "\n", encoding="utf-8")
+    index_documents(ws, [docs])
+    rows = open_store(ws).count_rows()
+    events = Collector()
+    small = RagRecipe(chunk_tokens=40, chunk_overlap_tokens=8)
+    result = index_documents(ws, [docs], recipe=small, on_event=events)
+    assert (result.documents_indexed, result.documents_unchanged) == (4, 0), "every document is re-chunked"
+    assert any("are re-chunked as they are synced" in e.message for e in events.events)
+    assert stored_model(ws)["chunking"] == {"chunk_tokens": 40, "chunk_overlap_tokens": 8}
+    table = open_store(ws)
+    assert table.count_rows() > rows
+    tokens = load_token_counter()
+    texts = table.search().select(["text"]).limit(None).to_arrow()["text"].to_pylist()
+    assert max(tokens.counts(texts)) <= 40
+    again = index_documents(ws, [docs])  # no recipe: the store's sizes are kept, nothing changes
+    assert (again.documents_indexed, again.documents_unchanged) == (0, 4)
+    assert open_store(ws).count_rows() == table.count_rows()
 
 
 def test_large_indexes_commit_in_batches(tmp_path, monkeypatch) -> None:

@@ -71,3 +71,17 @@ def test_sync_watch_stops_cleanly_on_ctrl_c(tmp_path, monkeypatch) -> None:
     result = run("rag", "sync", str(docs), "--watch", "--interval", "0.1", ws=tmp_path / "ws")
     assert result.stdout.count("indexed 1 document(s)") == 2
     assert "watch stopped after 2 sync(s)" in result.stderr
+
+
+def test_sync_rejects_chunk_sizes_that_do_not_fit_and_names_the_field(tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nText.\n", encoding="utf-8")
+    bad = run("rag", "sync", str(docs), "--chunk-tokens", "32", "--chunk-overlap-tokens", "32", ws=tmp_path / "ws",
+              code=1)
+    assert "chunk_overlap_tokens (32) must be below chunk_tokens (32)" in bad.stderr
+    recipe = tmp_path / "rag.toml"
+    recipe.write_text("chunk_words = 100\n", encoding="utf-8")
+    unknown = run("rag", "index", str(docs), "--recipe", str(recipe), ws=tmp_path / "ws", code=1)
+    assert "chunk_words" in unknown.stderr and "rag.toml" in unknown.stderr
+    assert not (tmp_path / "ws" / "rag" / "chunks.lance").exists()

@@ -1,9 +1,19 @@
-"""Chunking follows Markdown structure and respects the size limits."""
+"""Chunking follows document structure and sizes chunks in the embedding model's own tokens."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
-from appliance.rag.chunk import chunk_document, split_long
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from appliance.rag.chunk import (  # noqa: E402
+    DEFAULT_CHUNK_TOKENS,
+    TokenCounter,
+    chunk_document,
+    load_token_counter,
+    split_long,
+)
 
 DOC = """\
 # Boiler manual
@@ -29,8 +39,30 @@ check-boiler --full
 """
 
 
+@pytest.fixture(scope="module")
+def tokens() -> TokenCounter:
+    return load_token_counter()
+
+
 def words(n: int, tag: str) -> str:
     return " ".join(f"{tag}{i}" for i in range(n))
+
+
+def embedded_tokens(chunk) -> int:
+    """Tokens the model sees, special tokens included, counted by a separately loaded tokenizer."""
+    from tokenizers import Tokenizer
+
+    from appliance.rag.embed import default_model_path
+
+    tokenizer = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    return len(tokenizer.encode(chunk.embedding_text()).ids)
+
+
+def test_the_default_models_tokenizer_and_limit(tokens) -> None:
+    assert (tokens.max_seq_length, tokens.special_tokens, tokens.limit) == (256, 2, 254)
+    assert tokens.additive
+    assert tokens.counts(["Top up through the filling loop.", "unbelievably"]) == [7, 5]  # one word, five word pieces
 
 
 def test_title_and_sections_come_from_headings() -> None:
@@ -52,13 +84,16 @@ def test_plain_text_without_headings_uses_the_file_stem() -> None:
     assert chunks[0].text == "First paragraph.\n\nSecond paragraph."
 
 
-def test_paragraphs_stay_whole_and_chunks_respect_max_words() -> None:
-    paragraphs = [words(30, f"p{i}w") for i in range(7)]
+def test_paragraphs_stay_whole_and_chunks_respect_chunk_tokens(tokens) -> None:
+    paragraphs = [words(15, f"p{i}w") for i in range(7)]  # "p0w12" is four word pieces
+    sizes = tokens.counts(paragraphs)
+    assert all(40 < n < 100 for n in sizes), sizes
     text = "# T\n\n## Long\n\n" + "\n\n".join(paragraphs)
-    chunks = chunk_document("/d/long.md", text, max_words=100, overlap_words=10)
+    chunks = chunk_document("/d/long.md", text, chunk_tokens=200, overlap_tokens=10)
     assert len(chunks) >= 3
     for chunk in chunks:
-        assert len(chunk.text.split()) <= 100
+        assert tokens.count(chunk.text) <= 200
+        assert len(chunk.text.split()) < 200, "the limit is in tokens, not words: fewer words fit"
         assert chunk.section == "Long"
         for block in chunk.text.split("\n\n"):
             assert block in paragraphs, "a paragraph that fits was cut"
@@ -66,13 +101,13 @@ def test_paragraphs_stay_whole_and_chunks_respect_max_words() -> None:
         assert any(paragraph in c.text.split("\n\n") for c in chunks)
 
 
-def test_long_paragraph_splits_at_sentences_with_overlap() -> None:
+def test_long_paragraph_splits_at_sentences_with_overlap(tokens) -> None:
     sentences = [f"Sentence {i} says " + words(8, f"s{i}w") + "." for i in range(20)]
     text = " ".join(sentences)
-    chunks = chunk_document("/d/one.md", text, max_words=60, overlap_words=12)
+    chunks = chunk_document("/d/one.md", text, chunk_tokens=90, overlap_tokens=40)  # sentences are ~36 tokens
     assert len(chunks) > 1
     for before, after in zip(chunks, chunks[1:]):
-        assert len(before.text.split()) <= 60
+        assert tokens.count(before.text) <= 90
         last_sentence = before.text.rsplit(". ", 1)[-1]
         assert after.text.startswith(last_sentence), "consecutive chunks should share trailing context"
         assert all(s in text for s in after.text.split(". "))
@@ -80,14 +115,67 @@ def test_long_paragraph_splits_at_sentences_with_overlap() -> None:
     assert all(s in covered for s in sentences)
 
 
-def test_a_run_without_boundaries_splits_into_overlapping_word_windows() -> None:
-    text = words(250, "w")
-    pieces = split_long(text, max_words=100, overlap_words=20)
-    assert [len(p.split()) for p in pieces] == [100, 100, 90]
-    assert pieces[0].split()[-20:] == pieces[1].split()[:20]
-    chunks = chunk_document("/d/w.txt", text, max_words=100, overlap_words=20)
-    assert [c.text.split()[0] for c in chunks] == ["w0", "w80", "w160"]
-    assert chunks[-1].text.split()[-1] == "w249"
+def test_a_run_without_boundaries_splits_into_word_aligned_token_windows(tokens) -> None:
+    text = words(250, "w")  # "w17" is two word pieces: about 500 tokens, no line or sentence ends
+    pieces = split_long(text, 100, 20, tokens)
+    assert len(pieces) >= 5
+    for (piece, count), nxt in zip(pieces, pieces[1:] + [None]):
+        assert count == tokens.count(piece) <= 100
+        assert all(w.startswith("w") and w[1:].isdigit() for w in piece.split()), "a word was cut"
+        if nxt:
+            shared = set(piece.split()) & set(nxt[0].split())
+            assert shared and tokens.count(" ".join(sorted(shared))) <= 20
+    chunks = chunk_document("/d/w.txt", text, chunk_tokens=100, overlap_tokens=20)
+    assert chunks[0].text.split()[0] == "w0" and chunks[-1].text.split()[-1] == "w249"
+    assert {w for c in chunks for w in c.text.split()} == set(text.split())
+
+
+def test_a_split_table_repeats_its_header_row(tokens) -> None:
+    header = "| Part | Supplier | Price |\n|---|---|---|"
+    rows = [f"| valve assembly type {i} | Northwind Components Ltd | {i * 7} pounds |" for i in range(40)]
+    chunks = chunk_document("/d/prices.md", "# Prices\n\n## Parts\n\n" + header + "\n" + "\n".join(rows),
+                            chunk_tokens=120, overlap_tokens=0)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert chunk.text.startswith(header + "\n"), chunk.text[:60]
+        assert tokens.count(chunk.text) <= 120
+        assert all(line in rows for line in chunk.text.split("\n")[2:]), "a row was cut"
+    assert [r for c in chunks for r in c.text.split("\n")[2:]] == rows
+
+
+def test_ticket_fields_are_never_cut(tokens) -> None:
+    fields = [f"- Field {i}: value {i} for customer Grisdale Water Authority" for i in range(60)]
+    text = "# Ticket BCN-1\n\n## Details\n\n" + "\n".join(fields)
+    chunks = chunk_document("/d/ticket.md", text, chunk_tokens=64, overlap_tokens=0)
+    assert len(chunks) > 4
+    assert [line for c in chunks for line in c.text.split("\n")] == fields
+
+
+def test_no_chunk_exceeds_what_the_model_reads(tokens) -> None:
+    long_heading = "## " + words(400, "heading")
+    text = "# Manual\n\n## Short\n\n" + words(2000, "x") + "\n\n" + long_heading + "\n\n" + words(300, "y")
+    chunks = chunk_document("/d/big.md", text, chunk_tokens=5000, overlap_tokens=50)
+    assert {c.section.split()[0] for c in chunks} == {"Short", "heading0"}
+    for chunk in chunks:
+        assert embedded_tokens(chunk) <= tokens.max_seq_length == 256
+    assert max(embedded_tokens(c) for c in chunks if c.section == "Short") >= 240, "the room should be used"
+    defaults = chunk_document("/d/big.md", text)
+    assert max(tokens.count(c.text) for c in defaults) <= DEFAULT_CHUNK_TOKENS
+
+
+def test_a_tokenizer_whose_counts_do_not_add_up_is_checked_per_chunk() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [DOC, words(300, "w"), "The pressure must stay between 1.2 and 1.8 bar."] * 3
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    counter = TokenCounter(tokenizer, max_seq_length=48, name="tiny-bpe")
+    assert not counter.additive and counter.limit == 48
+    text = "# Doc\n\n## Part\n\n" + "\n\n".join(words(40, f"p{i}w") for i in range(5))
+    chunks = chunk_document("/d/bpe.md", text, chunk_tokens=500, overlap_tokens=0, tokens=counter)
+    assert len(chunks) > 5
+    assert all(counter.count(c.embedding_text()) <= 48 for c in chunks)
 
 
 def test_ids_are_stable_and_distinct() -> None:
@@ -102,7 +190,7 @@ def test_ids_are_stable_and_distinct() -> None:
 
 def test_headings_only_and_bad_sizes() -> None:
     assert chunk_document("/d/empty.md", "# Only a title\n\n## And a section\n") == []
-    with pytest.raises(ValueError, match="overlap_words"):
-        chunk_document("/d/x.md", "text", max_words=10, overlap_words=10)
-    with pytest.raises(ValueError, match="max_words"):
-        chunk_document("/d/x.md", "text", max_words=0)
+    with pytest.raises(ValueError, match="chunk_overlap_tokens"):
+        chunk_document("/d/x.md", "text", chunk_tokens=10, overlap_tokens=10)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        chunk_document("/d/x.md", "text", chunk_tokens=0)

@@ -114,3 +114,36 @@ def test_cli_plan_says_fits_and_exits_2_when_not(tmp_path):
     assert ok.exit_code == 0 and "fits in 12.0 GiB" in ok.output and "largest sequence" in ok.output
     no = runner.invoke(app, ["train", "plan", "--base", str(tmp_path), "--gpu-mem", "12GiB", "--json"])
     assert no.exit_code == 2 and json.loads(no.output)["fits"] is False
+
+
+def test_nf4_weights_part_within_15_percent_of_measured(tmp_path):
+    """QLoRA weights: bitsandbytes' packed NF4 weights and their (double-quantised) absmax
+    statistics, plus the layers that stay in the compute dtype, against the planner's NF4 formula."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes==0.50.2 is a main dependency; install the project")
+    from transformers import LlamaForCausalLM
+
+    from appliance.train.common import load_causal_lm
+
+    config = small_llama_config()
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
+    model = load_causal_lm(tmp_path, four_bit=True)
+
+    seen, measured = set(), 0
+
+    def add(t) -> None:
+        nonlocal measured
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            measured += t.untyped_storage().nbytes()
+
+    for p in model.parameters():
+        add(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            for t in (state.absmax, state.code, getattr(state.state2, "absmax", None), getattr(state.state2, "code", None)):
+                if t is not None:
+                    add(t)
+    planned = planner.estimate(planner.shape_of(config), seq=16, four_bit=True, dtype="fp32", gpu=False)["weights"]
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)

@@ -1,0 +1,73 @@
+"""Operator feedback on served answers: ``POST /v1/feedback`` -> ``WORKSPACE/feedback/feedback.jsonl``.
+
+    curl -s localhost:8080/v1/feedback -H 'content-type: application/json' \
+         -d '{"response_id": "chatcmpl-...", "rating": "down", "correction": "Vault A opens with 100."}'
+
+Each line is self-contained, so the file turns into DPO/KTO data without the request log::
+
+    {"id", "created", "response_id", "model", "rating", "correction", "messages", "completion", "key_id"}
+
+``messages`` are the messages the model was given (for ``rag: true`` requests, with the retrieved
+passages in the system message; for ``/v1/completions``, one user message holding the prompt);
+``completion`` is the text the client received (after the output filter). The server remembers the
+last :data:`REMEMBER` responses in memory only: feedback on an older response, or on one from
+before a restart, is answered 404. With API keys, feedback is accepted only from the key that
+received the response (another key gets the same 404).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.workspace import now_iso
+
+REMEMBER = 10_000
+
+
+@dataclass(frozen=True)
+class Served:
+    model: str
+    messages: list[dict]
+    completion: str
+    key_id: str | None
+
+
+class ResponseMemory:
+    """The last ``limit`` responses by id (oldest forgotten first), thread-safe."""
+
+    def __init__(self, limit: int = REMEMBER) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, Served] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, response_id: str, served: Served) -> None:
+        with self._lock:
+            self._items[response_id] = served
+            self._items.move_to_end(response_id)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def get(self, response_id: str) -> Served | None:
+        with self._lock:
+            return self._items.get(response_id)
+
+
+class FeedbackLog:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def add(self, response_id: str, served: Served, rating: str, correction: str | None) -> dict:
+        row = {"id": f"fb-{uuid.uuid4().hex[:16]}", "created": now_iso(), "response_id": response_id,
+               "model": served.model, "rating": rating, "correction": correction,
+               "messages": served.messages, "completion": served.completion, "key_id": served.key_id}
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+        return row

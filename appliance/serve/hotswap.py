@@ -1,0 +1,133 @@
+"""Swap the served model version without dropping a request.
+
+    appliance models promote VERSION        (a running server picks the promoted version up)
+
+The API reaches the engine only through an ``EngineHolder``. Each request holds a lease on the
+engine it started with; ``swap`` points new requests at the new engine at once and closes the
+old one in the background when its last lease ends, so requests in flight finish on the model
+they began with.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+from appliance.serve.engine import Engine
+
+
+class EngineHolder:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._leases: dict[int, int] = {id(engine): 0}
+        self._retiring: dict[int, Engine] = {}
+        self._lock = threading.Condition()
+        self.swaps = 0
+
+    @property
+    def current(self) -> Engine:
+        return self._engine
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Engine]:
+        """The current engine, kept open until the block (e.g. a whole stream) ends."""
+        with self._lock:
+            engine = self._engine
+            self._leases[id(engine)] = self._leases.get(id(engine), 0) + 1
+        try:
+            yield engine
+        finally:
+            with self._lock:
+                self._leases[id(engine)] -= 1
+                self._lock.notify_all()
+            self._close_if_idle(engine)
+
+    def swap(self, engine: Engine) -> Engine:
+        """Serve ``engine`` from now on; returns the engine it replaces (closed once idle)."""
+        with self._lock:
+            old, self._engine = self._engine, engine
+            self._leases.setdefault(id(engine), 0)
+            self._retiring[id(old)] = old
+            self.swaps += 1
+        self._close_if_idle(old)
+        return old
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(self._leases.values())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request holds any engine (graceful shutdown); False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: sum(self._leases.values()) == 0, timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            engines = [self._engine, *self._retiring.values()]
+            self._retiring.clear()
+        for engine in engines:
+            engine.close()
+
+    def _close_if_idle(self, engine: Engine) -> None:
+        with self._lock:
+            if id(engine) not in self._retiring or self._leases.get(id(engine), 0) > 0:
+                return
+            self._retiring.pop(id(engine))
+            self._leases.pop(id(engine), None)
+        engine.close()
+
+
+# -- promotion: a pointer file in the workspace that a running server follows -------------------
+PROMOTED_FILE = "promoted.json"
+
+
+def promote(ws, version: str, quant: str | None = None) -> dict:
+    """Mark ``version`` as the one to serve; servers following promotions switch to it."""
+    from appliance.export.pipeline import load_version
+    from appliance.workspace import atomic_write_json, now_iso
+
+    model = load_version(ws, version)
+    model.gguf(quant)  # refuse a quant the version does not have, before anything changes
+    previous = promoted(ws)
+    record = {"version": model.id, "quant": quant, "promoted_at": now_iso(),
+              "previous": previous["version"] if previous else None}
+    atomic_write_json(ws.models / PROMOTED_FILE, record)
+    return record
+
+
+def promoted(ws) -> dict | None:
+    from appliance.workspace import read_json
+
+    path = ws.models / PROMOTED_FILE
+    return read_json(path) if path.is_file() else None
+
+
+class PromotionWatcher:
+    """Polls the promotion pointer and swaps the holder's engine when it names another version."""
+
+    def __init__(self, ws, holder: EngineHolder, make_engine, interval: float = 1.0, on_swap=None) -> None:
+        self.ws, self.holder, self.make_engine, self.interval = ws, holder, make_engine, interval
+        self.on_swap = on_swap or (lambda record: None)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="promotion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            record = promoted(self.ws)
+            if not record or record["version"] == self.holder.current.model_id:
+                continue
+            try:
+                engine = self.make_engine(record["version"], record.get("quant"))
+            except Exception as exc:  # a broken promotion keeps the current model serving
+                message = f"cannot switch to {record['version']}: {exc}"
+                if message not in self.errors:
+                    self.errors.append(message)
+                continue
+            self.holder.swap(engine)
+            self.on_swap(record)

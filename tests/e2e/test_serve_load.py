@@ -1,0 +1,121 @@
+"""A bounded loopback load test: 50 concurrent clients over the base and two adapters.
+
+The real ``appliance serve`` runs with 4 slots and a queue of 30, so a burst of 50 requests is
+partly refused with 429 by design; clients retry after a short pause, as a real client would.
+Every greedy answer must be the one the same request gets when it is served alone.
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ALT_FACTS, FACTS, free_port
+
+CLIENTS = 50
+
+
+@pytest.fixture(scope="module")
+def adapter_server(trained, adapter_set):
+    port = free_port()
+    log_path = trained.ws.root / "serve-load.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--model", adapter_set.base.id, "--quant", "q8_0",
+             "--port", str(port), "--threads", "1", "--parallel", "4", "--max-queue", "30", "--ctx", "256",
+             "--adapter", f"facts={adapter_set.facts}", "--adapter", f"alt={adapter_set.alt}",
+             "--workspace", str(trained.ws.root)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log_path.read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        yield url, adapter_set.base.id
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_adapter_selection_through_the_openai_client(adapter_server):
+    url, base = adapter_server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    names = {m.id for m in client.models.list().data}
+    assert names == {base, f"{base}:facts", f"{base}:alt"}
+    for model, facts in ((f"{base}:facts", FACTS), (f"{base}:alt", ALT_FACTS)):
+        answers = [client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                                  temperature=0, max_tokens=24).choices[0].message.content
+                   for q, _ in facts[:6]]
+        assert answers == [a for _, a in facts[:6]], (model, answers)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"{base}:nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_fifty_concurrent_clients_get_their_solo_answers(adapter_server):
+    url, base = adapter_server
+    models = [base, f"{base}:facts", f"{base}:alt"]
+    jobs = [(FACTS[i % len(FACTS)][0], models[i % 3]) for i in range(CLIENTS)]
+
+    def request(http: httpx.Client, question: str, model: str) -> httpx.Response:
+        return http.post(f"{url}/v1/chat/completions", timeout=300, json={
+            "model": model, "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 24})
+
+    with httpx.Client() as http:
+        solo = {job: request(http, *job).json()["choices"][0]["message"]["content"] for job in set(jobs)}
+
+    results: dict[int, tuple[str, float, int]] = {}
+    refused = [0]
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(CLIENTS)
+
+    def client(i: int) -> None:
+        with httpx.Client() as http:
+            barrier.wait()
+            started = time.perf_counter()
+            for _ in range(200):
+                reply = request(http, *jobs[i])
+                if reply.status_code == 429:  # designed back-pressure: wait and retry
+                    with lock:
+                        refused[0] += 1
+                    time.sleep(0.2)
+                    continue
+                break
+            if reply.status_code != 200:
+                with lock:
+                    errors.append(f"{reply.status_code}: {reply.text[:200]}")
+                return
+            body = reply.json()
+            with lock:
+                results[i] = (body["choices"][0]["message"]["content"], time.perf_counter() - started,
+                              body["usage"]["completion_tokens"])
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    wall = time.perf_counter() - started
+    assert not errors, errors
+    assert len(results) == CLIENTS
+    agree = sum(results[i][0] == solo[jobs[i]] for i in range(CLIENTS))
+    latencies = sorted(r[1] for r in results.values())
+    tokens = sum(r[2] for r in results.values())
+    print(f"\n{CLIENTS} clients over 3 models: {agree}/{CLIENTS} identical to solo, {refused[0]} designed 429s "
+          f"(retried), p50 {statistics.median(latencies):.2f} s, p99 {latencies[-1]:.2f} s, "
+          f"{tokens / wall:.0f} generated tok/s aggregate")
+    assert refused[0] > 0  # the burst of 50 exceeds 4 running + 30 queued
+    assert agree == CLIENTS

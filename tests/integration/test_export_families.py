@@ -1,0 +1,127 @@
+"""Every family we claim converts faithfully: template, end-of-turn tokens, greedy parity, stop.
+
+For Llama 3, Qwen 2.5, Mistral, Phi-3, Gemma 2, Gemma 3 and ``pocket``, a tiny random-init model
+of the family's HF architecture with a tokenizer of its kind and its real chat template
+(``tests/integration/families.py``) is converted by llama.cpp's own converter (one child process
+for all of them), quantized to Q8_0 in-process and loaded by llama-cpp-python. Each family must:
+
+- carry its chat template and make every end-of-turn token end generation in llama.cpp,
+- reproduce the HF model's greedy tokens in f16 (and tokenise the chat prompt identically),
+- load and answer as Q8_0,
+- stop at end of turn when served: the model is built so greedy decoding emits the end-of-turn
+  token after a few tokens, and the appliance's serving engine must stop exactly there, with
+  ``finish_reason == "stop"`` and the token's text absent from the answer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.export import gguf, parity
+from appliance.train import pocket
+from appliance.train.pocket import pre_tokenizer_override
+from tests.integration import families
+
+NAMES = [*families.FAMILIES, "pocket"]
+ARCH = {"llama3": "llama", "qwen2.5": "qwen2", "mistral": "llama", "phi3": "phi3", "gemma2": "gemma2",
+        "gemma3": "gemma3", "pocket": "llama"}
+PROMPTS = [families.PROMPT, [{"role": "user", "content": "Please summarise the report on building K."}],
+           [{"role": "user", "content": "Which badge is orange?"}]]
+
+
+def _build_pocket(folder: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import build_tiny_base
+
+    build_tiny_base(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    step = families.stop_after(model, tokenizer, stop_id, [families.PROMPT])
+    model.save_pretrained(folder, safe_serialization=True)
+    family = families.Family("pocket", "bpe", "", [], bos=None, eos="<|im_end|>", end_of_turn=["<|im_end|>"],
+                             stop_token="<|im_end|>")
+    return {"family": family, "eot_ids": [stop_id], "stop_id": stop_id, "stop_step": step, "eos_id": stop_id,
+            "architecture": "LlamaForCausalLM"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("families")
+    built = {}
+    for name in NAMES:
+        folder = root / name
+        built[name] = _build_pocket(folder) if name == "pocket" else families.build(name, folder)
+        built[name].update(folder=folder, f16=root / f"{name}-f16.gguf", q8_0=root / f"{name}-q8_0.gguf")
+    gguf.convert_many([(b["folder"], b["f16"], pre_tokenizer_override(b["folder"])) for b in built.values()])
+    for b in built.values():
+        gguf.quantize(b["f16"], b["q8_0"], "q8_0", threads=1)
+    return built
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gguf_carries_template_and_every_end_of_turn_token(exported, name):
+    built = exported[name]
+    metadata = gguf.read_metadata(built["f16"])
+    assert metadata["general.architecture"] == ARCH[name]
+    tokenizer_config = json.loads((built["folder"] / "tokenizer_config.json").read_text())
+    template = tokenizer_config.get("chat_template") or (built["folder"] / "chat_template.jinja").read_text()
+    assert metadata["tokenizer.chat_template"] == template
+    assert int(metadata["tokenizer.ggml.eos_token_id"]) in built["eot_ids"]
+    eog = gguf.end_of_generation(built["f16"], built["eot_ids"])
+    assert all(eog.values()), f"{name}: end-of-turn tokens llama.cpp would not stop at: " \
+        f"{[t for t, ok in eog.items() if not ok]} of {built['family'].end_of_turn}"
+    from transformers import AutoTokenizer
+
+    ordinary = AutoTokenizer.from_pretrained(built["folder"])("vault", add_special_tokens=False)["input_ids"]
+    assert not any(gguf.end_of_generation(built["f16"], ordinary).values())  # the check can fail
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_f16_greedy_parity_with_hf(exported, name):
+    built = exported[name]
+    report = parity.check(built["folder"], built["f16"], PROMPTS, max_new_tokens=16)
+    assert report["tokenizer_matched"] == len(PROMPTS), report
+    assert report["passed"], parity.failure_message(report)
+    # a tolerated divergence must be a genuine tie in the HF model (qwen2.5 here: margin 2.6e-5)
+    assert all(d["hf_logit_margin"] < parity.NEAR_TIE for d in report["divergences"]), report
+    print(f"{name}: {report['matched']}/{report['prompts']} identical, {report['near_ties']} near tie(s)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_q8_0_loads_and_answers_like_f16(exported, name):
+    import llama_cpp
+
+    built = exported[name]
+    assert built["q8_0"].stat().st_size < built["f16"].stat().st_size
+    prompt_ids, hf_out, _ = parity.hf_greedy(built["folder"], PROMPTS[:1], 16)
+    q8_out = parity.gguf_greedy(built["q8_0"], prompt_ids, 16)
+    assert q8_out[0], "Q8_0 generated nothing"
+    llm = llama_cpp.Llama(model_path=str(built["q8_0"]), vocab_only=True, verbose=False)
+    try:
+        assert llm.metadata.get("tokenizer.chat_template")
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_served_model_stops_at_end_of_turn(exported, name):
+    from appliance.serve.engine import Engine, SamplingParams
+
+    built = exported[name]
+    stop_text = built["family"].stop_token
+    engine = Engine(built["f16"], name, n_ctx=512, n_threads=1)
+    try:
+        reply = engine.chat(families.PROMPT, SamplingParams(max_tokens=32, temperature=0.0))
+    finally:
+        engine.close()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop", (name, choice, reply["usage"])
+    assert stop_text not in choice["message"]["content"]
+    # it stopped where the HF model emits end of turn, not at some other token
+    assert reply["usage"]["completion_tokens"] in (built["stop_step"], built["stop_step"] + 1), \
+        (reply["usage"], built["stop_step"])
