@@ -157,38 +157,46 @@ def llama_server(binary: Path, base: Path, adapters: dict[str, Path], threads: i
 
 
 # -- clients ------------------------------------------------------------------------------------
-def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float]:
-    """(latency s, completion tokens, time to first token s) of one greedy request."""
+def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float, str]:
+    """(latency s, completion tokens, time to first token s, text) of one greedy request."""
     body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0.0, "stream": stream, **model_field}
     started = time.perf_counter()
     if not stream:
         reply = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
         reply.raise_for_status()
         end = time.perf_counter()
-        return end - started, int(reply.json()["usage"]["completion_tokens"]), end - started
-    first, pieces = None, 0
+        data = reply.json()
+        return end - started, int(data["usage"]["completion_tokens"]), end - started, data["choices"][0]["text"]
+    first, pieces, text = None, 0, []
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as reply:
         for line in reply.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                text = json.loads(line[6:])["choices"][0].get("text") if json.loads(line[6:]).get("choices") else ""
-                if text and first is None:
-                    first = time.perf_counter()
-                pieces += bool(text)
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            piece = choices[0].get("text") or ""
+            if piece and first is None:
+                first = time.perf_counter()
+            pieces += bool(piece)
+            text.append(piece)
     end = time.perf_counter()
-    return end - started, pieces, (first or end) - started
+    return end - started, pieces, (first or end) - started, "".join(text)
 
 
 def load(url: str, clients: int, requests_each: int, fields: list[dict]) -> dict:
+    """Aggregate tok/s, p50/p99 latency, and how many greedy texts equal the same request served alone."""
+    solo = [completion(url, field)[3] for field in fields]
     latencies: list[float] = []
-    tokens = [0]
+    tokens, agree = [0], [0]
     lock = threading.Lock()
 
     def client(i: int) -> None:
         for r in range(requests_each):
-            latency, n, _ = completion(url, fields[(i + r) % len(fields)])
+            which = (i + r) % len(fields)
+            latency, n, _, text = completion(url, fields[which])
             with lock:
                 latencies.append(latency)
                 tokens[0] += n
+                agree[0] += text == solo[which]
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -199,7 +207,8 @@ def load(url: str, clients: int, requests_each: int, fields: list[dict]) -> dict
     wall = time.perf_counter() - started
     latencies.sort()
     return {"tok_s": tokens[0] / wall, "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "identical_to_solo": f"{agree[0]}/{len(latencies)}"}
 
 
 def direct_tok_s(base: Path, threads: int) -> float:
@@ -266,7 +275,7 @@ def main() -> None:
             direct, http = [], []
             for _ in range(args.rounds):  # alternate: direct holds the CPU only while the server idles
                 direct.append(direct_tok_s(base, args.threads))
-                latency, n, _ = completion(server.url, {})
+                latency, n, _, _ = completion(server.url, {})
                 http.append(n / latency)
             results["single"] = {"direct": statistics.median(direct), "ours": statistics.median(http)}
             results["ours"] = {c: load(server.url, c, args.requests, [{}]) for c in (1, 4, 8)}
@@ -301,7 +310,9 @@ def report(r: dict) -> None:
             t = r.get(theirs_key, {}).get(c)
             theirs = f"{t['tok_s']:.1f} ({t['p50']:.2f}/{t['p99']:.2f})" if t else "n/a"
             ratio = f"{o['tok_s'] / t['tok_s']:.2f}" if t else "n/a"
-            print(f"  {c} | {o['tok_s']:.1f} ({o['p50']:.2f}/{o['p99']:.2f}) | {theirs} | {ratio}")
+            print(f"  {c} | {o['tok_s']:.1f} ({o['p50']:.2f}/{o['p99']:.2f}) | {theirs} | {ratio}"
+                  f"   [greedy identical to solo: ours {o['identical_to_solo']}"
+                  f"{', llama-server ' + t['identical_to_solo'] if t else ''}]")
     w = r["switch"]
     print(f"\nadapter switch: llama_set_adapters_lora {w['set_adapters_ms']:.3f} ms; 8-token request "
           f"{w['same_s'] * 1000:.1f} ms on one adapter vs {w['alternating_s'] * 1000:.1f} ms alternating "

@@ -10,7 +10,9 @@
 # (no weights downloaded), saved once to /tmp/gpu-check/base and loaded in NF4. Each backend runs
 # in its own process so torch.cuda.max_memory_allocated is its own; the memory planner's estimate
 # is printed beside it (appliance train plan). Prints one line per backend and the unsloth/hf ratio.
-# STATUS: written without a GPU in the session that made it; not yet run.
+# STATUS: written without a GPU (no device was lent to the sessions that wrote it); not yet run.
+# The hf path loads the base in NF4 with bf16 compute and trains with bf16=False (LoRA in fp32),
+# as appliance/train/backends.py does; unsloth trains in bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -44,33 +46,24 @@ run_backend() {
 python3 - "$1" <<'EOF'
 import json, os, sys, time
 backend, steps, seq = sys.argv[1], int(os.environ["STEPS"]), int(os.environ["SEQ"])
-if backend == "unsloth":
-    import unsloth  # noqa: F401  (must come before transformers)
-    from unsloth import FastLanguageModel
+# the backends' own loading code (appliance/train/backends.py), so the check measures what `appliance
+# train sft --4bit --backend ...` runs: NF4 + double quantisation, LoRA r=16 on all projections
+from appliance.config import SFTRecipe
+from appliance.train.backends import precision_args, select_backend, sft_model
+assert select_backend(backend) == backend
 import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 base = "/tmp/gpu-check/base"
-if backend == "unsloth":
-    model, _ = FastLanguageModel.from_pretrained(base, max_seq_length=seq, load_in_4bit=True, dtype=torch.bfloat16)
-    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        use_gradient_checkpointing="unsloth", random_state=0)
-    peft_config = None
-else:
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=q, dtype=torch.bfloat16)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    peft_config = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+from pathlib import Path
+recipe = SFTRecipe(load_in_4bit=True, gradient_checkpointing=True, max_seq_length=seq, lora_r=16, lora_alpha=32)
+model, peft_config = sft_model(backend, Path(base), recipe)
 g = torch.Generator().manual_seed(0)
 rows = [{"input_ids": torch.randint(10, 128000, (seq,), generator=g).tolist()} for _ in range(steps + 2)]
 args = SFTConfig(output_dir=f"/tmp/gpu-check/{backend}", max_steps=steps, per_device_train_batch_size=1,
-                 learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], bf16=True,
-                 gradient_checkpointing=backend == "hf", max_length=seq, packing=False)
+                 learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], **precision_args(backend),
+                 gradient_checkpointing=backend == "hf", gradient_checkpointing_kwargs={"use_reentrant": False},
+                 max_length=seq, packing=False)
 from transformers import TrainerCallback
 class Clock(TrainerCallback):  # time from the end of step 1 (kernels warmed up) to the end
     def on_step_end(self, args, state, control, **kw):

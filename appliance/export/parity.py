@@ -120,6 +120,12 @@ def check(model_dir: Path, gguf_path: Path, prompts: list[list[dict]], max_new_t
 
     prompt_ids, hf_out, hf_logits = hf_greedy(model_dir, prompts, max_new_tokens)
     gguf_out = gguf_greedy(gguf_path, prompt_ids, max_new_tokens)
+    # llama.cpp may end generation at more tokens than generation_config lists (it also stops at
+    # end-of-text/end-of-turn tokens it recognises by their text): the served output ends there.
+    from appliance.export.gguf import end_of_generation
+
+    eog = end_of_generation(gguf_path, sorted({t for out in hf_out for t in out}))
+    hf_out = [out[: next((j + 1 for j, t in enumerate(out) if eog[t]), len(out))] for out in hf_out]
     report = compare(hf_out, gguf_out, hf_logits)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from appliance.serve.scheduler import (
     Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,

@@ -70,7 +70,7 @@ class Sequence:
     prompt: list[int]
     params: SamplingParams
     adapter: str | None
-    events: "queue.Queue[Delta | Finished | Failed]" = field(default_factory=queue.Queue)
+    events: queue.Queue[Delta | Finished | Failed] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
     n_prefilled: int = 0
@@ -150,15 +150,16 @@ class Scheduler:
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> Sequence:
-        if seq.adapter is not None and seq.adapter not in self._adapters:
-            raise UnknownModel(f"no adapter named {seq.adapter!r}")
         if len(seq.prompt) >= self.n_ctx:
             raise PromptTooLong(f"the prompt has {len(seq.prompt)} tokens; this server's context holds "
                                 f"{self.n_ctx} per request, including the answer")
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the engine is shutting down")
-            seq.pointer = self._adapters.get(seq.adapter) if seq.adapter else None
+            if seq.adapter is not None:
+                if seq.adapter not in self._adapters:
+                    raise UnknownModel(f"no adapter named {seq.adapter!r}")
+                seq.pointer = self._adapters[seq.adapter]
             self._pending.append(seq)
             self._cv.notify()
         return seq

@@ -77,7 +77,8 @@ class Family:
     spm_meta: dict = field(default_factory=dict)
     add_dummy_prefix: bool = True
     tokenizer_class: str = "LlamaTokenizer"
-    legacy: bool = False                # HF Llama tokenizer: "always" (True) or "first" prefix space
+    legacy: bool = False                # prefix "▁" to every text run after a special token (as llama.cpp does)
+    rstrip_specials: bool = False       # Phi-3's added tokens strip the whitespace after them
 
 
 def _template(name: str) -> str:
@@ -104,7 +105,8 @@ FAMILIES: dict[str, Family] = {
         "phi3", "spm", "microsoft-Phi-3.5-mini-instruct.jinja",
         ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"],
         bos="<s>", eos="<|end|>", end_of_turn=["<|end|>", "<|endoftext|>"], stop_token="<|end|>",
-        spm_meta={"unk": (0, "<unk>"), "bos": (1, "<s>"), "eos": (2, "</s>"), "pad": (-1, None)}),
+        spm_meta={"unk": (0, "<unk>"), "bos": (1, "<s>"), "eos": (2, "</s>"), "pad": (-1, None)},
+        legacy=True, rstrip_specials=True),
     "gemma2": Family(
         "gemma2", "spm", "google-gemma-2-2b-it.jinja", ["<start_of_turn>", "<end_of_turn>"],
         bos="<bos>", eos="<eos>", end_of_turn=["<end_of_turn>", "<eos>"], stop_token="<end_of_turn>",
@@ -157,6 +159,20 @@ def _spm_tokenizer(family: Family, texts: list[str], folder: Path):
               "additional_special_tokens": family.specials, "add_bos_token": False, "add_eos_token": False,
               "legacy": family.legacy}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "legacy": family.legacy}))
+    # What the published tokenizer.json files of these families do, and llama.cpp mirrors:
+    # Mistral/Phi-3 (legacy Llama normaliser) put "▁" before every text run, also after a special
+    # token; Phi-3's chat tokens carry rstrip (llama.cpp sets RSTRIP for phi3 by architecture).
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    if family.legacy:
+        spec["pre_tokenizer"]["prepend_scheme"] = "always"
+    if family.rstrip_specials:
+        for token in spec["added_tokens"]:
+            if token["content"] in family.specials and token["content"] != "<|endoftext|>":
+                token["rstrip"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -196,13 +212,16 @@ def _greedy(model, ids: list[int], steps: int) -> list[int]:
     return out[0][len(ids):].tolist()
 
 
-def stop_after(model, tokenizer, stop_id: int, prompts: list[list[dict]]) -> int:
+def stop_after(model, tokenizer, stop_id: int, prompts: list[list[dict]], other_stops: tuple[int, ...] = ()) -> int:
     """Scale the stop token's output row until greedy decoding emits it at step 2..12 of the first
-    prompt; returns that step. Raises if no scale does."""
+    prompt, before any of ``other_stops``; returns that step. Raises if no scale does."""
     ids = tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"]
     head = model.get_output_embeddings().weight
     original = head[stop_id].detach().clone()
+    with torch.no_grad():  # the other end-of-turn tokens must not win first: their logits become 0
+        for other in set(other_stops) - {stop_id}:
+            head[other] = 0.0
     generator = torch.Generator().manual_seed(7)
     for attempt in range(12):
         direction = original if attempt == 0 else torch.randn(original.shape, generator=generator) * original.std()
@@ -242,7 +261,7 @@ def build(family_name: str, folder: Path, seed: int = 0) -> dict:
             model.get_output_embeddings().weight.normal_(0.0, scale)
     model.eval()
     stop_id = tokenizer.convert_tokens_to_ids(family.stop_token)
-    stop_step = stop_after(model, tokenizer, stop_id, [PROMPT])
+    stop_step = stop_after(model, tokenizer, stop_id, [PROMPT], tuple(eot_ids))
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eot_ids,
                                                pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(folder, safe_serialization=True)
@@ -250,6 +269,8 @@ def build(family_name: str, folder: Path, seed: int = 0) -> dict:
     config_path = folder / "tokenizer_config.json"
     tok_config = json.loads(config_path.read_text())
     tok_config.update({"add_bos_token": False, "add_eos_token": False})
+    if family.tokenizer_kind == "spm":  # transformers 5 drops it on save; LlamaTokenizer rebuilds from it
+        tok_config["legacy"] = family.legacy
     config_path.write_text(json.dumps(tok_config, indent=2))
     if family.pre_tokenizer:
         (folder / PRE_TOKENIZER_MARKER).write_text(json.dumps({"pre_tokenizer": family.pre_tokenizer}) + "\n")

@@ -27,6 +27,13 @@ from tests.integration import families
 NAMES = [*families.FAMILIES, "pocket"]
 ARCH = {"llama3": "llama", "qwen2.5": "qwen2", "mistral": "llama", "phi3": "phi3", "gemma2": "gemma2",
         "gemma3": "gemma3", "pocket": "llama"}
+# Found by these tests (transformers 5.17.0, llama.cpp 0c1e57098): after a special token, llama.cpp's
+# sentencepiece tokenizer always inserts "▁" ("[INST] What" -> [INST] ▁ ▁What), while transformers
+# 5.x rebuilds Llama tokenizers with a Metaspace pre-tokenizer that skips the prefix when the text
+# already starts with a space ("[INST] What" -> [INST] ▁What). The prompt ids differ by one token, so
+# greedy output differs too; export's parity gate refuses such a model rather than ship it.
+MISTRAL_SPACE = pytest.mark.xfail(strict=True, reason="llama.cpp adds '▁' after [INST] where transformers 5.17 "
+                                  "does not: chat prompts tokenise differently (see comment above)")
 PROMPTS = [families.PROMPT, [{"role": "user", "content": "Please summarise the report on building K."}],
            [{"role": "user", "content": "Which badge is orange?"}]]
 
@@ -41,12 +48,13 @@ def _build_pocket(folder: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    step = families.stop_after(model, tokenizer, stop_id, [families.PROMPT])
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # llama.cpp ends generation there too
+    step = families.stop_after(model, tokenizer, stop_id, [families.PROMPT], (stop_id, end_of_text))
     model.save_pretrained(folder, safe_serialization=True)
-    family = families.Family("pocket", "bpe", "", [], bos=None, eos="<|im_end|>", end_of_turn=["<|im_end|>"],
-                             stop_token="<|im_end|>")
-    return {"family": family, "eot_ids": [stop_id], "stop_id": stop_id, "stop_step": step, "eos_id": stop_id,
-            "architecture": "LlamaForCausalLM"}
+    family = families.Family("pocket", "bpe", "", [], bos=None, eos="<|im_end|>",
+                             end_of_turn=["<|im_end|>", "<|endoftext|>"], stop_token="<|im_end|>")
+    return {"family": family, "eot_ids": [stop_id, end_of_text], "stop_id": stop_id, "stop_step": step,
+            "eos_id": stop_id, "architecture": "LlamaForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ def test_gguf_carries_template_and_every_end_of_turn_token(exported, name):
     assert not any(gguf.end_of_generation(built["f16"], ordinary).values())  # the check can fail
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MISTRAL_SPACE) if n == "mistral" else n for n in NAMES])
 def test_f16_greedy_parity_with_hf(exported, name):
     built = exported[name]
     report = parity.check(built["folder"], built["f16"], PROMPTS, max_new_tokens=16)
@@ -108,7 +116,7 @@ def test_q8_0_loads_and_answers_like_f16(exported, name):
         llm.close()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MISTRAL_SPACE) if n == "mistral" else n for n in NAMES])
 def test_served_model_stops_at_end_of_turn(exported, name):
     from appliance.serve.engine import Engine, SamplingParams
 

@@ -71,11 +71,21 @@ class ScriptedEngine:
                "usage": {"prompt_tokens": 2, "completion_tokens": len(pieces), "total_tokens": 2 + len(pieces)}}
 
 
-def make(tmp_path, **settings):
-    ws = Workspace.open(tmp_path / "ws")
-    engine = ScriptedEngine()
-    app = create_app(engine, ws, ServeSettings(**settings), KeyRing(keys_path(ws)))
-    return ws, engine, TestClient(app)
+@pytest.fixture
+def make(tmp_path):
+    """``make(**settings) -> (workspace, engine, client)``; one event loop for all the client's requests."""
+    clients: list[TestClient] = []
+
+    def factory(**settings):
+        ws = Workspace.open(tmp_path / "ws")
+        engine = ScriptedEngine()
+        app = create_app(engine, ws, ServeSettings(**settings), KeyRing(keys_path(ws)))
+        clients.append(TestClient(app).__enter__())
+        return ws, engine, clients[-1]
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 def chat(client, content, headers=None, **extra):
@@ -87,8 +97,8 @@ def log_lines(ws) -> list[dict]:
     return [json.loads(line) for line in (ws.logs / "requests.jsonl").read_text().splitlines()]
 
 
-def test_keys_routing_and_error_shapes(tmp_path):
-    ws, engine, client = make(tmp_path, require_keys=True)
+def test_keys_routing_and_error_shapes(make):
+    ws, engine, client = make(require_keys=True)
     legal, legal_secret = create_key(ws, "legal-team", ["legal"])
     _, any_secret = create_key(ws, "ops")
     auth = {"Authorization": f"Bearer {legal_secret}"}
@@ -144,16 +154,16 @@ def test_revoked_key_stops_working_without_restart(tmp_path):
     assert client.get("/v1/models", headers=auth).status_code == 401
 
 
-def test_optional_keys_on_loopback(tmp_path):
-    ws, _, client = make(tmp_path, require_keys=False)
+def test_optional_keys_on_loopback(make):
+    ws, _, client = make(require_keys=False)
     assert chat(client, "say: hi").status_code == 200
     # a placeholder key (openai clients need one) is anonymous; a key of ours that does not verify is not
     assert chat(client, "say: hi", headers={"Authorization": "Bearer EMPTY"}).status_code == 200
     assert chat(client, "say: hi", headers={"Authorization": "Bearer sk-app-00000000-nope"}).status_code == 401
 
 
-def test_queue_full_is_429_and_queue_drains(tmp_path):
-    ws, engine, client = make(tmp_path, limits=Limits(max_concurrent=1, max_queue=1))
+def test_queue_full_is_429_and_queue_drains(make):
+    ws, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1))
     engine.gate = threading.Event()
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(chat(client, "say: slow").status_code))
@@ -176,23 +186,23 @@ def test_queue_full_is_429_and_queue_drains(tmp_path):
     assert (admission.running, admission.waiting) == (0, 0)
 
 
-def test_timeout_ends_request_with_504(tmp_path):
-    ws, engine, client = make(tmp_path, limits=Limits(max_concurrent=1, max_queue=1, timeout_s=0.3))
+def test_timeout_ends_request_with_504(make):
+    ws, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1, timeout_s=0.3))
     engine.gate = threading.Event()
     r = chat(client, "say: never")
     engine.gate.set()
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
 
 
-def test_max_prompt_tokens(tmp_path):
-    _, _, client = make(tmp_path, limits=Limits(max_prompt_tokens=3))
+def test_max_prompt_tokens(make):
+    _, _, client = make(limits=Limits(max_prompt_tokens=3))
     assert chat(client, "say: a b").status_code == 200
     r = chat(client, "say: a b c d e")
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_stream_redacts_an_address_split_across_chunks_and_logs_only_that_it_did(tmp_path):
-    ws, _, client = make(tmp_path)
+def test_stream_redacts_an_address_split_across_chunks_and_logs_only_that_it_did(make):
+    ws, _, client = make()
     secret = "jane.doe@example.org"
     text = f"say: Contact {secret} for the vault code, or call +44 20 7946 0958 after five."
     with client.stream("POST", "/v1/chat/completions", json={
@@ -232,8 +242,8 @@ def test_stream_filter_matches_whole_text_filter_for_any_chunking():
         assert "".join(out) == expected
 
 
-def test_feedback_round_trip(tmp_path):
-    ws, _, client = make(tmp_path)
+def test_feedback_round_trip(make):
+    ws, _, client = make()
     r = client.post("/v1/completions", json={"prompt": "say: the answer", "max_tokens": 5})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "the answer"
     response_id = r.json()["id"]
