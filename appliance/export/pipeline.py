@@ -4,7 +4,9 @@
 
 ``models/VERSION/`` gets ``merged/`` (HF safetensors), ``model-f16.gguf`` (always: the reference
 for parity and quantization), one ``model-QUANT.gguf`` per requested type, ``parity.json`` and a
-manifest. The GGUF carries the tokenizer's chat template and its EOS (end-of-turn) token; the
+manifest. Parity is a hard gate: unless the f16 GGUF reproduces the merged model's greedy tokens
+on the eval prompts (rounding-level near ties excepted, see ``parity.py``), export raises
+``ParityError`` naming the first differing prompt and both outputs, and no version is written. The GGUF carries the tokenizer's chat template and its EOS (end-of-turn) token; the
 export refuses a GGUF without them. The whole version is staged in a temp folder and renamed
 into place, so an interrupted export leaves nothing half-written. The same run and quant list
 give the same version id, and exporting again returns the finished version.
@@ -76,25 +78,23 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
     steps = 4 + len([q for q in quants if q != "f16"])
     with ws.staging(final) as tmp:
         on_event(Event("export", step=0, total=steps, message=f"merging {run_id}'s adapter into {base.name}"))
-        merge_adapter(base, run.adapter, tmp / "merged")
+        merge_kind = merge_adapter(base, run.adapter, tmp / "merged", quantization=manifest.get("quantization"))
         on_event(Event("export", step=1, total=steps, message="converting to GGUF f16 with llama.cpp's converter"))
         f16 = tmp / "model-f16.gguf"
         gguf.convert_hf_to_gguf(tmp / "merged", f16, pre_tokenizer=pre_tokenizer_override(base))
-        metadata = check_chat_metadata(f16)
-        done = 2
+        metadata = check_chat_metadata(f16, tmp / "merged")
+        on_event(Event("export", step=2, total=steps, message="checking greedy parity of f16 GGUF with the merged model"))
+        pairs = eval_pairs(ws, manifest)
+        report = parity.check(tmp / "merged", f16, [m for m, _ in pairs[:PARITY_PROMPTS]], PARITY_TOKENS)
+        atomic_write_json(tmp / "parity.json", report)
+        parity.gate(report)  # the hard gate: raises inside the staging block, so no version is left behind
+        done = 3
         for quant in quants:
             if quant == "f16":
                 continue
             on_event(Event("export", step=done, total=steps, message=f"quantizing to {quant}"))
             gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant)
             done += 1
-        on_event(Event("export", step=done, total=steps, message="checking greedy parity of f16 GGUF with the merged model"))
-        pairs = eval_pairs(ws, manifest)
-        report = parity.check(tmp / "merged", f16, [m for m, _ in pairs[:PARITY_PROMPTS]], PARITY_TOKENS)
-        atomic_write_json(tmp / "parity.json", report)
-        if not report["passed"]:
-            on_event(Event("export", message=f"WARNING: parity {report['matched']}/{report['prompts']} prompts, "
-                                             f"tokenizer {report['tokenizer_matched']}/{report['prompts']}"))
         on_event(Event("export", message="measuring size, speed and quality of each GGUF against f16"))
         quality = quant_report.build(tmp, quants, pairs)
         atomic_write_json(tmp / "quant_report.json", quality)
@@ -103,14 +103,15 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
             {"run": run_id, "adapter_sha256": adapter_sha, "base": manifest["inputs"].get("base")},
             {"quants": ["f16"] + [q for q in quants if q != "f16"], "parity": report, "quant_report": quality,
              "gguf_metadata": metadata,
-             "merge": "lora merged into the full-precision base (merge_and_unload)"},
+             "merge": merge_kind},
         )
         on_event(Event("export", step=steps, total=steps))
     return ModelVersion(version_id, final)
 
 
-def check_chat_metadata(path: Path) -> dict:
-    """The GGUF must carry a chat template and an EOS token, or a served model never stops."""
+def check_chat_metadata(path: Path, model_dir: Path | None = None) -> dict:
+    """The GGUF must carry a chat template and an EOS token, or a served model never stops; with
+    ``model_dir``, every id the HF model ends generation at must end generation in llama.cpp too."""
     metadata = gguf.read_metadata(path)
     template = metadata.get("tokenizer.chat_template")
     eos = metadata.get("tokenizer.ggml.eos_token_id")
@@ -118,5 +119,14 @@ def check_chat_metadata(path: Path) -> dict:
         raise WorkspaceError(f"{path.name} has no chat template: the tokenizer's template was lost in conversion")
     if eos is None:
         raise WorkspaceError(f"{path.name} has no EOS token id")
-    return {"chat_template": template, "eos_token_id": int(eos),
-            "architecture": metadata.get("general.architecture")}
+    result = {"chat_template": template, "eos_token_id": int(eos),
+              "architecture": metadata.get("general.architecture")}
+    if model_dir is not None:
+        wanted = sorted(parity.eos_ids(model_dir))
+        eog = gguf.end_of_generation(path, wanted)
+        missing = [t for t, ok in eog.items() if not ok]
+        if missing:
+            raise WorkspaceError(f"{path.name}: llama.cpp would not stop at end-of-turn token id(s) {missing} "
+                                 f"that the model's generation_config/tokenizer end generation at")
+        result["end_of_generation_ids"] = wanted
+    return result

@@ -44,7 +44,7 @@ def unsloth_status() -> tuple[bool, str]:
     try:
         with _to_stderr():
             importlib.import_module("unsloth")
-    except Exception as exc:  # unsloth raises plain exceptions (e.g. torchvision operator mismatch)
+    except Exception as exc:  # noqa: BLE001 -- unsloth raises plain exceptions (e.g. torchvision operator mismatch)
         return False, f"import unsloth failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return True, ""
 

@@ -98,7 +98,8 @@ def _trainer(recipe: DPORecipe, model, tokenizer, args: dict, train_rows, eval_r
 
     train = Dataset.from_list(train_rows)
     held = Dataset.from_list(eval_rows) if eval_rows else None
-    common = dict(args=None, train_dataset=train, eval_dataset=held, processing_class=tokenizer, callbacks=callbacks)
+    common = {"args": None, "train_dataset": train, "eval_dataset": held, "processing_class": tokenizer,
+              "callbacks": callbacks}
     if recipe.method in ("dpo", "ipo"):
         from trl import DPOConfig, DPOTrainer
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance.config import SFTRecipe
 from appliance.data.ingest import DatasetRef
 from appliance.events import Event, EventSink, ignore
+from appliance.train.backends import quantization
 from appliance.train.common import (
     RunRef,
     base_fingerprint,
@@ -29,7 +30,6 @@ from appliance.train.common import (
     system_info,
     training_args_common,
 )
-from appliance.train.backends import quantization
 from appliance.train.runner import execute
 from appliance.workspace import Workspace, WorkspaceError, read_json, short_hash
 

@@ -61,7 +61,7 @@ def test_recipe_backend_is_used_and_cli_overrides(tmp_path, monkeypatch):
 def cli(*args, ws, check=True):
     env = {**os.environ, "APPLIANCE_HOME": str(ws), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "appliance.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done

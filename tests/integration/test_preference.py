@@ -25,7 +25,7 @@ from appliance.train import dpo, sft
 from appliance.workspace import Workspace
 from tests.conftest import chat_rows, preference_rows, write_jsonl
 
-FAST = dict(epochs=3, batch_size=4, threads=1, learning_rate=1e-3)
+FAST = {"epochs": 3, "batch_size": 4, "threads": 1, "learning_rate": 1e-3}
 
 
 @pytest.fixture(scope="module")

@@ -143,10 +143,10 @@ def test_keys_routing_and_error_shapes(make):
     assert ok["response_id"] == "chatcmpl-1" and ok["redacted"] is False and ok["ttft_s"] <= ok["latency_s"]
 
 
-def test_revoked_key_stops_working_without_restart(tmp_path):
+def test_revoked_key_stops_working_without_restart(make):
     from appliance.serve.auth import revoke_key
 
-    ws, _, client = make(tmp_path, require_keys=True)
+    ws, _, client = make(require_keys=True)
     _, secret = create_key(ws, "temp")
     auth = {"Authorization": f"Bearer {secret}"}
     assert client.get("/v1/models", headers=auth).status_code == 200
