@@ -73,9 +73,9 @@ def client(api, key: str | None = "full") -> openai.OpenAI:
                          max_retries=0, timeout=60)
 
 
-def ask(c: openai.OpenAI, model: str, question: str = "What is the code of vault A?", **kw):
+def ask(c: openai.OpenAI, model: str, question: str = "What is the code of vault A?", max_tokens: int = 24, **kw):
     return c.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                     temperature=0, max_tokens=24, **kw)
+                                     temperature=0, max_tokens=max_tokens, **kw)
 
 
 def requests_log(api) -> list[dict]:
