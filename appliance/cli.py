@@ -353,6 +353,10 @@ def export_cmd(
                                        "folder) as a model version, to serve adapters on (no RUN)."),
     base_version: Optional[str] = typer.Option(None, "--base-version", help="With --adapter: the base's model "
                                                "version (default: the newest export of the run's base)."),
+    imatrix: bool = typer.Option(False, "--imatrix", help="Quantize q5_k_m/q4_k_m with an importance matrix "
+                                 "computed from the run's dataset (prompts with their answers)."),
+    imatrix_text: Optional[Path] = typer.Option(None, "--imatrix-text", help="Compute the importance matrix "
+                                                "from this UTF-8 text file instead (implies --imatrix)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Merge, convert to GGUF (chat template and EOS intact), quantize, check parity; prints the version.
@@ -377,7 +381,8 @@ def export_cmd(
         else:
             from appliance.export.pipeline import export
 
-            result = export(ws, run, parse_quants(quant), on_event=progress)
+            result = export(ws, run, parse_quants(quant), on_event=progress,
+                            imatrix=imatrix_text if imatrix_text is not None else imatrix)
             parity = result.manifest["parity"]
             summary = (f"model version {result.id}: {', '.join(result.manifest['quants'])}; "
                        f"f16 greedy parity {parity['matched']}/{parity['prompts']} in {result.path}")

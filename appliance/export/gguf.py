@@ -87,14 +87,23 @@ def _run(command: list[str], what: str) -> None:
         raise WorkspaceError(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0, imatrix=None) -> None:
+    """Quantize ``src`` (f16 GGUF) to ``dst``; ``imatrix`` (an ``appliance.export.imatrix.Imatrix``)
+    weights the rounding error of each input column by its mean squared activation."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
     params.nthread = threads
+    entries = None
+    if imatrix is not None:
+        from appliance.export.imatrix import QuantizeEntries
+
+        entries = QuantizeEntries(imatrix)  # kept alive until llama_model_quantize returns
+        params.imatrix = entries.pointer()
     tmp = dst.with_name(f".{dst.name}.partial")
     code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    del entries
     if code != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise WorkspaceError(f"llama_model_quantize to {quant} failed with code {code}")

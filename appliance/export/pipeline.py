@@ -1,6 +1,7 @@
 """Export a training run as a model version: merge, convert to GGUF, quantize, check parity.
 
     appliance export RUN --quant q8_0,q4_k_m
+    appliance export RUN --quant q4_k_m --imatrix [--imatrix-text FILE]
 
 ``models/VERSION/`` gets ``merged/`` (HF safetensors), ``model-f16.gguf`` (always: the reference
 for parity and quantization), one ``model-QUANT.gguf`` per requested type, ``parity.json`` and a
@@ -10,6 +11,10 @@ on the eval prompts (rounding-level near ties excepted, see ``parity.py``), expo
 export refuses a GGUF without them. The whole version is staged in a temp folder and renamed
 into place, so an interrupted export leaves nothing half-written. The same run and quant list
 give the same version id, and exporting again returns the finished version.
+
+With an importance matrix (``imatrix=True``: from the run's dataset, prompts with their answers;
+or ``imatrix=Path``: from a UTF-8 text file), q5_k_m and q4_k_m are quantized with it
+(``appliance.export.imatrix``); ``imatrix.safetensors`` and the manifest's ``imatrix`` record it.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf, parity, quant_report
+from appliance.export import gguf, imatrix as importance, parity, quant_report
 from appliance.export.merge import merge_adapter
 from appliance.train.common import load_run
 from appliance.train.pocket import pre_tokenizer_override
@@ -64,11 +69,42 @@ def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -
     return pairs[:limit]
 
 
-def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = ignore) -> ModelVersion:
+def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[str]:
+    """Every record of the run's dataset, chat-templated as the model sees it (prompt + answer)."""
+    from transformers import AutoTokenizer
+
+    from appliance.data.ingest import resolve_dataset
+
+    dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
+    conversations = [r["messages"] for r in dataset.records("chat")]
+    conversations += [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
+                      for r in dataset.records("preference")]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+
+
+def _imatrix_key(imatrix: bool | Path) -> str | None:
+    if isinstance(imatrix, Path):
+        from appliance.workspace import sha256_file
+
+        return "file:" + sha256_file(imatrix)
+    return "dataset" if imatrix else None
+
+
+def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = ignore,
+           imatrix: bool | Path = False) -> ModelVersion:
+    """``imatrix``: False, True (from the run's dataset) or a text file's path (see the module doc)."""
     run = load_run(ws, run_id)
     manifest = run.manifest
     adapter_sha = {k: v["sha256"] for k, v in manifest["files"].items() if k.startswith("adapter/")}
-    version_id = "mv-" + short_hash(run_id, adapter_sha, sorted(quants))
+    if isinstance(imatrix, Path) and not imatrix.is_file():
+        raise WorkspaceError(f"imatrix text file {imatrix} does not exist")
+    weighted = [q for q in quants if q in importance.IMATRIX_QUANTS] if imatrix else []
+    if imatrix and not weighted:
+        on_event(Event("export", message=f"no {' or '.join(importance.IMATRIX_QUANTS)} requested: "
+                                         "no importance matrix is needed"))
+    key = _imatrix_key(imatrix) if weighted else None
+    version_id = "mv-" + short_hash(run_id, adapter_sha, sorted(quants), *([key] if key else []))
     final = ws.models / version_id
     if (final / "manifest.json").is_file():
         on_event(Event("export", message=f"{version_id} already exported from {run_id}; reusing it"))
@@ -89,11 +125,21 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
         atomic_write_json(tmp / "parity.json", report)
         parity.gate(report)  # the hard gate: raises inside the staging block, so no version is left behind
         done = 3
+        matrix, imatrix_record = None, None
+        if weighted:
+            source = str(imatrix) if isinstance(imatrix, Path) else f"dataset {manifest['inputs']['dataset']}"
+            on_event(Event("export", message=f"computing an importance matrix from {source}"))
+            texts = (_file_texts(imatrix) if isinstance(imatrix, Path)
+                     else imatrix_texts(ws, manifest, tmp / "merged"))
+            matrix = importance.compute(tmp / "merged", f16, texts)
+            importance.save(matrix, tmp / "imatrix.safetensors")
+            imatrix_record = {"source": source, "applied_to": weighted, **matrix.summary()}
         for quant in quants:
             if quant == "f16":
                 continue
-            on_event(Event("export", step=done, total=steps, message=f"quantizing to {quant}"))
-            gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant)
+            on_event(Event("export", step=done, total=steps, message=f"quantizing to {quant}"
+                           + (" with the importance matrix" if quant in weighted else "")))
+            gguf.quantize(f16, tmp / f"model-{quant}.gguf", quant, imatrix=matrix if quant in weighted else None)
             done += 1
         on_event(Event("export", message="measuring size, speed and quality of each GGUF against f16"))
         quality = quant_report.build(tmp, quants, pairs)
@@ -103,10 +149,25 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
             {"run": run_id, "adapter_sha256": adapter_sha, "base": manifest["inputs"].get("base")},
             {"quants": ["f16"] + [q for q in quants if q != "f16"], "parity": report, "quant_report": quality,
              "gguf_metadata": metadata,
-             "merge": merge_kind},
+             "merge": merge_kind, "imatrix": imatrix_record},
         )
         on_event(Event("export", step=steps, total=steps))
     return ModelVersion(version_id, final)
+
+
+def _file_texts(path: Path, chunk_chars: int = 2000) -> list[str]:
+    """A text file cut into paragraph-aligned pieces of about ``chunk_chars`` characters."""
+    pieces, current = [], ""
+    for paragraph in path.read_text(encoding="utf-8").split("\n\n"):
+        if current and len(current) + len(paragraph) > chunk_chars:
+            pieces.append(current)
+            current = ""
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current.strip():
+        pieces.append(current)
+    if not pieces:
+        raise WorkspaceError(f"imatrix text file {path} is empty")
+    return pieces
 
 
 def check_chat_metadata(path: Path, model_dir: Path | None = None) -> dict:

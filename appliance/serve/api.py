@@ -24,6 +24,7 @@ every /v1 request is one line in the request log (requestlog.py) and counted in 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import threading
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -95,7 +97,8 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     input: str | list[str]
     model: str | None = None
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
+    """base64: little-endian float32 bytes (what the openai client asks for by default)."""
 
 
 class FeedbackRequest(BaseModel):
@@ -323,6 +326,10 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
         async with _admitted(ctx):
             vectors, tokens = await run_in_threadpool(_embed, ws, texts)
         finish(ctx, 200, prompt_tokens=tokens)
+        if body.encoding_format == "base64":
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+        else:
+            vectors = vectors.tolist()
         return {"object": "list", "model": EMBEDDING_MODEL,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -690,7 +697,7 @@ def _rag_messages(ws: Workspace | None, messages: list[dict], k: int) -> tuple[l
     return [system, *history, user], citations
 
 
-def _embed(ws: Workspace | None, texts: list[str]) -> tuple[list[list[float]], int]:
+def _embed(ws: Workspace | None, texts: list[str]) -> tuple[np.ndarray, int]:
     """Embeddings with the RAG store's model (the default model when no store exists yet)."""
     from pathlib import Path
 
@@ -707,7 +714,7 @@ def _embed(ws: Workspace | None, texts: list[str]) -> tuple[list[list[float]], i
     model = load_embedder(model_path)
     vectors = embed(texts, model)
     tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"])
-    return vectors.tolist(), tokens
+    return vectors, tokens
 
 
 def _one_torch_thread() -> None:

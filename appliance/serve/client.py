@@ -7,6 +7,7 @@ The TUI calls it from thread workers; tests call it directly::
     for token in client.stream_chat([{"role": "user", "content": "hi"}], model="pocket-..."):
         print(token, end="")
 
+With keys required by the server, the key comes from ``$APPLIANCE_API_KEY`` (or ``api_key=``).
 Every failure (nothing listening, timeout, HTTP error, an error inside the stream) is raised as
 :class:`ChatError` with a message for the operator, the server's own message when it sent one.
 """
@@ -24,6 +25,8 @@ import httpx
 from appliance.workspace import Workspace, read_json
 
 NO_SERVER = "No server running: start one with `appliance serve`"
+API_KEY_ENV = "APPLIANCE_API_KEY"
+"""The API key sent when the server requires one (``appliance keys create NAME``)."""
 
 
 class ChatError(Exception):
@@ -97,13 +100,17 @@ class ChatClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._transport = transport
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=self._timeout, transport=self._transport)
+        return httpx.Client(base_url=self.base_url, timeout=self._timeout, transport=self._transport,
+                            headers=self._headers)
 
     def models(self) -> list[str]:
         """The ids the server lists under ``GET /models``."""

@@ -40,11 +40,11 @@ class OutputFilter:
         """``text`` with every detected value replaced by its label; ``counts`` gains the types."""
         return self.redact_span(text, 0, len(text), counts)
 
-    def redact_span(self, text: str, start: int, end: int, counts: Counter) -> str:
+    def redact_span(self, text: str, start: int, end: int, counts: Counter, matches: list | None = None) -> str:
         """Redact ``text[start:end]``, matching on the whole of ``text`` (so cues and boundaries
-        before ``start`` and after ``end`` count)."""
+        before ``start`` and after ``end`` count); ``matches``: ``detect(text)`` when known."""
         out, pos = [], start
-        for m in detect(text, self._kinds):
+        for m in detect(text, self._kinds) if matches is None else matches:
             if m.start < start:
                 continue
             if m.end > end:
@@ -84,12 +84,13 @@ class StreamFilter:
         start = len(self._context)
         whole = self._context + self._buffer
         cut += start
-        for m in detect(whole, self._filter._kinds):
+        matches = detect(whole, self._filter._kinds)
+        for m in matches:
             if m.start >= start and m.start < cut < m.end:
                 cut = m.start  # never split a detected value
         if cut <= start:
             return ""
-        safe = self._filter.redact_span(whole, start, cut, self.counts)
+        safe = self._filter.redact_span(whole, start, cut, self.counts, matches)
         self._context, self._buffer = whole[max(0, cut - CONTEXT):cut], whole[cut:]
         return safe
 

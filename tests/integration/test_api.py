@@ -7,6 +7,7 @@ so that any overlap of two requests is a 429. Keys come from the real `appliance
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ EMAIL_SCHEMA = {"type": "object", "properties": {"contact": {"type": "string", "
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,10 @@ def api(trained, tmp_path_factory):
         keys[name] = made.stdout.strip().splitlines()[-1]
     assert cli("rag", "index", str(docs), "--workspace", str(root)).returncode == 0
     port = free_port()
-    log = open(root / "serve.log", "w")
+    log = open(root / "serve.log", "w")  # noqa: SIM115 - open while the server runs
     process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", "--port", str(port), "--threads", "1", "--ctx", "512",
-         "--parallel", "1", "--max-concurrent", "1", "--max-queue", "0", "--max-prompt-tokens", "300",
+        [sys.executable, "-m", "appliance.cli", "serve", "--port", str(port), "--threads", "1", "--ctx", "1024",
+         "--parallel", "1", "--max-concurrent", "1", "--max-queue", "0", "--max-prompt-tokens", "600",
          "--workspace", str(root)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -62,7 +63,7 @@ def api(trained, tmp_path_factory):
             pass
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.2)
-    yield {"url": url, "root": root, "keys": keys, "model": trained.version.id}
+    yield {"url": url, "root": root, "keys": keys, "model": trained.version.id, "process": process}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -104,7 +105,7 @@ def test_keys_and_error_codes(api):
                      headers={"Authorization": f"Bearer {api['keys']['full']}", "Content-Type": "application/json"})
     assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as long_prompt:
-        ask(client(api), model, "vault " * 400)
+        ask(client(api), model, "vault " * 1000)
     assert long_prompt.value.code == "context_length_exceeded"
     assert [m.id for m in client(api, "legal-only").models.list().data] == [model]
 
@@ -186,13 +187,19 @@ def test_embeddings_and_rag_citations(api):
 
 
 def test_queue_full_is_429(api):
-    """One request in the engine and no queue: of 6 simultaneous requests, some are refused."""
+    """One request in the engine and no queue: of 6 simultaneous requests, some are refused.
+
+    The tiny model would stop after a few tokens (milliseconds); a grammar for 60 booleans keeps
+    each request in the engine for a few hundred tokens, so the requests really overlap."""
     c, barrier, results = client(api), threading.Barrier(6), []
+    long_output = {"type": "json_schema", "json_schema": {"name": "flags", "schema": {
+        "type": "array", "items": {"type": "boolean"}, "minItems": 60, "maxItems": 60}}}
 
     def one() -> None:
         barrier.wait()
         try:
-            c.completions.create(model=api["model"], prompt="Vault", max_tokens=200, temperature=1.0, seed=1)
+            c.completions.create(model=api["model"], prompt="Vault", max_tokens=400, temperature=0,
+                                 extra_body={"response_format": long_output})
             results.append(200)
         except openai.RateLimitError as exc:
             results.append(exc.status_code if exc.code == "queue_full" else -1)
@@ -218,3 +225,20 @@ def test_metrics_parse(api):
 def test_refuses_non_loopback_without_keys(tmp_path):
     result = cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--workspace", str(tmp_path / "ws"))
     assert result.returncode == 1 and "appliance keys create" in result.stderr
+
+
+def test_graceful_shutdown_finishes_a_running_stream(api):
+    """SIGTERM while a stream runs: the stream still ends with its last chunk and [DONE]. (Last
+    test of the module: it stops the module's server.)"""
+    flags = {"type": "json_schema", "json_schema": {"name": "flags", "schema": {
+        "type": "array", "items": {"type": "boolean"}, "minItems": 150, "maxItems": 150}}}
+    stream = client(api).completions.create(model=api["model"], prompt="Vault", max_tokens=900, temperature=0,
+                                            stream=True, extra_body={"response_format": flags})
+    chunks = iter(stream)
+    text = next(chunks).choices[0].text
+    api["process"].send_signal(signal.SIGTERM)
+    rest = list(chunks)
+    text += "".join(ch.choices[0].text for ch in rest if ch.choices)
+    assert len(json.loads(text)) == 150 and rest[-1].choices[0].finish_reason == "stop"
+    assert api["process"].wait(timeout=30) is not None
+    assert not (api["root"] / "serve.json").exists()

@@ -138,7 +138,7 @@ def test_keys_routing_and_error_shapes(make):
 
     statuses = Counter(line["status"] for line in log_lines(ws))
     assert statuses == Counter({401: 2, 400: 3, 403: 1, 404: 1, 200: 3}), statuses
-    ok = [line for line in log_lines(ws) if line["endpoint"] == "chat" and line["status"] == 200][0]
+    ok = next(line for line in log_lines(ws) if line["endpoint"] == "chat" and line["status"] == 200)
     assert ok["key_id"] == legal.id and ok["adapter"] == "legal" and ok["completion_tokens"] == 4
     assert ok["response_id"] == "chatcmpl-1" and ok["redacted"] is False and ok["ttft_s"] <= ok["latency_s"]
 
@@ -155,7 +155,7 @@ def test_revoked_key_stops_working_without_restart(make):
 
 
 def test_optional_keys_on_loopback(make):
-    ws, _, client = make(require_keys=False)
+    _, _, client = make(require_keys=False)
     assert chat(client, "say: hi").status_code == 200
     # a placeholder key (openai clients need one) is anonymous; a key of ours that does not verify is not
     assert chat(client, "say: hi", headers={"Authorization": "Bearer EMPTY"}).status_code == 200
@@ -163,7 +163,7 @@ def test_optional_keys_on_loopback(make):
 
 
 def test_queue_full_is_429_and_queue_drains(make):
-    ws, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1))
+    _, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1))
     engine.gate = threading.Event()
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(chat(client, "say: slow").status_code))
@@ -187,7 +187,7 @@ def test_queue_full_is_429_and_queue_drains(make):
 
 
 def test_timeout_ends_request_with_504(make):
-    ws, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1, timeout_s=0.3))
+    _, engine, client = make(limits=Limits(max_concurrent=1, max_queue=1, timeout_s=0.3))
     engine.gate = threading.Event()
     r = chat(client, "say: never")
     engine.gate.set()
@@ -270,3 +270,21 @@ def test_keys_file_is_private_and_holds_no_secret(tmp_path):
     assert KeyRing(path).verify(secret).id == key.id
     with pytest.raises(Exception, match="exists already"):
         create_key(ws, "a")
+
+
+def test_chat_client_sends_the_key_from_the_environment(monkeypatch):
+    import httpx
+
+    from appliance.serve.client import ChatClient
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"data": [{"id": BASE}]})
+
+    monkeypatch.setenv("APPLIANCE_API_KEY", "sk-app-12345678-secret")
+    assert ChatClient("http://server/v1", transport=httpx.MockTransport(handler)).models() == [BASE]
+    monkeypatch.delenv("APPLIANCE_API_KEY")
+    ChatClient("http://server/v1", transport=httpx.MockTransport(handler)).models()
+    assert seen == ["Bearer sk-app-12345678-secret", None]
