@@ -43,14 +43,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from appliance.serve.auth import PREFIX, ApiKey, KeyRing
+from appliance.serve.auth import LOOPBACK, PREFIX, ApiKey, KeyRing
 from appliance.serve.engine import Engine, PromptTooLong, SamplingParams, UnknownModel
 from appliance.serve.feedback import FeedbackLog, ResponseMemory, Served
+from appliance.serve.hotswap import Admin, EngineHolder
 from appliance.serve.limits import Admission, Limits, QueueFull
 from appliance.serve.metrics import Metrics
 from appliance.serve.output_filter import OutputFilter
 from appliance.serve.requestlog import RequestLog
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, WorkspaceError
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
@@ -152,9 +153,10 @@ class _Context:
     done: bool = False
 
 
-def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSettings | None = None,
-               keys: KeyRing | None = None) -> FastAPI:
+def create_app(engine: Engine | EngineHolder, ws: Workspace | None = None, settings: ServeSettings | None = None,
+               keys: KeyRing | None = None, admin: Admin | None = None) -> FastAPI:
     settings = settings or ServeSettings()
+    holder = engine if isinstance(engine, EngineHolder) else EngineHolder(engine)
     app = FastAPI(title="SLM Appliance", version="0.1.0")
     created = int(time.time())
     metrics = Metrics()
@@ -229,7 +231,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
 
     def resolve(name: str | None, key: ApiKey | None, ctx: _Context) -> str | None:
         """The model to pass to the engine (None = base); 403 / 404 as OpenAI does."""
-        base = engine.model_id
+        base = holder.current.model_id
         ctx.record["model"] = name or base
         if name in (None, "", base):
             return None
@@ -239,7 +241,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
             if key is not None and not key.allows(adapter):
                 raise ApiError(403, f"this API key may not use the adapter '{adapter}'", "permission_error",
                                "model_not_allowed", "model")
-        if name not in engine.model_names():
+        if name not in holder.current.model_names():
             raise ApiError(404, f"the model '{name}' does not exist; see GET /v1/models", "invalid_request_error",
                            "model_not_found", "model")
         return name
@@ -248,8 +250,8 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
         return key.output_filter if key is not None else settings.output_filter
 
     def visible_models(key: ApiKey | None) -> list[str]:
-        base = engine.model_id
-        return [n for n in engine.model_names() if key is None or n == base or key.allows(n.partition(":")[2])]
+        base = holder.current.model_id
+        return [n for n in holder.current.model_names() if key is None or n == base or key.allows(n.partition(":")[2])]
 
     # -- error handlers --------------------------------------------------------------------------
     def _log_error(request: Request, status: int, code: str | None) -> None:
@@ -283,7 +285,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
     # -- plain endpoints ---------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": engine.model_id}
+        return {"status": "ok", "model": holder.current.model_id}
 
     @app.get("/metrics")
     async def metrics_text(request: Request) -> Response:
@@ -293,7 +295,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
 
     def model_card(name: str) -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "appliance",
-                "parent": engine.model_id if name != engine.model_id else None}
+                "parent": holder.current.model_id if name != holder.current.model_id else None}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -383,7 +385,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
         limit = settings.limits.max_prompt_tokens
         if limit is None:
             return None
-        count = await run_in_threadpool(engine.count_tokens, text)
+        count = await run_in_threadpool(holder.current.count_tokens, text)
         if count > limit:
             raise ApiError(400, f"the prompt has {count} tokens; this server accepts at most {limit}",
                            code="context_length_exceeded", param="messages")
@@ -405,7 +407,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
             extra["citations"] = citations
         await check_prompt("\n".join(m.get("content") or "" for m in messages))
         return await generate(ctx, key, body, messages, extra,
-                              lambda: engine.chat_stream(messages, params, model=model), chat=True)
+                              _leased(holder, lambda e: e.chat_stream(messages, params, model=model)), chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -423,7 +425,7 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
         ctx.record.update(stream=body.stream, rag=False)
         await check_prompt(prompt)
         return await generate(ctx, key, body, [{"role": "user", "content": prompt}], {},
-                              lambda: engine.complete_stream(prompt, params, model=model), chat=False)
+                              _leased(holder, lambda e: e.complete_stream(prompt, params, model=model)), chat=False)
 
     async def generate(ctx: _Context, key: ApiKey | None, body: _Sampling, messages: list[dict],
                        extra: dict, start: Callable[[], Iterator[dict]], chat: bool):
@@ -507,6 +509,45 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
             finish(ctx, 499, error="client_closed")  # no-op when the stream finished
             release()
 
+    # -- administration: adapters and the served version, changed without a restart ---------------
+    async def admin_call(request: Request, what: Callable[[dict], dict]) -> dict:
+        ctx = begin(request, "admin")
+        authenticate(request, ctx)
+        client = request.client.host if request.client else ""
+        if admin is None or client not in LOOPBACK:
+            raise ApiError(403 if admin is not None else 404,
+                           "administration is only answered on loopback" if admin is not None
+                           else "this server has no administration endpoints", "permission_error")
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+        try:
+            result = await run_in_threadpool(what, data if isinstance(data, dict) else {})
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), "invalid_request_error", "model_not_found") from exc
+        except (WorkspaceError, ValueError, FileNotFoundError, KeyError) as exc:
+            raise ApiError(400, str(exc)) from exc
+        finish(ctx, 200)
+        return result
+
+    @app.post("/v1/admin/adapters")
+    async def admin_add_adapter(request: Request) -> dict:
+        """{"name": "legal", "adapter": "ad-..." | "/path/x.gguf"}: serve it as MODEL:legal from now on."""
+        return await admin_call(request, lambda d: {"model": admin.add_adapter(str(d["name"]), str(d["adapter"]))})
+
+    @app.delete("/v1/admin/adapters/{name}")
+    async def admin_remove_adapter(request: Request, name: str) -> dict:
+        """Stop serving an adapter; its requests in flight finish first."""
+        return await admin_call(request, lambda d: admin.remove_adapter(name) or {"removed": name})
+
+    @app.post("/v1/admin/reload")
+    async def admin_reload(request: Request) -> dict:
+        """{"version": "mv-..." (default: promoted, else newest), "quant": "q8_0"}: swap the served
+        version; requests in flight finish on the old one."""
+        return await admin_call(request, lambda d: {"model": admin.reload(d.get("version"), d.get("quant"))})
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
@@ -519,6 +560,14 @@ def create_app(engine: Engine, ws: Workspace | None = None, settings: ServeSetti
 
 
 # generation plumbing -----------------------------------------------------------------------------
+def _leased(holder: EngineHolder, run: Callable[[Engine], Iterator[dict]]) -> Callable[[], Iterator[dict]]:
+    """A generation that keeps the engine it started on open until it ends (hot swaps wait)."""
+    def start() -> Iterator[dict]:
+        with holder.lease() as engine:
+            yield from run(engine)
+    return start
+
+
 class _Pump:
     """Iterates the engine's chunks in one worker thread and hands them to the event loop."""
 

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from appliance.serve.engine import Engine
+
+
+@dataclass
+class Admin:
+    """What the API's administration endpoints may do to the running server."""
+    add_adapter: Callable[[str, str], str]  # (name, ad-ID or .gguf path) -> the served model name
+    remove_adapter: Callable[[str], None]
+    reload: Callable[[str | None, str | None], str]  # (version, quant) -> the served version
 
 
 class EngineHolder:

@@ -9,6 +9,11 @@ While it runs, ``serve.json`` in the workspace says where it listens, so ``appli
 ``appliance tui`` find it. API keys (``appliance keys create``) are required whenever the server
 binds beyond loopback: without an active key it refuses to start there. On loopback they are
 optional unless ``--require-keys`` or ``[serve] require_keys = true`` in ``WORKSPACE/site.toml``.
+Without ``--model`` it serves the promoted version (``appliance models promote``), else the
+newest, and follows later promotions: new requests go to the new version while requests in flight
+finish on the old one. ``POST /v1/admin/adapters``, ``DELETE /v1/admin/adapters/NAME`` and
+``POST /v1/admin/reload`` (loopback clients only) add or remove adapters and swap the version
+the same way without a restart.
 On SIGTERM/SIGINT the server stops accepting connections and lets running requests finish for
 up to ``--graceful-timeout`` seconds before the engine is closed.
 """
@@ -75,6 +80,7 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     from appliance.export.pipeline import load_version
     from appliance.serve.api import ServeSettings, create_app, serve_info
     from appliance.serve.engine import Engine
+    from appliance.serve.hotswap import Admin, EngineHolder, PromotionWatcher, promoted
 
     host, port = options.host, options.port
     keys = KeyRing(keys_path(ws))
@@ -83,26 +89,71 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
         where = f"binding to {host} (beyond loopback)" if host not in LOOPBACK else "this site (require_keys)"
         raise WorkspaceError(f"API keys are required for {where}, but {keys.path} holds no active key: "
                              "create one with `appliance keys create NAME`")
-    model = load_version(ws, version)
-    path = model.gguf(quant)
-    adapters = {name: _adapter_path(ws, ref, model) for name, ref in options.adapters.items()}
-    engine = Engine(path, model.id, n_ctx=options.n_ctx, n_threads=options.threads, adapters=adapters,
-                    slots=options.parallel)
+    follow = version is None  # no --model: serve the promoted version (else the newest) and follow promotions
+    record = promoted(ws) if follow else None
+    if record:
+        version, quant = record["version"], quant or record.get("quant")
+    configured = dict(options.adapters)  # name -> ad-ID or .gguf path
+
+    def make_engine(version_id: str | None, quant_: str | None, strict: bool = False) -> Engine:
+        model = load_version(ws, version_id)
+        adapters = {}
+        for name, ref in configured.items():
+            try:
+                adapters[name] = _adapter_path(ws, ref, model)
+            except WorkspaceError as exc:
+                if strict:  # at start-up a wrong pair is an error; after a swap the new base just lacks it
+                    raise
+                print(f"warning: not serving adapter {name} on {model.id}: {exc}", file=sys.stderr, flush=True)
+        return Engine(model.gguf(quant_), model.id, n_ctx=options.n_ctx, n_threads=options.threads,
+                      adapters=adapters, slots=options.parallel)
+
+    holder = EngineHolder(make_engine(version, quant, strict=True))
+    engine = holder.current
+    path = engine.model_path
+
+    def add_adapter(name: str, ref: str) -> str:
+        current = load_version(ws, holder.current.model_id)
+        holder.current.add_adapter(name, _adapter_path(ws, ref, current))
+        configured[name] = ref
+        return f"{current.id}:{name}"
+
+    def remove_adapter(name: str) -> None:
+        holder.current.remove_adapter(name)
+        configured.pop(name, None)
+
+    def announce(model_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if read_json(ws.serve_file).get("pid") == os.getpid():
+                atomic_write_json(ws.serve_file, serve_info(host, port, model_id, os.getpid()))
+        print(f"now serving {', '.join(holder.current.model_names())}", file=sys.stderr, flush=True)
+
+    def reload(version_: str | None, quant_: str | None) -> str:
+        if version_ is None and (latest := promoted(ws)):
+            version_, quant_ = latest["version"], quant_ or latest.get("quant")
+        holder.swap(make_engine(version_, quant_))
+        announce(holder.current.model_id)
+        return holder.current.model_id
+
+    admin = Admin(add_adapter=add_adapter, remove_adapter=remove_adapter, reload=reload)
     limits = Limits(max_concurrent=options.max_concurrent or options.parallel, max_queue=options.max_queue,
                     max_prompt_tokens=options.max_prompt_tokens, timeout_s=options.timeout_s)
     settings = ServeSettings(limits=limits, require_keys=required, output_filter=options.output_filter,
                              max_tokens_default=options.max_tokens_default)
-    app = create_app(engine, ws, settings, keys)
-    info = serve_info(host, port, model.id, os.getpid())
+    app = create_app(holder, ws, settings, keys, admin)
+    info = serve_info(host, port, engine.model_id, os.getpid())
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=options.graceful_timeout_s)
     server = uvicorn.Server(config)
 
     original_startup, original_shutdown = server.startup, server.shutdown
+    watchers: list[PromotionWatcher] = []
 
     async def startup(sockets=None):
         await original_startup(sockets=sockets)
         atomic_write_json(ws.serve_file, info)
+        if follow:
+            watchers.append(PromotionWatcher(ws, holder, make_engine, on_swap=lambda r: announce(r["version"])))
         names = ", ".join(engine.model_names())
         print(f"serving {names} ({path.name}) at {info['url']}; {options.parallel} slot(s), "
               f"{limits.max_concurrent} concurrent + {limits.max_queue} queued; API keys "
@@ -113,9 +164,11 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     # a finally block after server.run() (which a re-raised SIGTERM never reaches).
     async def shutdown(sockets=None):
         _forget(ws)  # no new clients find us while the running requests finish
+        for watcher in watchers:
+            watcher.stop()
         await original_shutdown(sockets=sockets)
         with contextlib.suppress(Exception):
-            engine.close()
+            holder.close()
 
     server.startup, server.shutdown = startup, shutdown
     try:

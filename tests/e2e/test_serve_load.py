@@ -119,3 +119,60 @@ def test_fifty_concurrent_clients_get_their_solo_answers(adapter_server):
           f"{tokens / wall:.0f} generated tok/s aggregate")
     assert refused[0] > 0  # the burst of 50 exceeds 4 running + 30 queued
     assert agree == CLIENTS
+
+
+def test_adapters_are_added_and_removed_at_run_time_without_a_restart(adapter_server, trained, adapter_set):
+    url, base = adapter_server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    added = httpx.post(f"{url}/v1/admin/adapters", json={"name": "facts2", "adapter": adapter_set.facts}, timeout=60)
+    assert added.status_code == 200 and added.json()["model"] == f"{base}:facts2"
+    answer = client.chat.completions.create(model=f"{base}:facts2", messages=[{"role": "user", "content": FACTS[5][0]}],
+                                            temperature=0, max_tokens=24).choices[0].message.content
+    assert answer == FACTS[5][1]
+    wrong = httpx.post(f"{url}/v1/admin/adapters", json={"name": "x", "adapter": "ad-0000000000"}, timeout=60)
+    assert wrong.status_code == 400 and "no adapter" in wrong.json()["error"]["message"]
+    assert httpx.delete(f"{url}/v1/admin/adapters/facts2", timeout=60).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"{base}:facts2", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_promotion_switches_a_following_server_while_a_stream_runs(trained, adapter_set):
+    """`appliance serve` without --model serves the promoted version and follows promotions."""
+    ws = str(trained.ws.root)
+    cli = [sys.executable, "-m", "appliance.cli"]
+    subprocess.run(cli + ["models", "promote", trained.version.id, "--quant", "q8_0", "--workspace", ws],
+                   check=True, capture_output=True)
+    port = free_port()
+    with open(trained.ws.root / "serve-follow.log", "w") as log:
+        process = subprocess.Popen(cli + ["serve", "--port", str(port), "--threads", "1", "--workspace", ws],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [trained.version.id]
+        stream = client.chat.completions.create(messages=[{"role": "user", "content": FACTS[7][0]}], model=trained.version.id,
+                                                temperature=0, max_tokens=24, stream=True)
+        first = next(iter(stream))
+        promoted = subprocess.run(cli + ["models", "promote", adapter_set.base.id, "--workspace", ws],
+                                  check=True, capture_output=True, text=True)
+        assert promoted.stdout.strip().splitlines()[-1] == adapter_set.base.id
+        text = (first.choices[0].delta.content or "") + "".join(c.choices[0].delta.content or "" for c in stream)
+        assert text == FACTS[7][1]  # the stream that began on the old version finished on it
+        while [m.id for m in client.models.list().data] != [adapter_set.base.id]:
+            assert time.monotonic() < deadline + 60, "the server did not follow the promotion"
+            time.sleep(0.2)
+        after = client.chat.completions.create(messages=[{"role": "user", "content": FACTS[7][0]}],
+                                               model=adapter_set.base.id, temperature=0, max_tokens=24)
+        assert after.choices[0].message.content != FACTS[7][1]  # the base never learnt it
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
