@@ -366,6 +366,8 @@ def export_cmd(
 
     if (run is None) == (base is None):
         _fail("give either a RUN to export or --base BASE")
+    if (imatrix or imatrix_text is not None) and (adapter or base is not None):
+        _fail("--imatrix/--imatrix-text apply to a merged RUN export, not to --adapter or --base")
     with _errors(), _progress() as progress:
         ws = _ws(workspace)
         if base is not None:

@@ -13,6 +13,16 @@ documents) and the English text of Python's own ``pydoc_data`` topics (the corpu
 tokens, too little for a 16k vocabulary). It is cached under
 ``~/.cache/slm-appliance/export-bench/`` (``--cache``), keyed by its config, never in the repo.
 
+Forty CPU steps do not make a good model: its held-out perplexity stays in the thousands and its
+next-token distributions stay nearly flat, which makes every quant's KL look negligible. So the
+report is printed twice: for the model as trained, and for a variant whose output layer is scaled
+(a softmax temperature) so that its mean entropy on the training text is 1.83 nats, what a model
+with Llama 3 8B's wikitext perplexity (6.23) has: realistic logit scale, not realistic knowledge.
+
+A third variant is untrained with unit-gain init (every Linear N(0, 1/fan_in), embeddings N(0, 1)),
+output calibrated the same way: there every block moves the residual stream as much as in a
+trained network, so the figures show how much quantization noise reaches the logits.
+
 Then, in the same run: convert with llama.cpp's converter to f16 (``appliance.export.gguf``),
 quantize to q8_0, q6_k, q5_k_m, q4_k_m, and q4_k_m again with an importance matrix computed on
 the training text (``appliance.export.imatrix``), and measure each with
@@ -37,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from appliance.workspace import short_hash  # noqa: E402
+from appliance.workspace import short_hash
 
 CACHE = Path.home() / ".cache" / "slm-appliance" / "export-bench"
 MODEL = {"hidden_size": 768, "num_hidden_layers": 16, "num_attention_heads": 12, "intermediate_size": 2304,
@@ -76,7 +86,11 @@ def build_model(cache: Path, steps: int, seed: int = 0, on_line=print) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.train.pocket import PRE_TOKENIZER_MARKER, _pin_tokenizer_flags, build_tokenizer
+    from appliance.train.pocket import (
+        PRE_TOKENIZER_MARKER,
+        _pin_tokenizer_flags,
+        build_tokenizer,
+    )
 
     train, _ = corpus_split()
     extra = extra_text()
@@ -146,6 +160,94 @@ def _train(model, tokenizer, train: list[str], extra: list[str], steps: int, see
     return losses
 
 
+# Llama 3 8B's wikitext perplexity in the scoreboard is 6.23: ln 6.23 = 1.83 nats per token, the
+# entropy a calibrated model of that quality has on average. Our briefly trained model is far
+# flatter (held-out perplexity in the thousands), which makes every KL tiny; the calibrated variant
+# scales its output layer (a softmax temperature) so that its mean entropy on the training text
+# equals this, which gives the logits a realistic scale (not realistic knowledge).
+TARGET_ENTROPY = math.log(6.23)
+
+
+def calibrated(model_dir: Path, target: float = TARGET_ENTROPY, positions: int = 2048) -> tuple[Path, float]:
+    """A copy of ``model_dir`` whose lm_head is scaled by alpha so that the mean next-token entropy
+    on the training documents is ``target`` nats; cached beside it. Returns (folder, alpha)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = model_dir / f"calibrated-{target:.3f}"
+    if (final / "calibration.json").is_file():
+        return final, json.loads((final / "calibration.json").read_text())["alpha"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    train, _ = corpus_split()
+    logits = []
+    with torch.no_grad():
+        for text in train:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :512]
+            logits.append(model(input_ids=ids).logits[0].double())
+            if sum(len(x) for x in logits) >= positions:
+                break
+    logits = torch.cat(logits)[:positions]
+
+    def entropy(alpha: float) -> float:
+        logp = torch.log_softmax(alpha * logits, -1)
+        return float(-(logp.exp() * logp).sum(-1).mean())
+
+    low, high = 1e-3, 1e3  # entropy falls as alpha grows
+    for _ in range(60):
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if entropy(mid) > target else (low, mid)
+    alpha = math.sqrt(low * high)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(alpha)
+    tmp = Path(tempfile.mkdtemp(prefix=".calibrating-", dir=model_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for item in model_dir.iterdir():
+            if item.is_file() and item.name not in ("model.safetensors", "config.json", "model-f16.gguf", "bench.json"):
+                shutil.copy2(item, tmp / item.name)
+        (tmp / "bench.json").write_text((model_dir / "bench.json").read_text())
+        (tmp / "calibration.json").write_text(json.dumps({"alpha": alpha, "target_entropy": target,
+                                                          "entropy_before": entropy(1.0)}, indent=2))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, alpha
+
+
+def scaled_random(model_dir: Path, seed: int = 1) -> Path:
+    """The same architecture and tokenizer, untrained, with unit-gain init: every Linear
+    N(0, 1/fan_in), embeddings N(0, 1). The 0.02 init that training starts from leaves each block's
+    contribution small and the output nearly context-free; unit gain makes every block change the
+    residual stream as much as a trained network's do, so quantization noise reaches the logits."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    final = model_dir / f"scaled-random-{seed}"
+    if (final / "bench.json").is_file():
+        return final
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 1.0 / math.sqrt(module.in_features))
+            elif isinstance(module, torch.nn.Embedding):
+                module.weight.normal_(0.0, 1.0)
+    tmp = Path(tempfile.mkdtemp(prefix=".scaled-", dir=model_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for item in model_dir.iterdir():
+            if item.is_file() and item.name not in ("model.safetensors", "config.json", "model-f16.gguf", "bench.json"):
+                shutil.copy2(item, tmp / item.name)
+        info = json.loads((model_dir / "bench.json").read_text())
+        (tmp / "bench.json").write_text(json.dumps({**info, "steps": 0, "losses": [], "init": "unit gain"}, indent=2))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 PROMPT, ANSWER = 96, 128   # held-out windows: 96 tokens of context, then 128 scored positions
 
 
@@ -169,7 +271,7 @@ def held_out_samples(model_dir: Path):
     return samples, len(held)
 
 
-def run(model_dir: Path, threads: int) -> dict:
+def run(model_dir: Path, threads: int, variant: str) -> dict:
     from appliance.export import gguf, imatrix, quant_report
 
     f16 = model_dir / "model-f16.gguf"
@@ -208,19 +310,22 @@ def run(model_dir: Path, threads: int) -> dict:
         row["quantize_s"] = quantize_s.get(label)
         rows[label] = row
         print(f"  measured {label}: KL {row['kl']:.5f}, top-1 {row['top1']:.3f}")
-    result = {"model": json.loads((model_dir / "bench.json").read_text()), "samples": len(samples),
-              "imatrix": matrix.summary(), "imatrix_s": round(imatrix_s, 1), "rows": rows,
+    import numpy as np
+
+    entropy = float(np.mean(np.concatenate([-(np.exp(lp) * lp).sum(-1) for lp in reference])))
+    result = {"variant": variant, "model": json.loads((model_dir / "bench.json").read_text()), "samples": len(samples),
+              "f16_entropy": entropy, "imatrix": matrix.summary(), "imatrix_s": round(imatrix_s, 1), "rows": rows,
               "load_average": os.getloadavg()[0]}
     print_report(result)
-    (Path(__file__).with_name("export_bench.last.json")).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def print_report(result: dict) -> None:
     rows = result["rows"]
     base = rows["f16"]
-    print(f"\nquant report: {result['model']['parameters'] / 1e6:.1f}M-parameter Llama, "
-          f"{result['samples'] * ANSWER} held-out positions (ratios vs f16 in this run)")
+    print(f"\nquant report, {result['variant']}: {result['model']['parameters'] / 1e6:.1f}M-parameter Llama, "
+          f"{result['samples'] * ANSWER} held-out positions, f16 mean entropy {result['f16_entropy']:.2f} nats "
+          f"(ratios vs f16 in this run; load average {result['load_average']:.1f})")
     print(f"{'quant':16} {'size MB':>8} {'x f16':>6} {'pp tok/s':>9} {'x f16':>6} {'tg tok/s':>9} {'x f16':>6} "
           f"{'ppl':>9} {'mean KL':>9} {'top-1':>6}")
     for label, row in rows.items():
@@ -235,10 +340,10 @@ def print_report(result: dict) -> None:
         print(f"{label:16} {gib:8.2f} {kl:9.6f} {'-' if top1 is None else f'{top1:6.3f}':>6}")
     ours = {q: rows[q]["kl"] for q in ("q8_0", "q4_k_m", "q4_k_m+imatrix")}
     theirs = {"q8_0": 0.001355, "q4_k_m": 0.031273, "q4_k_m+imatrix": 0.028152}
-    print("\nours / llama.cpp's: " + ", ".join(f"{q} {ours[q] / theirs[q]:.2f}x" for q in ours))
+    print("\nours / llama.cpp's: " + ", ".join(f"{q} {ours[q] / theirs[q]:.3g}x" for q in ours))
     gain = 1 - rows["q4_k_m+imatrix"]["kl"] / rows["q4_k_m"]["kl"] if rows["q4_k_m"]["kl"] else 0.0
-    print(f"imatrix on q4_k_m: KL {rows['q4_k_m']['kl']:.5f} -> {rows['q4_k_m+imatrix']['kl']:.5f} "
-          f"({gain:+.1%} lower; llama.cpp's: 0.031273 -> 0.028152, 10.0% lower with 10M wikitext tokens)")
+    print(f"imatrix on q4_k_m: KL {rows['q4_k_m']['kl']:.3g} -> {rows['q4_k_m+imatrix']['kl']:.3g} "
+          f"({gain:.1%} lower; llama.cpp's: 0.031273 -> 0.028152, 10.0% lower with 10M wikitext tokens)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,11 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="causal-LM training steps (0: random init)")
     parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads")
     parser.add_argument("--build-only", action="store_true", help="build and cache the model, then stop")
+    parser.add_argument("--no-calibrate", action="store_true", help="skip the entropy-calibrated variant")
     args = parser.parse_args(argv)
 
     import torch
+    from llama_cpp import _logger
 
     torch.set_num_threads(args.threads)
+    _logger.set_verbose(False)  # llama.cpp's loader/quantizer logs (the quantizer's would fill pages)
     model_dir = build_model(args.cache, args.steps)
     info = json.loads((model_dir / "bench.json").read_text())
     print(f"model {model_dir.name}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab']}, "
@@ -259,7 +367,17 @@ def main(argv: list[str] | None = None) -> None:
           f"{info['losses'][-1] if info['losses'] else '-'}")
     if args.build_only:
         return
-    run(model_dir, args.threads)
+    results = [run(model_dir, args.threads, "as trained")]
+    if not args.no_calibrate:
+        folder, alpha = calibrated(model_dir)
+        print(f"\ncalibrated variant: lm_head x {alpha:.2f}, mean entropy on the training text "
+              f"{TARGET_ENTROPY:.2f} nats (as llama 3 8B's wikitext perplexity 6.23 implies)")
+        results.append(run(folder, args.threads, f"as trained, output scaled x{alpha:.2f} (entropy {TARGET_ENTROPY:.2f} nats)"))
+        folder, alpha = calibrated(scaled_random(model_dir))
+        print(f"\nscaled random variant: untrained, unit-gain init, lm_head x {alpha:.3g}")
+        results.append(run(folder, args.threads, f"untrained unit-gain init, output scaled x{alpha:.3g} "
+                                                  f"(entropy {TARGET_ENTROPY:.2f} nats)"))
+    (Path(__file__).with_name("export_bench.last.json")).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def load(path: Path) -> Imatrix:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
-        return Imatrix({k: f.get_tensor(k) for k in f.keys()}, int(f.metadata().get("tokens", 0)))
+        return Imatrix({k: f.get_tensor(k) for k in f.keys()}, int(f.metadata().get("tokens", 0)))  # noqa: SIM118
 
 
 class QuantizeEntries:

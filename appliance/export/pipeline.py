@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf, imatrix as importance, parity, quant_report
+from appliance.export import gguf, parity, quant_report
+from appliance.export import imatrix as importance
 from appliance.export.merge import merge_adapter
 from appliance.train.common import load_run
 from appliance.train.pocket import pre_tokenizer_override
-from appliance.workspace import Workspace, WorkspaceError, atomic_write_json, read_json, short_hash, write_manifest
+from appliance.workspace import (
+    Workspace,
+    WorkspaceError,
+    atomic_write_json,
+    read_json,
+    short_hash,
+    write_manifest,
+)
 
 PARITY_PROMPTS = 8
 PARITY_TOKENS = 32

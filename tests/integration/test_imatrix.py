@@ -25,7 +25,11 @@ from tests.conftest import FACTS
 def wide_model(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.train.pocket import PRE_TOKENIZER_MARKER, _pin_tokenizer_flags, build_tokenizer
+    from appliance.train.pocket import (
+        PRE_TOKENIZER_MARKER,
+        _pin_tokenizer_flags,
+        build_tokenizer,
+    )
 
     folder = tmp_path_factory.mktemp("wide")
     texts = [f"{q} {a}" for q, a in FACTS]
