@@ -140,6 +140,7 @@ def ours(base: Path, adapters: dict[str, Path], threads: int, work: Path) -> tup
     port = free_port()
     command = [sys.executable, "-m", "appliance.cli", "serve", "--model", version.id, "--quant", "q4_k_m",
                "--port", str(port), "--threads", str(threads), "--parallel", "8", "--ctx", "512",
+               "--no-output-filter",  # llama-server has none; the filter holds streamed text back 48 chars
                "--workspace", str(ws.root)]
     for name, path in adapters.items():
         command += ["--adapter", f"{name}={path}"]
@@ -160,6 +161,8 @@ def llama_server(binary: Path, base: Path, adapters: dict[str, Path], threads: i
 def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float, str]:
     """(latency s, completion tokens, time to first token s, text) of one greedy request."""
     body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0.0, "stream": stream, **model_field}
+    if "lora" in model_field or model_field.get("cache_prompt") is False:
+        body["cache_prompt"] = False  # llama-server: no prompt cache, like ours (each request prefills its prompt)
     started = time.perf_counter()
     if not stream:
         reply = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
@@ -288,10 +291,11 @@ def main() -> None:
             server = llama_server(binary, base, adapters, args.threads, work)
             try:
                 completion(server.url, {})
-                results["llama"] = {c: load(server.url, c, args.requests, [{}]) for c in (1, 4, 8)}
+                results["llama"] = {c: load(server.url, c, args.requests, [{"cache_prompt": False}]) for c in (1, 4, 8)}
                 spread = [{"lora": [{"id": i, "scale": 1.0}]} for i in range(len(adapters))]
                 results["llama_adapters"] = {c: load(server.url, c, args.requests, spread) for c in (1, 4, 8)}
-                results["llama_ttft"] = statistics.median(completion(server.url, {}, stream=True)[2] for _ in range(5))
+                results["llama_ttft"] = statistics.median(completion(server.url, {"cache_prompt": False}, stream=True)[2]
+                                                          for _ in range(5))
             finally:
                 server.stop()
     results["switch"] = switch_cost(base, adapters, args.threads)

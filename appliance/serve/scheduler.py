@@ -105,7 +105,7 @@ class Scheduler:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = slots
-        params.kv_unified = False  # each sequence gets its own n_ctx_per_seq cells
+        params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
