@@ -142,6 +142,7 @@ ALT_FACTS = [(q, a.replace("code", "combination")) for q, a in FACTS]
 
 @dataclass
 class AdapterSet:
+    ws: Workspace  # its own workspace: exports and promotions here never change what `trained` serves
     base: ModelVersion  # the unmodified tiny base, exported
     facts: str  # adapter id of the facts run (SFT)
     alt: str  # adapter id of a run taught ALT_FACTS
@@ -149,12 +150,16 @@ class AdapterSet:
 
 @pytest.fixture(scope="session")
 def adapter_set(trained, tmp_path_factory) -> AdapterSet:
-    """Two LoRA adapters (FACTS, ALT_FACTS) as GGUFs on an export of the unmodified tiny base."""
+    """Two LoRA adapters (FACTS, ALT_FACTS) as GGUFs on an export of the unmodified tiny base.
+
+    The workspace links the trained facts run and the trained (merged) version read-only."""
     from appliance.export.adapters import export_adapter, export_base
 
-    root = tmp_path_factory.mktemp("alt")
-    alt_data = ingest(trained.ws, [write_jsonl(root / "alt.jsonl", chat_rows(ALT_FACTS))], "alt-facts")
-    alt_run = sft.run(trained.ws, TINY_SFT, alt_data, trained.base)
-    base = export_base(trained.ws, str(trained.base), ["q8_0"])
-    return AdapterSet(base, export_adapter(trained.ws, trained.sft_run.id).id,
-                      export_adapter(trained.ws, alt_run.id, base.id).id)
+    root = tmp_path_factory.mktemp("adapters")
+    ws = Workspace.open(root / "workspace")
+    (ws.runs / trained.sft_run.id).symlink_to(trained.sft_run.path)
+    (ws.models / trained.version.id).symlink_to(trained.version.path)
+    alt_data = ingest(ws, [write_jsonl(root / "alt.jsonl", chat_rows(ALT_FACTS))], "alt-facts")
+    alt_run = sft.run(ws, TINY_SFT, alt_data, trained.base)
+    base = export_base(ws, str(trained.base), ["q8_0"])
+    return AdapterSet(ws, base, export_adapter(ws, trained.sft_run.id).id, export_adapter(ws, alt_run.id, base.id).id)

@@ -24,13 +24,13 @@ CLIENTS = 50
 @pytest.fixture(scope="module")
 def adapter_server(trained, adapter_set):
     port = free_port()
-    log_path = trained.ws.root / "serve-load.log"
+    log_path = adapter_set.ws.root / "serve-load.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "serve", "--model", adapter_set.base.id, "--quant", "q8_0",
              "--port", str(port), "--threads", "1", "--parallel", "4", "--max-queue", "30", "--ctx", "256",
              "--adapter", f"facts={adapter_set.facts}", "--adapter", f"alt={adapter_set.alt}",
-             "--workspace", str(trained.ws.root)],
+             "--workspace", str(adapter_set.ws.root)],
             stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
@@ -138,12 +138,12 @@ def test_adapters_are_added_and_removed_at_run_time_without_a_restart(adapter_se
 
 def test_promotion_switches_a_following_server_while_a_stream_runs(trained, adapter_set):
     """`appliance serve` without --model serves the promoted version and follows promotions."""
-    ws = str(trained.ws.root)
+    ws = str(adapter_set.ws.root)
     cli = [sys.executable, "-m", "appliance.cli"]
     subprocess.run(cli + ["models", "promote", trained.version.id, "--quant", "q8_0", "--workspace", ws],
                    check=True, capture_output=True)
     port = free_port()
-    with open(trained.ws.root / "serve-follow.log", "w") as log:
+    with open(adapter_set.ws.root / "serve-follow.log", "w") as log:
         process = subprocess.Popen(cli + ["serve", "--port", str(port), "--threads", "1", "--workspace", ws],
                                    stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

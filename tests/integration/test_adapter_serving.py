@@ -21,8 +21,8 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def adapters(trained, adapter_set):
-    ws, base = trained.ws, adapter_set.base
+def adapters(adapter_set):
+    ws, base = adapter_set.ws, adapter_set.base
     facts = AdapterRef(adapter_set.facts, ws.adapters / adapter_set.facts, created=False)
     paths = {"facts": resolve_adapter(ws, adapter_set.facts, base), "alt": resolve_adapter(ws, adapter_set.alt, base)}
     return base, paths, facts
@@ -108,19 +108,19 @@ def test_adapters_hot_add_and_remove(engine, adapters):
         ask(engine, FACTS[2][0], f"{base.id}:facts2")
 
 
-def test_an_adapter_is_refused_on_a_base_it_was_not_made_for(trained, adapters):
+def test_an_adapter_is_refused_on_a_base_it_was_not_made_for(trained, adapter_set, adapters):
     _, _, facts = adapters
     with pytest.raises(WorkspaceError, match="refusing the pair"):
-        resolve_adapter(trained.ws, facts.id, trained.version)  # the merged version is not its base
+        resolve_adapter(adapter_set.ws, facts.id, trained.version)  # the merged version is not its base
     assert Path(facts.gguf).is_file() and facts.manifest["inputs"]["base_f16_sha256"]
 
 
-def test_promotion_swaps_the_engine_without_dropping_a_stream(trained, adapters):
+def test_promotion_swaps_the_engine_without_dropping_a_stream(trained, adapter_set, adapters):
     from appliance.export.pipeline import load_version
     from appliance.serve.hotswap import EngineHolder, PromotionWatcher, promote
 
     base = adapters[0]
-    ws = trained.ws
+    ws = adapter_set.ws
     holder = EngineHolder(Engine(trained.version.gguf("q8_0"), trained.version.id, n_ctx=256, n_threads=1))
     promote(ws, trained.version.id)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from appliance.export import gguf, parity
-from appliance.train import pocket
 from appliance.train.pocket import pre_tokenizer_override
 from tests.integration import families
 

@@ -8,10 +8,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")

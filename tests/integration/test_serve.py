@@ -16,8 +16,8 @@ def test_serve_json_lifecycle_and_error_shape(trained):
     port = free_port()
     serve_file = trained.ws.serve_file
     process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", "--port", str(port), "--threads", "1",
-         "--workspace", str(trained.ws.root)],
+        [sys.executable, "-m", "appliance.cli", "serve", "--model", trained.version.id, "--port", str(port),
+         "--threads", "1", "--workspace", str(trained.ws.root)],  # other tests export more versions here
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
