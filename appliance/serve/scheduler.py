@@ -160,6 +160,13 @@ class Scheduler:
                 if seq.adapter not in self._adapters:
                     raise UnknownModel(f"no adapter named {seq.adapter!r}")
                 seq.pointer = self._adapters[seq.adapter]
+        # built here, in the caller's thread: a schema llama.cpp cannot compile fails this request
+        # with a clear error instead of the scheduler thread
+        seq.sampler = self._sampler(seq.params)
+        with self._cv:
+            if self._stopping:
+                seq.sampler.close()
+                raise RuntimeError("the engine is shutting down")
             self._pending.append(seq)
             self._cv.notify()
         return seq
@@ -199,10 +206,10 @@ class Scheduler:
         while self._free_slots and self._pending:
             seq = self._pending.pop(0)
             if seq.cancelled.is_set():
+                seq.sampler.close()
                 continue
             seq.slot = self._free_slots.pop(0)
             self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
-            seq.sampler = self._sampler(seq.params)
             self._running.append(seq)
 
     def _drop_cancelled(self) -> None:
@@ -279,8 +286,12 @@ class Scheduler:
 
         sampler = self._internals.LlamaSampler()
         if params.json_schema is not None:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
-            sampler.add_grammar(self.model, grammar)
+            try:
+                grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
+                sampler.add_grammar(self.model, grammar)
+            except Exception as exc:  # llama.cpp's converter raises several types for schemas it cannot take
+                sampler.close()
+                raise ValueError(f"response_format: this JSON schema cannot be turned into a grammar ({exc})") from exc
         if params.presence_penalty or params.frequency_penalty:
             sampler.add_penalties(self.n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty)
         if params.temperature <= 0.0:

@@ -147,3 +147,10 @@ def test_promotion_swaps_the_engine_without_dropping_a_stream(trained, adapter_s
     finally:
         watcher.stop()
         holder.close()
+
+
+def test_a_schema_llama_cpp_cannot_compile_fails_only_that_request(engine):
+    with pytest.raises(ValueError, match="response_format"):
+        engine.chat([{"role": "user", "content": "hi"}],
+                    SamplingParams(max_tokens=8, temperature=0.0, json_schema={"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}))
+    assert ask(engine, FACTS[4][0], None, SamplingParams(max_tokens=8, temperature=0.0)) is not None  # still serving
