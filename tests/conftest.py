@@ -97,6 +97,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> None:
+    """Block until ``appliance serve`` answers /health; fail with its log if it exits or hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"appliance serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"appliance serve did not become healthy in {timeout:g} s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def server(trained):
     """A real ``appliance serve`` process for the trained model; yields its root URL."""
@@ -108,20 +125,7 @@ def server(trained):
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"appliance serve exited with {process.returncode}: "
-                               f"{(trained.ws.root / 'serve.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("appliance serve did not become healthy in 120 s")
-        time.sleep(0.2)
+    wait_until_healthy(process, url, trained.ws.root / "serve.log")
     yield url
     process.terminate()
     try:

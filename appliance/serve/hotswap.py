@@ -118,6 +118,7 @@ class PromotionWatcher:
         self.ws, self.holder, self.make_engine, self.interval = ws, holder, make_engine, interval
         self.on_swap = on_swap or (lambda record: None)
         self.errors: list[str] = []
+        self._failed: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="promotion-watcher", daemon=True)
         self._thread.start()
@@ -129,14 +130,13 @@ class PromotionWatcher:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             record = promoted(self.ws)
-            if not record or record["version"] == self.holder.current.model_id:
+            if not record or record["version"] == self.holder.current.model_id or record == self._failed:
                 continue
             try:
                 engine = self.make_engine(record["version"], record.get("quant"))
             except Exception as exc:  # a broken promotion keeps the current model serving
-                message = f"cannot switch to {record['version']}: {exc}"
-                if message not in self.errors:
-                    self.errors.append(message)
+                self.errors.append(f"cannot switch to {record['version']}: {exc}")
+                self._failed = record  # not reloaded every second: the next promotion is tried
                 continue
             self.holder.swap(engine)
             self.on_swap(record)
