@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf
+from appliance.export import gguf, tokenizer_fit
+from appliance.export.parity import ParityError
 from appliance.export.pipeline import ModelVersion, check_chat_metadata, load_version
 from appliance.train.common import base_fingerprint, load_run, resolve_base
 from appliance.train.pocket import pre_tokenizer_override
@@ -51,6 +52,12 @@ def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink
         on_event(Event("export", step=0, total=steps, message=f"converting base {folder.name} to GGUF f16"))
         f16 = tmp / "model-f16.gguf"
         gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer=pre_tokenizer_override(folder))
+        fitted = tokenizer_fit.fit(folder, f16, [], pre_tokenizer=pre_tokenizer_override(folder))
+        if fitted["mismatched"]:
+            raise ParityError(f"llama.cpp tokenises {fitted['mismatched']}/{fitted['checked']} chat prompts of "
+                              f"{folder.name} differently from its Hugging Face tokenizer with either "
+                              "add_space_prefix setting: adapters served on it would see prompts they were not "
+                              "trained on")
         metadata = check_chat_metadata(f16)
         done = 1
         for quant in quants:
@@ -63,7 +70,7 @@ def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink
             tmp, "model_version", version_id,
             {"run": None, "base": base, "base_path": str(folder), "base_weights_sha256": fingerprint["weights_sha256"]},
             {"quants": ["f16"] + [q for q in quants if q != "f16"], "gguf_metadata": metadata,
-             "merge": "none: the unmodified base, for serving LoRA adapters on top"},
+             "merge": "none: the unmodified base, for serving LoRA adapters on top", "tokenizer_fit": fitted},
         )
         on_event(Event("export", step=steps, total=steps))
     return ModelVersion(version_id, final)

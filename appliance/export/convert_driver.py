@@ -1,6 +1,7 @@
 """Run llama.cpp's converters from the unpacked sdist, in this child process.
 
     python -m appliance.export.convert_driver TOOLS_DIR PRE_TOKENIZER hf|lora CONVERTER_ARGS...
+    python -m appliance.export.convert_driver TOOLS_DIR PRE_TOKENIZER hf:space-prefix=false CONVERTER_ARGS...
     python -m appliance.export.convert_driver TOOLS_DIR - batch JOBS.json RESULTS.json
 
 The converter recognises a BPE pre-tokenizer by hashing how it splits a reference text and
@@ -8,6 +9,10 @@ refuses tokenizers it has never seen. A locally trained tokenizer (the ``pocket`
 in that list, so when PRE_TOKENIZER is given (e.g. ``gpt-2``: the byte-level regex our
 tokenizers use) an unrecognised hash falls back to that name instead of aborting. Recognised
 tokenizers of real models are never overridden.
+
+``hf:space-prefix=true|false`` converts with ``add_prefix_space`` set so in the shadow
+tokenizer_config.json the converter reads (llama.cpp's Llama converter writes it to
+``tokenizer.ggml.add_space_prefix``); ``appliance.export.tokenizer_fit`` decides when.
 
 ``batch`` runs several conversions in this one process (JOBS.json: a list of
 ``{"which": "hf"|"lora", "pre_tokenizer": str|null, "args": [...]}``) and writes
@@ -44,9 +49,9 @@ def _install(tools_dir: Path) -> None:
     TextModel.get_vocab_base_pre = get_vocab_base_pre
 
 
-def _with_added_tokens_decoder(model_dir: Path, scratch: Path) -> Path:
+def _shadowed(model_dir: Path, scratch: Path, space_prefix: bool | None) -> Path:
     """The folder to convert: ``model_dir`` itself, or a shadow of it whose tokenizer_config.json
-    gains ``added_tokens_decoder``.
+    gains ``added_tokens_decoder`` and/or the ``add_prefix_space`` override.
 
     transformers 5.x ``save_pretrained`` no longer writes ``added_tokens_decoder`` into
     tokenizer_config.json (special tokens live only in tokenizer.json's ``added_tokens``), but the
@@ -55,15 +60,22 @@ def _with_added_tokens_decoder(model_dir: Path, scratch: Path) -> Path:
     llama.cpp tokenises ``[INST]`` as ``[``, ``I``, ``N``... The shadow folder links every other
     file, so the user's folder is never modified."""
     config_path, tokenizer_path = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
-    if not (config_path.is_file() and tokenizer_path.is_file()):
+    if not config_path.is_file():
         return model_dir
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    added = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("added_tokens") or []
-    if "added_tokens_decoder" in config or not added:
+    added = (json.loads(tokenizer_path.read_text(encoding="utf-8")).get("added_tokens") or []
+             if tokenizer_path.is_file() else [])
+    changed = False
+    if added and "added_tokens_decoder" not in config:
+        config["added_tokens_decoder"] = {
+            str(t["id"]): {k: t.get(k) for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for t in added}
+        changed = True
+    if space_prefix is not None:
+        config["add_prefix_space"] = space_prefix
+        changed = True
+    if not changed:
         return model_dir
-    config["added_tokens_decoder"] = {
-        str(t["id"]): {k: t.get(k) for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
-        for t in added}
     shadow = scratch / model_dir.name
     shadow.mkdir(parents=True)
     for item in model_dir.iterdir():
@@ -75,10 +87,14 @@ def _with_added_tokens_decoder(model_dir: Path, scratch: Path) -> Path:
 
 def _convert(tools_dir: Path, which: str, pre_tokenizer: str | None, args: list[str]) -> None:
     _fallback["name"] = pre_tokenizer or None
+    which, _, option = which.partition(":")
+    space_prefix = {"space-prefix=true": True, "space-prefix=false": False}.get(option)
+    if option and space_prefix is None:
+        raise SystemExit(f"convert_driver: unknown option {option!r}")
     script = tools_dir / ("convert_hf_to_gguf.py" if which == "hf" else "convert_lora_to_gguf.py")
     with tempfile.TemporaryDirectory(prefix="appliance-shadow-") as scratch:
         if which == "hf" and args and Path(args[0]).is_dir():
-            args = [str(_with_added_tokens_decoder(Path(args[0]), Path(scratch))), *args[1:]]
+            args = [str(_shadowed(Path(args[0]), Path(scratch), space_prefix)), *args[1:]]
         sys.argv = [str(script), *args]
         runpy.run_path(str(script), run_name="__main__")
 

@@ -45,10 +45,13 @@ def parse_quants(spec: str) -> list[str]:
 
 
 def convert_hf_to_gguf(model_dir: Path, out_file: Path, pre_tokenizer: str | None = None,
-                       outtype: str = "f16") -> None:
-    """Run llama.cpp's converter in a child process (it patches sys.path and imports torch)."""
+                       outtype: str = "f16", space_prefix: bool | None = None) -> None:
+    """Run llama.cpp's converter in a child process (it patches sys.path and imports torch).
+    ``space_prefix`` overrides the tokenizer's ``add_prefix_space`` for the converter only
+    (see ``appliance.export.tokenizer_fit``)."""
+    which = "hf" if space_prefix is None else f"hf:space-prefix={str(space_prefix).lower()}"
     command = [sys.executable, "-m", "appliance.export.convert_driver", str(tools_dir()),
-               pre_tokenizer or "", "hf", str(model_dir), "--outtype", outtype, "--outfile", str(out_file)]
+               pre_tokenizer or "", which, str(model_dir), "--outtype", outtype, "--outfile", str(out_file)]
     _run(command, "convert_hf_to_gguf.py")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf, parity, quant_report
+from appliance.export import gguf, parity, quant_report, tokenizer_fit
 from appliance.export import imatrix as importance
 from appliance.export.merge import merge_adapter
 from appliance.train.common import load_run
@@ -66,15 +66,24 @@ def load_version(ws: Workspace, version: str | None) -> ModelVersion:
     return ModelVersion(path.name, path, created=False)
 
 
-def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -> list[tuple[list[dict], str]]:
-    """(prompt messages, reference answer) from the run's own data: the best stand-in for what it
-    will be asked until datasets carry an eval split."""
+def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -> tuple[list[tuple[list[dict], str]], str]:
+    """(prompt messages, reference answer) pairs for parity and the quant report, and where they
+    came from: the dataset's held-out split (``eval.jsonl``) when it has chat or preference
+    records, else the training records themselves (what the model was taught, the best stand-in
+    when a dataset has no eval split)."""
     from appliance.data.ingest import resolve_dataset
 
     dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
-    pairs = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in dataset.records("chat")]
-    pairs += [([{"role": "user", "content": r["prompt"]}], r["chosen"]) for r in dataset.records("preference")]
-    return pairs[:limit]
+
+    def to_pairs(records: list[dict]) -> list[tuple[list[dict], str]]:
+        pairs = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in records if r["kind"] == "chat"]
+        return pairs + [([{"role": "user", "content": r["prompt"]}], r["chosen"])
+                        for r in records if r["kind"] == "preference"]
+
+    held_out = to_pairs(dataset.eval_records())
+    if held_out:
+        return held_out[:limit], "eval split"
+    return to_pairs(dataset.records())[:limit], "training records (the dataset has no eval split)"
 
 
 def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[str]:
@@ -126,10 +135,22 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
         on_event(Event("export", step=1, total=steps, message="converting to GGUF f16 with llama.cpp's converter"))
         f16 = tmp / "model-f16.gguf"
         gguf.convert_hf_to_gguf(tmp / "merged", f16, pre_tokenizer=pre_tokenizer_override(base))
+        pairs, pairs_source = eval_pairs(ws, manifest)
+        prompts = [m for m, _ in pairs[:PARITY_PROMPTS]]
+        fitted = tokenizer_fit.fit(tmp / "merged", f16, prompts, pre_tokenizer=pre_tokenizer_override(base))
+        if fitted["override"]:
+            on_event(Event("export", message=f"llama.cpp tokenised {fitted['default_mismatched']}/{fitted['checked']} "
+                                             "chat prompts differently from the training tokenizer; converted again "
+                                             f"with add_space_prefix={str(fitted['add_space_prefix']).lower()}"))
+        if fitted["multi_turn_mismatched"]:
+            on_event(Event("export", message="warning: llama.cpp tokenises a multi-turn chat differently from the "
+                                             "training tokenizer (earlier turns of a conversation will differ by a "
+                                             "token); single-turn prompts are checked by the parity gate"))
         metadata = check_chat_metadata(f16, tmp / "merged")
-        on_event(Event("export", step=2, total=steps, message="checking greedy parity of f16 GGUF with the merged model"))
-        pairs = eval_pairs(ws, manifest)
-        report = parity.check(tmp / "merged", f16, [m for m, _ in pairs[:PARITY_PROMPTS]], PARITY_TOKENS)
+        on_event(Event("export", step=2, total=steps, message="checking greedy parity of f16 GGUF with the merged model "
+                                                              f"on {len(prompts)} prompts from the {pairs_source}"))
+        report = parity.check(tmp / "merged", f16, prompts, PARITY_TOKENS)
+        report.update(prompt_source=pairs_source, tokenizer_fit=fitted)
         atomic_write_json(tmp / "parity.json", report)
         parity.gate(report)  # the hard gate: raises inside the staging block, so no version is left behind
         done = 3
@@ -151,6 +172,7 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
             done += 1
         on_event(Event("export", message="measuring size, speed and quality of each GGUF against f16"))
         quality = quant_report.build(tmp, quants, pairs)
+        quality["samples_from"] = pairs_source
         atomic_write_json(tmp / "quant_report.json", quality)
         write_manifest(
             tmp, "model_version", version_id,

@@ -6,6 +6,8 @@ of the family's HF architecture with a tokenizer of its kind and its real chat t
 for all of them), quantized to Q8_0 in-process and loaded by llama-cpp-python. Each family must:
 
 - carry its chat template and make every end-of-turn token end generation in llama.cpp,
+- tokenise rendered chat prompts exactly as the HF tokenizer does (export's tokenizer fit
+  re-converts Mistral with ``add_space_prefix=false``; no other family needs it),
 - reproduce the HF model's greedy tokens in f16 (and tokenise the chat prompt identically),
 - load and answer as Q8_0,
 - stop at end of turn when served: the model is built so greedy decoding emits the end-of-turn
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.export import gguf, parity
+from appliance.export import gguf, parity, tokenizer_fit
 from appliance.train.pocket import pre_tokenizer_override
 from tests.integration import families
 
@@ -28,11 +30,14 @@ ARCH = {"llama3": "llama", "qwen2.5": "qwen2", "mistral": "llama", "phi3": "phi3
         "gemma3": "gemma3", "pocket": "llama"}
 # Found by these tests (transformers 5.17.0, llama.cpp 0c1e57098): after a special token, llama.cpp's
 # sentencepiece tokenizer always inserts "▁" ("[INST] What" -> [INST] ▁ ▁What), while transformers
-# 5.x rebuilds Llama tokenizers with a Metaspace pre-tokenizer that skips the prefix when the text
-# already starts with a space ("[INST] What" -> [INST] ▁What). The prompt ids differ by one token, so
-# greedy output differs too; export's parity gate refuses such a model rather than ship it.
-MISTRAL_SPACE = pytest.mark.xfail(strict=True, reason="llama.cpp adds '▁' after [INST] where transformers 5.17 "
-                                  "does not: chat prompts tokenise differently (see comment above)")
+# 5.x tokenizes with a Metaspace pre-tokenizer that skips the prefix when the text already starts
+# with a space ("[INST] What" -> [INST] ▁What). Export measures this and re-converts with
+# add_space_prefix=false (appliance.export.tokenizer_fit); Mistral's template needs it, no other.
+# Mistral-7B-Instruct-v0.2's template also puts the assistant's answer right after [/INST] with no
+# space: HF tokenises "[/INST]Visitors" as [/INST] ▁V..., llama.cpp without the prefix as [/INST] V...,
+# so earlier assistant turns of a multi-turn prompt differ by one token (recorded, not gated).
+NEEDS_SPACE_PREFIX_OVERRIDE = {"mistral"}
+MULTI_TURN_DIFFERS = {"mistral"}
 PROMPTS = [families.PROMPT, [{"role": "user", "content": "Please summarise the report on building K."}],
            [{"role": "user", "content": "Which badge is orange?"}]]
 
@@ -66,6 +71,7 @@ def exported(tmp_path_factory) -> dict:
         built[name].update(folder=folder, f16=root / f"{name}-f16.gguf", q8_0=root / f"{name}-q8_0.gguf")
     gguf.convert_many([(b["folder"], b["f16"], pre_tokenizer_override(b["folder"])) for b in built.values()])
     for b in built.values():
+        b["fit"] = tokenizer_fit.fit(b["folder"], b["f16"], PROMPTS, pre_tokenizer_override(b["folder"]))
         gguf.quantize(b["f16"], b["q8_0"], "q8_0", threads=1)
     return built
 
@@ -88,7 +94,18 @@ def test_gguf_carries_template_and_every_end_of_turn_token(exported, name):
     assert not any(gguf.end_of_generation(built["f16"], ordinary).values())  # the check can fail
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MISTRAL_SPACE) if n == "mistral" else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
+def test_chat_prompts_tokenise_as_in_training(exported, name):
+    fit = exported[name]["fit"]
+    assert fit["mismatched"] == 0, fit
+    assert fit["override"] == (name in NEEDS_SPACE_PREFIX_OVERRIDE), fit
+    assert fit["multi_turn_mismatched"] == (name in MULTI_TURN_DIFFERS), fit
+    if fit["override"]:  # the default really was wrong, and the GGUF now says so
+        assert fit["default_mismatched"] > 0 and fit["add_space_prefix"] is False, fit
+        assert gguf.read_metadata(exported[name]["f16"])["tokenizer.ggml.add_space_prefix"] == "false"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_f16_greedy_parity_with_hf(exported, name):
     built = exported[name]
     report = parity.check(built["folder"], built["f16"], PROMPTS, max_new_tokens=16)
@@ -115,7 +132,7 @@ def test_q8_0_loads_and_answers_like_f16(exported, name):
         llm.close()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MISTRAL_SPACE) if n == "mistral" else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_served_model_stops_at_end_of_turn(exported, name):
     from appliance.serve.engine import Engine, SamplingParams
 
