@@ -172,3 +172,21 @@ def test_training_reads_the_dataset_eval_split(tmp_path):
     assert len(dpo.preference_examples(ref)) + len(dpo.preference_examples(held_pref)) == 40
     plain = ingest(ws, [src], "nosplit")
     assert plain.held_out("chat") is None
+
+
+def test_export_measures_on_the_eval_split_when_there_is_one(tmp_path):
+    from appliance.export.pipeline import eval_pairs
+
+    ws = Workspace.open(tmp_path / "ws")
+    rows = [{"messages": [{"role": "user", "content": f"What is the code of vault number {i} in the basement?"},
+                          {"role": "assistant", "content": f"The code of vault number {i} is {100 + i}."}]}
+            for i in range(40)]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split = ingest(ws, [src], "split", recipe=CurationRecipe(validate=ValidateConfig(eval_fraction=0.25)))
+    pairs, source = eval_pairs(ws, {"inputs": {"dataset": split.id}}, limit=100)
+    held = {r["messages"][0]["content"] for r in split.eval_records("chat")}
+    assert source == "eval split" and {m[0]["content"] for m, _ in pairs} == held and held
+    plain = ingest(ws, [src], "nosplit")
+    pairs, source = eval_pairs(ws, {"inputs": {"dataset": plain.id}}, limit=100)
+    assert source.startswith("training records") and len(pairs) == 40
