@@ -410,12 +410,11 @@ def models_promote(
 
 @models_app.command("list")
 def models_list(workspace: Optional[Path] = WorkspaceOption) -> None:
-    """Model versions, oldest first."""
-    from appliance.workspace import finished_artefacts, read_json
+    """Model versions, oldest first: VERSION, RUN (None for a base export), QUANTS, CREATED, tab-separated."""
+    from appliance.export.versions import summaries
 
-    for path in finished_artefacts(_ws(workspace).models):
-        manifest = read_json(path / "manifest.json")
-        print(f"{path.name}\t{manifest['inputs']['run']}\t{','.join(manifest['quants'])}\t{manifest['created']}")
+    for version in summaries(_ws(workspace)):
+        print(f"{version.id}\t{version.run}\t{','.join(version.quants)}\t{version.created}")
 
 
 @models_app.command("report")
@@ -704,7 +703,7 @@ def tui_cmd(
     url: Optional[str] = typer.Option(None, "--url", help="Base URL of the API (default: from serve.json)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """The operators' terminal UI (chat with the served model)."""
+    """The operators' terminal UI: F1 chat with the served model, F2 model versions and quant reports."""
     from tui.app import main as tui_main
 
     tui_main(base_url=url, workspace=workspace)

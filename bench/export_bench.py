@@ -215,15 +215,15 @@ def calibrated(model_dir: Path, target: float = TARGET_ENTROPY, positions: int =
     return final, alpha
 
 
-def scaled_random(model_dir: Path, seed: int = 1) -> Path:
-    """The same architecture and tokenizer, untrained, with unit-gain init: every Linear
-    N(0, 1/fan_in), embeddings N(0, 1). The 0.02 init that training starts from leaves each block's
+def scaled_random(model_dir: Path, seed: int = 1, gain: float = 1.0) -> Path:
+    """The same architecture and tokenizer, untrained: every Linear N(0, gain^2/fan_in), embeddings
+    N(0, 1). The 0.02 init that training starts from (gain 0.55 at width 768) leaves each block's
     contribution small and the output nearly context-free; unit gain makes every block change the
     residual stream as much as a trained network's do, so quantization noise reaches the logits."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    final = model_dir / f"scaled-random-{seed}"
+    final = model_dir / (f"scaled-random-{seed}" if gain == 1.0 else f"random-gain-{gain:g}-{seed}")
     if (final / "bench.json").is_file():
         return final
     torch.manual_seed(seed)
@@ -231,7 +231,7 @@ def scaled_random(model_dir: Path, seed: int = 1) -> Path:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0.0, 1.0 / math.sqrt(module.in_features))
+                module.weight.normal_(0.0, gain / math.sqrt(module.in_features))
             elif isinstance(module, torch.nn.Embedding):
                 module.weight.normal_(0.0, 1.0)
     tmp = Path(tempfile.mkdtemp(prefix=".scaled-", dir=model_dir))
@@ -241,11 +241,65 @@ def scaled_random(model_dir: Path, seed: int = 1) -> Path:
             if item.is_file() and item.name not in ("model.safetensors", "config.json", "model-f16.gguf", "bench.json"):
                 shutil.copy2(item, tmp / item.name)
         info = json.loads((model_dir / "bench.json").read_text())
-        (tmp / "bench.json").write_text(json.dumps({**info, "steps": 0, "losses": [], "init": "unit gain"}, indent=2))
+        (tmp / "bench.json").write_text(json.dumps({**info, "steps": 0, "losses": [], "init": f"gain {gain:g}"},
+                                                   indent=2))
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def gain_sweep(model_dir: Path, gains: list[float], threads: int) -> dict:
+    """KL of q8_0 and q4_k_m for untrained models of init gain ``gains`` (output calibrated to the
+    same entropy), then one calibration against llama.cpp's scoreboard: the gain at which our
+    q8_0 KL equals theirs (log-linear interpolation between sweep points) and what the sweep then
+    predicts for q4_k_m there. q8_0 fixes the one free knob (how strongly a random network
+    propagates noise); q4_k_m is an out-of-sample check of our quantization against theirs."""
+    from appliance.export import gguf, quant_report
+
+    samples, _ = held_out_samples(model_dir)
+    rows = []
+    for gain in gains:
+        folder, alpha = calibrated(scaled_random(model_dir, gain=gain))
+        f16 = folder / "model-f16.gguf"
+        if not f16.is_file():
+            gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer="gpt-2")
+        (folder / "quants").mkdir(exist_ok=True)
+        row = {"gain": gain, "alpha": alpha}
+        reference = None
+        for quant in ("f16", "q8_0", "q4_k_m"):
+            path = f16 if quant == "f16" else folder / "quants" / f"model-{quant}.gguf"
+            if quant != "f16" and not path.is_file():
+                gguf.quantize(f16, path, quant, threads=threads)
+            measured, logprobs = quant_report.measure(path, samples, reference, n_ctx=PROMPT + ANSWER + 64)
+            if reference is None:
+                reference = logprobs
+                continue
+            row[f"kl_{quant}"], row[f"top1_{quant}"] = measured["kl"], measured["top1"]
+        row["ratio"] = row["kl_q4_k_m"] / row["kl_q8_0"]
+        rows.append(row)
+        print(f"  gain {gain:4.2f}: lm_head x{alpha:7.3f}  KL q8_0 {row['kl_q8_0']:.5f}  q4_k_m {row['kl_q4_k_m']:.5f}  "
+              f"(ratio {row['ratio']:.1f})  top-1 {row['top1_q8_0']:.3f} / {row['top1_q4_k_m']:.3f}", flush=True)
+    theirs_q8, theirs_q4 = 0.001355, 0.031273
+    result: dict = {"rows": rows, "scoreboard": {"q8_0": theirs_q8, "q4_k_m": theirs_q4}}
+    pairs = list(zip(rows, rows[1:]))
+    bracket = next(((a, b) for a, b in pairs if min(a["kl_q8_0"], b["kl_q8_0"]) <= theirs_q8
+                    <= max(a["kl_q8_0"], b["kl_q8_0"])), None)
+    print(f"\n{'gain':>5} {'KL q8_0':>9} {'KL q4_k_m':>9} {'q4/q8':>6}")
+    for row in rows:
+        print(f"{row['gain']:5.2f} {row['kl_q8_0']:9.5f} {row['kl_q4_k_m']:9.5f} {row['ratio']:6.1f}")
+    print(f"llama.cpp's scoreboard (Llama 3 8B): q8_0 {theirs_q8}, q4_k_m {theirs_q4}, ratio {theirs_q4 / theirs_q8:.1f}")
+    if bracket is None:
+        print("no two sweep points bracket llama.cpp's q8_0 KL: widen --gain-sweep")
+        return result
+    a, b = bracket
+    t = (math.log(theirs_q8) - math.log(a["kl_q8_0"])) / (math.log(b["kl_q8_0"]) - math.log(a["kl_q8_0"]))
+    gain = a["gain"] + t * (b["gain"] - a["gain"])
+    q4 = math.exp(math.log(a["kl_q4_k_m"]) + t * (math.log(b["kl_q4_k_m"]) - math.log(a["kl_q4_k_m"])))
+    result.update(matched_gain=gain, predicted_q4_k_m=q4, q4_k_m_vs_scoreboard=q4 / theirs_q4)
+    print(f"our q8_0 KL equals llama.cpp's at gain {gain:.3f}; there our q4_k_m KL is {q4:.4f} "
+          f"({q4 / theirs_q4:.2f}x llama.cpp's {theirs_q4})")
+    return result
 
 
 PROMPT, ANSWER = 96, 128   # held-out windows: 96 tokens of context, then 128 scored positions
@@ -353,6 +407,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads")
     parser.add_argument("--build-only", action="store_true", help="build and cache the model, then stop")
     parser.add_argument("--no-calibrate", action="store_true", help="skip the entropy-calibrated variant")
+    parser.add_argument("--gain-sweep", default=None, metavar="G1,G2,...",
+                        help="only the init-gain sweep of untrained models (q8_0 and q4_k_m KL per gain), e.g. "
+                             "0.6,0.7,0.8,0.9,1.0, and the full report at --report-gain")
+    parser.add_argument("--report-gain", type=float, default=None,
+                        help="with --gain-sweep: also print the full quant report of the model of this gain")
     args = parser.parse_args(argv)
 
     import torch
@@ -366,6 +425,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{info['steps']} training steps, loss {info['losses'][0] if info['losses'] else '-'} -> "
           f"{info['losses'][-1] if info['losses'] else '-'}")
     if args.build_only:
+        return
+    if args.gain_sweep:
+        sweep = gain_sweep(model_dir, [float(g) for g in args.gain_sweep.split(",")], args.threads)
+        if args.report_gain is not None:
+            folder, alpha = calibrated(scaled_random(model_dir, gain=args.report_gain))
+            sweep["report"] = run(folder, args.threads, f"untrained, init gain {args.report_gain:g}, "
+                                                        f"output scaled x{alpha:.3g} (entropy {TARGET_ENTROPY:.2f} nats)")
+        Path(__file__).with_name("export_bench.sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
         return
     results = [run(model_dir, args.threads, "as trained")]
     if not args.no_calibrate:

@@ -5,6 +5,10 @@
 
 Without a URL the app reads ``serve.json`` from the workspace (``APPLIANCE_HOME``, default
 ``./workspace``); when no server is running it says so on screen instead of failing.
+
+Two screens, each an app mode that keeps its state while the other is shown: F1 the chat with
+the served model (``tui.screens.chat``, where the app starts), F2 the workspace's model versions
+with their parity and quant reports (``tui.screens.models``). Ctrl+Q quits.
 """
 from __future__ import annotations
 
@@ -14,15 +18,20 @@ from textual.app import App
 from textual.binding import Binding
 
 from appliance.serve.client import ServerInfo, server_from_workspace
-from tui.screens import ChatScreen
+from tui.screens import ChatScreen, ModelsScreen
 
 
 class ApplianceApp(App):
-    """The operator's console; for now one screen, a chat with the served model."""
+    """The operator's console: the chat (F1) and the model versions (F2)."""
 
     CSS_PATH = "app.tcss"
     TITLE = "SLM Appliance"
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    DEFAULT_MODE = "chat"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("f1", "switch_mode('chat')", "Chat", priority=True),
+        Binding("f2", "switch_mode('models')", "Models", priority=True),
+    ]
 
     def __init__(
         self,
@@ -36,9 +45,9 @@ class ApplianceApp(App):
         super().__init__()
         self.server = ServerInfo(base_url.rstrip("/")) if base_url else server_from_workspace(workspace)
         self.chat_options = {"temperature": temperature, "max_tokens": max_tokens, "system_prompt": system_prompt}
-
-    def on_mount(self) -> None:
-        self.push_screen(ChatScreen(self.server, **self.chat_options))
+        self.workspace = workspace  # None: APPLIANCE_HOME or ./workspace, resolved by the models screen
+        self.add_mode("chat", lambda: ChatScreen(self.server, **self.chat_options))
+        self.add_mode("models", lambda: ModelsScreen(self.workspace))
 
 
 def main(
@@ -49,7 +58,7 @@ def main(
     max_tokens: int | None = None,
     system_prompt: str | None = None,
 ) -> None:
-    """Run the TUI until the operator quits (Ctrl+Q)."""
+    """Run the TUI until the operator quits (Ctrl+Q); F1 chat, F2 model versions."""
     ApplianceApp(
         base_url, workspace, temperature=temperature, max_tokens=max_tokens, system_prompt=system_prompt
     ).run()

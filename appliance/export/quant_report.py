@@ -127,10 +127,35 @@ def build(version_dir: Path, quants: list[str], pairs: list[tuple[list[dict], st
     return report
 
 
-def format_table(report: dict) -> str:
-    header = f"{'quant':8} {'size MB':>8} {'load s':>7} {'pp tok/s':>9} {'tg tok/s':>9} {'ppl':>8} {'KL':>9} {'top-1':>6} {'exact':>6}"
-    lines = [f"quant report on {report.get('samples', 0)} eval samples", header]
+# (header, alignment, format spec of the value, width in the CLI table) per column
+COLUMNS = (
+    ("quant", "<", "", 8),
+    ("size MB", ">", ".2f", 8),
+    ("load s", ">", ".3f", 7),
+    ("pp tok/s", ">", ".1f", 9),
+    ("tg tok/s", ">", ".1f", 9),
+    ("ppl", ">", ".3f", 8),
+    ("KL", ">", ".5f", 9),
+    ("top-1", ">", ".3f", 6),
+    ("exact", ">", ".2f", 6),
+)
+HEADERS = tuple(name for name, *_ in COLUMNS)
+
+
+def table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The report as (column headers, one row of formatted cells per quant): what
+    ``format_table`` prints and the TUI's models screen shows."""
+    rows = []
     for quant, row in report.get("quants", {}).items():
-        lines.append(f"{quant:8} {row['size_bytes'] / 1e6:8.2f} {row['load_s']:7.3f} {row['prompt_tok_s']:9.1f} "
-                     f"{row['gen_tok_s'] or 0:9.1f} {row['ppl']:8.3f} {row['kl']:9.5f} {row['top1']:6.3f} {row['exact']:6.2f}")
+        values = (quant, row["size_bytes"] / 1e6, row["load_s"], row["prompt_tok_s"], row["gen_tok_s"] or 0,
+                  row["ppl"], row["kl"], row["top1"], row["exact"])
+        rows.append([format(value, spec) for value, (_, _, spec, _) in zip(values, COLUMNS)])
+    return list(HEADERS), rows
+
+
+def format_table(report: dict) -> str:
+    headers, rows = table(report)
+    lines = [f"quant report on {report.get('samples', 0)} eval samples"]
+    for cells in [headers, *rows]:
+        lines.append(" ".join(f"{cell:{align}{width}}" for cell, (_, align, _, width) in zip(cells, COLUMNS)))
     return "\n".join(lines)
