@@ -271,7 +271,8 @@ def gain_sweep(model_dir: Path, gains: list[float], threads: int) -> dict:
             path = f16 if quant == "f16" else folder / "quants" / f"model-{quant}.gguf"
             if quant != "f16" and not path.is_file():
                 gguf.quantize(f16, path, quant, threads=threads)
-            measured, logprobs = quant_report.measure(path, samples, reference, n_ctx=PROMPT + ANSWER + 64)
+            measured, logprobs = quant_report.measure(path, samples, reference, n_ctx=PROMPT + ANSWER + 64,
+                                                   n_threads=threads)
             if reference is None:
                 reference = logprobs
                 continue
@@ -357,7 +358,8 @@ def run(model_dir: Path, threads: int, variant: str) -> dict:
     rows: dict[str, dict] = {}
     reference = None
     for label, path in files.items():
-        row, logprobs = quant_report.measure(path, samples, reference, n_ctx=PROMPT + ANSWER + 64)
+        row, logprobs = quant_report.measure(path, samples, reference, n_ctx=PROMPT + ANSWER + 64,
+                                                   n_threads=threads)
         if reference is None:
             reference = logprobs
             row.update({"kl": 0.0, "top1": 1.0})

@@ -56,11 +56,13 @@ def _greedy(llm, prompt_ids: list[int]) -> list[int]:
     return out
 
 
-def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | None, n_ctx: int) -> tuple[dict, list[np.ndarray]]:
+def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | None, n_ctx: int,
+            n_threads: int = 2) -> tuple[dict, list[np.ndarray]]:
     import llama_cpp
 
     started = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=n_threads,
+                          verbose=False)
     load_s = time.perf_counter() - started
     try:
         logprobs = [_answer_logprobs(llm, s) for s in samples]
