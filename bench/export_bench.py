@@ -3,6 +3,8 @@
     nice -n 10 .venv/bin/python bench/export_bench.py                  # builds the model once (cached)
     .venv/bin/python bench/export_bench.py --steps 0                   # random init only (unrealistic logits)
     .venv/bin/python bench/export_bench.py --build-only                # just build/cache the model
+    nice -n 10 .venv/bin/python bench/export_bench.py --threads 1 --gain-sweep 0.5,0.55,0.6,0.7,0.8,0.9,1.0 \
+        --report-gain 0.55     # untrained models by init gain; q8_0 calibrates to llama.cpp's scoreboard
 
 The model: a Llama of 128M parameters (hidden 768, 16 layers, MLP 2304, 16,384-token byte-level
 BPE vocabulary from ``appliance.train.pocket.build_tokenizer``). A random-init model's next-token
@@ -30,6 +32,11 @@ the training text (``appliance.export.imatrix``), and measure each with
 teacher-forced on held-out corpus documents, perplexity, mean KL(f16 || quant) of the next-token
 distributions and top-1 agreement with f16. Ratios are against the f16 row of the same run.
 llama.cpp's published scoreboard (Llama 3 8B, tools/perplexity/README.md) is printed beside it.
+
+``--gain-sweep`` measures q8_0 and q4_k_m KL of untrained models per init gain (``gain_sweep``),
+interpolates the gain at which our q8_0 KL equals the scoreboard's and reports what q4_k_m gives
+there; ``--report-gain G`` then prints the full quant report of the gain-G model. Figures go to
+``bench/export_bench.sweep.json``.
 """
 from __future__ import annotations
 
