@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the corpus and store here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index-only", action="store_true",
+                        help="with --workdir of an earlier run: keep its store (no baseline, no ingest) and measure "
+                             "only the index figures again (build, recall, latency), e.g. after changing vindex.py")
     parser.add_argument("--vectors-only", action="store_true",
                         help="index figures only (flat scan, build, recall, ANN latency) on clustered random unit "
                              "vectors: no embedding, so 100k rows take minutes on a small machine")
@@ -98,6 +101,15 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"corpus: {len(texts)} chunks in {len(texts) // args.sections} documents under {docs}; "
         f"torch threads {args.threads}")
 
+    figures: dict = {"chunks": len(texts), "threads": args.threads, "chunking_chunks_per_s": round(chunk_rate, 1)}
+    if args.index_only:
+        table = store.open_store(ws) if args.workdir else None
+        rows = table.count_rows() if table is not None else 0
+        if rows != len(texts):
+            raise SystemExit(f"--index-only needs --workdir of an earlier run with the same --chunks/--seed: "
+                             f"its store holds {rows} chunks, the corpus {len(texts)}")
+        say(f"--index-only: reusing the {rows}-chunk store under {work / 'ws'} (no baseline, no ingest)")
+        return index_figures(ws, texts, rng, model, args, figures)
     raw_before = time_embedding(raw_texts[:half], model)
     expected = len(texts) / (half / raw_before) + raw_before
     say(f"expected: ingest about {expected / 60:.1f} min at the raw rate {half / raw_before:.1f} chunks/s, "
@@ -117,6 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"ingest: {ingest_rate:.1f} chunks/s ({ingest_s:.1f} s), ratio to raw embedding {ingest_rate / raw_rate:.3f} "
         f"(goal >= 0.9)")
 
+    figures.update({"raw_embed_chunks_per_s": round(raw_rate, 2), "ingest_chunks_per_s": round(ingest_rate, 2),
+                    "ingest_ratio": round(ingest_rate / raw_rate, 4), "ingest_s": round(ingest_s, 2)})
+    return index_figures(ws, texts, rng, model, args, figures)
+
+
+def index_figures(ws: Workspace, texts: list[str], rng: random.Random, model, args, figures: dict) -> dict:
+    """Build the ANN index, then recall@10 against exact search, flat-scan latency and search()
+    latency per mode; adds them to ``figures``, prints and returns them."""
+    import torch
+
     table = store.open_store(ws)
     torch.set_num_threads(1)
     questions = [query_from(rng.choice(texts), rng) for _ in range(args.queries)]
@@ -131,11 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"index build: {args.index_type} over {table.count_rows()} rows in {build_s:.1f} s; "
         f"recall@10 against exact search {recall:.4f} (goal >= 0.95)")
 
-    figures = {"chunks": len(texts), "threads": args.threads, "chunking_chunks_per_s": round(chunk_rate, 1),
-               "raw_embed_chunks_per_s": round(raw_rate, 2),
-               "ingest_chunks_per_s": round(ingest_rate, 2), "ingest_ratio": round(ingest_rate / raw_rate, 4),
-               "ingest_s": round(ingest_s, 2), "index_type": args.index_type, "index_build_s": round(build_s, 2),
-               "recall_at_10": round(recall, 4), "flat_scan_ms": summary(flat), "latency_ms": {}}
+    figures.update({"index_type": args.index_type, "index_build_s": round(build_s, 2), "recall_at_10": round(recall, 4),
+                    "refine_factor": vindex.REFINE_FACTOR, "pq_sub_vectors": vindex.NUM_SUB_VECTORS,
+                    "flat_scan_ms": summary(flat), "latency_ms": {}})
     say(f"exact vector scan alone (no embedding): p50 {figures['flat_scan_ms']['p50']:.1f} ms, "
         f"p99 {figures['flat_scan_ms']['p99']:.1f} ms")
     for mode in store.MODES:
@@ -246,7 +266,7 @@ def exact_ids(table, vector: np.ndarray) -> list[str]:
 
 
 def ann_ids(table, vector: np.ndarray) -> list[str]:
-    return [r["id"] for r in vindex.tune(table.search(vector).distance_type("cosine")).select(["id"]).limit(10).to_list()]
+    return [r["id"] for r in vindex.tune(table.search(vector).distance_type("cosine"), 10).select(["id"]).limit(10).to_list()]
 
 
 def latency(call, n: int) -> list[float]:

@@ -398,7 +398,7 @@ def _vector_hits(table: Any, vector: np.ndarray, k: int, where: str | None = Non
     builder = table.search(vector, vector_column_name="vector").distance_type("cosine")
     if where:
         builder = builder.where(where, prefilter=True)
-    rows = tune(builder).select([*CHUNK_FIELDS, "_distance"]).limit(k).to_list()
+    rows = tune(builder, k).select([*CHUNK_FIELDS, "_distance"]).limit(k).to_list()
     return [_hit(row, 1.0 - row["_distance"]) for row in rows]
 
 
@@ -421,7 +421,7 @@ def _hybrid_hits(table: Any, query: str, vector: np.ndarray, k: int, where: str 
                    .vector(vector).text(query).distance_type("cosine"))
         if where:
             builder = builder.where(where, prefilter=True)
-        rows = (tune(builder).rerank(RRFReranker(K=RRF_K))
+        rows = (tune(builder, k).rerank(RRFReranker(K=RRF_K))
                 .select(list(CHUNK_FIELDS)).limit(k).to_list())
         return [_hit(row, row["_relevance_score"]) for row in rows]
     except Exception:  # noqa: BLE001 - the built-in fusion is optional; ours needs only the two lists
