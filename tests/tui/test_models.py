@@ -55,11 +55,14 @@ def legacy_copy(version_dir: Path, dest: Path, created: str) -> Path:
 
 
 @pytest.mark.asyncio
-async def test_models_screen_shows_the_version_and_the_clis_quant_report(trained):
+async def test_models_screen_shows_the_version_and_the_clis_quant_report(trained, tmp_path: Path):
     version = trained.version
     manifest = version.manifest
     report = manifest["quant_report"]
-    app = ApplianceApp(workspace=trained.ws.root)
+    # its own workspace: other tests add versions to the shared `trained` one
+    ws = Workspace.open(tmp_path / "workspace")
+    (ws.models / version.id).symlink_to(version.path)
+    app = ApplianceApp(workspace=ws.root)
     async with app.run_test(size=SIZE) as pilot:
         assert isinstance(app.screen, ChatScreen)  # the app still starts on the chat
         screen = await open_models(pilot)
@@ -84,8 +87,8 @@ async def test_models_screen_shows_the_version_and_the_clis_quant_report(trained
         fit = parity["tokenizer_fit"]
         assert f"add_space_prefix={str(fit['add_space_prefix']).lower()}" in info
         assert f"merge: {manifest['merge']}" in info
-        assert describe_parity(summary(trained.ws, version.id)) in info
-        assert PROMOTED_MARK not in listed[0][0]  # nothing promoted in the shared workspace
+        assert describe_parity(summary(ws, version.id)) in info
+        assert PROMOTED_MARK not in listed[0][0]  # nothing promoted here
 
 
 @pytest.mark.asyncio
