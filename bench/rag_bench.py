@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     figures: dict = {"chunks": len(texts), "threads": args.threads, "chunking_chunks_per_s": round(chunk_rate, 1)}
     if args.index_only:
-        table = store.open_store(ws) if args.workdir else None
-        rows = table.count_rows() if table is not None else 0
+        try:
+            rows = store.open_store(ws).count_rows() if args.workdir else 0
+        except store.RagError:
+            rows = 0
         if rows != len(texts):
             raise SystemExit(f"--index-only needs --workdir of an earlier run with the same --chunks/--seed: "
                              f"its store holds {rows} chunks, the corpus {len(texts)}")

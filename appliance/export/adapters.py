@@ -51,8 +51,9 @@ def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink
     with ws.staging(final) as tmp:
         on_event(Event("export", step=0, total=steps, message=f"converting base {folder.name} to GGUF f16"))
         f16 = tmp / "model-f16.gguf"
-        gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer=pre_tokenizer_override(folder))
-        fitted = tokenizer_fit.fit(folder, f16, [], pre_tokenizer=pre_tokenizer_override(folder))
+        pre_tokenizer = pre_tokenizer_override(folder)
+        gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer=pre_tokenizer)
+        fitted = tokenizer_fit.fit(folder, f16, [], pre_tokenizer=pre_tokenizer)
         if fitted["mismatched"]:
             raise ParityError(f"llama.cpp tokenises {fitted['mismatched']}/{fitted['checked']} chat prompts of "
                               f"{folder.name} differently from its Hugging Face tokenizer with either "

@@ -134,10 +134,11 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
         merge_kind = merge_adapter(base, run.adapter, tmp / "merged", quantization=manifest.get("quantization"))
         on_event(Event("export", step=1, total=steps, message="converting to GGUF f16 with llama.cpp's converter"))
         f16 = tmp / "model-f16.gguf"
-        gguf.convert_hf_to_gguf(tmp / "merged", f16, pre_tokenizer=pre_tokenizer_override(base))
+        pre_tokenizer = pre_tokenizer_override(base)
+        gguf.convert_hf_to_gguf(tmp / "merged", f16, pre_tokenizer=pre_tokenizer)
         pairs, pairs_source = eval_pairs(ws, manifest)
         prompts = [m for m, _ in pairs[:PARITY_PROMPTS]]
-        fitted = tokenizer_fit.fit(tmp / "merged", f16, prompts, pre_tokenizer=pre_tokenizer_override(base))
+        fitted = tokenizer_fit.fit(tmp / "merged", f16, prompts, pre_tokenizer=pre_tokenizer)
         if fitted["override"]:
             on_event(Event("export", message=f"llama.cpp tokenised {fitted['default_mismatched']}/{fitted['checked']} "
                                              "chat prompts differently from the training tokenizer; converted again "

@@ -30,28 +30,23 @@ SAMPLE_CONVERSATION = [
 ]
 
 
-def chat_texts(model_dir: Path, conversations: list[list[dict]]) -> tuple[list[str], list[list[int]]]:
-    """The rendered chat prompts (with a generation prompt) and the HF tokenizer's ids for them;
-    conversations the template refuses are left out."""
+def chat_texts(model_dir: Path, conversations: list[list[dict]]) -> list[tuple[str, list[int]] | None]:
+    """Per conversation, the rendered chat prompt (with a generation prompt) and the HF tokenizer's
+    ids for it, or None where the template refuses the conversation."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts, ids = [], []
+    rendered: list[tuple[str, list[int]] | None] = []
     for messages in conversations:
         try:
-            rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
         except Exception:  # noqa: BLE001 - a template may refuse the multi-turn sample
+            rendered.append(None)
             continue
-        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        ids.append(list(rendered["input_ids"]))
-    return texts, ids
-
-
-def mismatches(gguf_path: Path, texts: list[str], hf_ids: list[list[int]]) -> int:
-    from appliance.export.parity import gguf_tokenize
-
-    return sum(a != b for a, b in zip(gguf_tokenize(gguf_path, texts), hf_ids))
+        rendered.append((text, list(ids)))
+    return rendered
 
 
 def fit(model_dir: Path, f16: Path, prompts: list[list[dict]], pre_tokenizer: str | None = None) -> dict:
@@ -64,17 +59,23 @@ def fit(model_dir: Path, f16: Path, prompts: list[list[dict]], pre_tokenizer: st
     ``multi_turn_mismatched`` (0 or 1, recorded, not gated: some templates put an assistant turn
     right after a special token with no space, which neither setting reproduces),
     ``add_space_prefix`` and ``override`` (whether the GGUF was re-converted)."""
-    single = chat_texts(model_dir, prompts or SAMPLE_PROMPTS)
-    multi = chat_texts(model_dir, [SAMPLE_CONVERSATION])
+    from appliance.export.parity import gguf_tokenize
+
+    single_prompts = prompts or SAMPLE_PROMPTS
+    rendered = chat_texts(model_dir, [*single_prompts, SAMPLE_CONVERSATION])
+    checks = [(r, i >= len(single_prompts)) for i, r in enumerate(rendered) if r is not None]
     metadata = gguf.read_metadata(f16)
     current = metadata.get("tokenizer.ggml.add_space_prefix", "true").lower() != "false"
 
     def score(path: Path) -> tuple[int, int]:
-        return mismatches(path, *single), mismatches(path, *multi)
+        """(single-turn, multi-turn) prompts llama.cpp tokenises differently from the HF tokenizer."""
+        ids = gguf_tokenize(path, [text for (text, _), _ in checks])
+        wrong = [(multi, got != want) for ((_, want), multi), got in zip(checks, ids)]
+        return sum(bad for multi, bad in wrong if not multi), sum(bad for multi, bad in wrong if multi)
 
     default = score(f16)
-    record = {"checked": len(single[0]), "mismatched": default[0], "multi_turn_mismatched": default[1],
-              "add_space_prefix": current, "override": False}
+    record = {"checked": sum(not multi for _, multi in checks), "mismatched": default[0],
+              "multi_turn_mismatched": default[1], "add_space_prefix": current, "override": False}
     if default == (0, 0) or metadata.get("tokenizer.ggml.model") != SPM_MODEL:
         return record
     flipped = f16.with_name(f16.stem + ".space-prefix.gguf")
