@@ -1,4 +1,6 @@
-"""The catalogue of base models: one TOML per model under ``models/`` (weights never committed).
+"""The catalogue of base models: one TOML per model under the repository's ``models/`` (weights
+never committed). Not to be confused with a workspace's ``models/`` folder of exported model
+versions (``Workspace.model_versions``, ``appliance.artefacts.load_version``).
 
 A catalogued base (today: ``pocket``) brings its own recipe defaults, e.g. the learning rate that
 suits a model that small; a recipe file or a command-line option still overrides them.

@@ -19,16 +19,24 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.ask import MAX_ANSWER_TOKENS
+from appliance.catalogue import recipe_defaults
 from appliance.config import DPORecipe, SFTRecipe
-from appliance.events import EventSink
+from appliance.data.ingest import ingest
+from appliance.data.recipe import load_curation
+from appliance.events import EventSink, RichProgress
+from appliance.export.pipeline import export
+from appliance.local_model import open_local_model
+from appliance.rag.answer import DEFAULT_PASSAGES, answer_question, build_messages, format_answer
+from appliance.rag.store import index_documents, search
+from appliance.train import dpo, sft
+from appliance.train.pocket import ensure_pocket, sample_corpus_dir
 from appliance.workspace import Workspace, atomic_write_jsonl, read_jsonl
 
 DEMO_QUESTIONS = 3
 
 
 def sample_paths() -> dict[str, Path]:
-    from appliance.train.pocket import sample_corpus_dir
-
     root = sample_corpus_dir()
     return {"docs": root / "docs", "qa": root / "qa.jsonl", "prefs": root / "prefs.jsonl",
             "curation": root / "curation.toml"}
@@ -36,9 +44,6 @@ def sample_paths() -> dict[str, Path]:
 
 def grounded_pairs(ws: Workspace, qa_rows: list[dict], k: int) -> list[dict]:
     """Each Q&A pair again, its question preceded by the passages retrieval finds for it."""
-    from appliance.rag.answer import build_messages
-    from appliance.rag.store import search
-
     rows = []
     for row in qa_rows:
         question, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
@@ -48,18 +53,6 @@ def grounded_pairs(ws: Workspace, qa_rows: list[dict], k: int) -> list[dict]:
 
 
 def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
-    from appliance.catalogue import recipe_defaults
-    from appliance.data.ingest import ingest
-    from appliance.events import RichProgress
-    from appliance.export.pipeline import export
-    from appliance.rag.answer import answer_question, format_answer
-    from appliance.rag.store import index_documents
-    from appliance.serve.engine import Engine, answer_text
-    from appliance.train import dpo, sft
-    from appliance.train.pocket import ensure_pocket
-
-    from appliance.rag.answer import DEFAULT_PASSAGES
-
     out = out or sys.stdout
     k = k or DEFAULT_PASSAGES
     paths = sample_paths()
@@ -85,8 +78,6 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
         qa_rows = read_jsonl(paths["qa"])
         grounded = ws.tmp / "demo-qa-grounded.jsonl"
         atomic_write_jsonl(grounded, grounded_pairs(ws, qa_rows, k))
-        from appliance.data.recipe import load_curation
-
         qa = ingest(ws, [paths["qa"], grounded], "demo-qa", on_event, recipe=load_curation(paths["curation"]))
         say(f"[4/7] training pairs: {qa.id} ({qa.counts['chat']} chat pairs: {len(qa_rows)} plain + grounded copies)")
 
@@ -102,9 +93,10 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
         say(f"[6/7] model version: {version.id} (f16 + q8_0, f16 greedy parity {parity['matched']}/{parity['prompts']}) "
             f"({_elapsed(started)})")
 
-    engine = Engine(version.gguf("q8_0"), version.id)
-    try:
-        generate = lambda messages: answer_text(engine, messages)  # noqa: E731
+    with open_local_model(ws, version.id, "q8_0", engine="local") as local:
+        def generate(messages: list[dict]) -> str:
+            return local.generate(messages, MAX_ANSWER_TOKENS, temperature=0.0).strip()
+
         say(f"[7/7] questions answered by {version.id} (q8_0) from the RAG store:\n")
         for row in qa_rows[:DEMO_QUESTIONS]:
             question = row["messages"][0]["content"]
@@ -112,8 +104,6 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
             say(f"Q: {question}")
             say(format_answer(answer))
             say("")
-    finally:
-        engine.close()
     say(f"demo finished in {_elapsed(started)}; serve it with: appliance serve --model {version.id}")
     return version.id
 

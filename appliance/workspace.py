@@ -4,12 +4,14 @@ Layout (under ``APPLIANCE_HOME``, default ``./workspace``)::
 
     datasets/NAME/vN/      data.jsonl, rejects.jsonl, manifest.json
     runs/RUN_ID/           adapter/, manifest.json            (sft-..., dpo-...)
-    models/VERSION/        merged/, model-f16.gguf, model-q8_0.gguf, manifest.json
+    models/VERSION/        merged/, model-f16.gguf, model-q8_0.gguf, manifest.json   (``model_versions``)
+    adapters/AD_ID/        adapter.gguf, manifest.json        (ad-...: LoRA adapters for serving)
     bases/pocket-SEED/     the built-in base model, built once and reused
     rag/                   the LanceDB store
     logs/                  request logs
     serve.json             where a running server listens (written by ``appliance serve``)
 
+Reading an artefact by its id is ``appliance.artefacts``' job; this module knows only folders.
 Every artefact write goes to a temp file in the same folder, is fsynced and renamed into place.
 Every artefact folder carries ``manifest.json`` with the sha256 of each file and its inputs.
 """
@@ -57,7 +59,8 @@ class Workspace:
         return self._dir("runs")
 
     @property
-    def models(self) -> Path:
+    def model_versions(self) -> Path:
+        """``models/``: the exported model versions (not the repository's catalogue ``models/*.toml``)."""
         return self._dir("models")
 
     @property
@@ -87,27 +90,6 @@ class Workspace:
     def _dir(self, name: str) -> Path:
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    # artefacts ---------------------------------------------------------------
-    def run_dir(self, run_id: str) -> Path:
-        path = self.runs / run_id
-        if not (path / MANIFEST).is_file():
-            known = ", ".join(sorted(p.name for p in self.runs.iterdir() if (p / MANIFEST).is_file()))
-            raise WorkspaceError(f"no run '{run_id}' in {self.runs} (known runs: {known or 'none'})")
-        return path
-
-    def model_dir(self, version: str | None) -> Path:
-        """The folder of a model version; ``None`` or ``latest`` means the newest one."""
-        versions = finished_artefacts(self.models)
-        if not versions:
-            raise WorkspaceError(f"no model version in {self.models}: run `appliance export RUN` first")
-        if version in (None, "", "latest"):
-            return versions[-1]
-        path = self.models / version
-        if path not in versions:
-            names = ", ".join(p.name for p in versions)
-            raise WorkspaceError(f"no model version '{version}' (known: {names})")
         return path
 
     @contextlib.contextmanager

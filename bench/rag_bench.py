@@ -3,6 +3,8 @@
     nice python bench/rag_bench.py               # smoke run: 2,000 chunks, a few minutes on 2 cores
     nice python bench/rag_bench.py --full        # 100,000 chunks, real embeddings (opt-in: hours on 2 cores)
     python bench/rag_bench.py --vectors-only --chunks 100000   # index figures only, no embedding
+    python bench/rag_bench.py --full --workdir DIR --index-only --pq-sub-vectors 24,48,96 --refine 0,10,30,100
+                                                   # index settings sweep on a kept store (0: no refine)
 
 Builds a synthetic corpus (documents of ``--sections`` one-paragraph sections, one chunk each,
 words drawn from the sample corpus) in a temporary folder and measures, in one run:
@@ -17,6 +19,11 @@ words drawn from the sample corpus) in a temporary folder and measures, in one r
 - query latency p50/p99 per mode through ``search()`` (query embedding included, its cache
   cleared), plus the exact (flat) vector scan alone for comparison;
 - recall@10 of the ANN index against exact search over the same query vectors (goal >= 0.95).
+
+``--pq-sub-vectors`` and ``--refine`` (comma lists) add a sweep before those figures: for each
+sub-vector count (IVF_PQ) the index is rebuilt, and for each refine factor (0: none, the codes
+alone) recall@10 and ANN latency are measured on the same queries; the store's own settings
+(``appliance/rag/vindex.py``) are restored for the figures that follow.
 
 ``--full`` is the issue's 100k-chunk run with real embeddings. Its time is dominated by
 embedding: about ``1.1 x chunks / raw rate`` (ingest plus a 10% baseline sample), so at the
@@ -73,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--index-only", action="store_true",
                         help="with --workdir of an earlier run: keep its store (no baseline, no ingest) and measure "
                              "only the index figures again (build, recall, latency), e.g. after changing vindex.py")
+    parser.add_argument("--pq-sub-vectors", type=_int_list, default=None,
+                        help="sweep: IVF_PQ sub-vector counts to build, e.g. 24,48,96 (each must divide 384)")
+    parser.add_argument("--refine", type=_int_list, default=None,
+                        help="sweep: refine factors to query each build with, e.g. 0,10,30,100 (0: no refine)")
     parser.add_argument("--vectors-only", action="store_true",
                         help="index figures only (flat scan, build, recall, ANN latency) on clustered random unit "
                              "vectors: no embedding, so 100k rows take minutes on a small machine")
@@ -147,6 +158,8 @@ def index_figures(ws: Workspace, texts: list[str], rng: random.Random, model, ar
     vectors = embed(questions, model)
     flat = latency(lambda i: exact_ids(table, vectors[i]), len(questions))
     exact = [exact_ids(table, v) for v in vectors]
+    if args.pq_sub_vectors or args.refine:
+        figures["sweep"] = sweep(lambda: store.open_store(ws), vectors, exact, args)
 
     build_s = vindex.build_vector_index(table, args.index_type)
     table = store.open_store(ws)
@@ -196,12 +209,16 @@ def vectors_only(args) -> dict:
     exact_ids(table, queries[0])
     flat = latency(lambda i: exact_ids(table, queries[i]), len(queries))
     exact = [exact_ids(table, q) for q in queries]
+    swept = sweep(lambda: table, queries, exact, args) if args.pq_sub_vectors or args.refine else None
     build_s = vindex.build_vector_index(table, args.index_type)
     ann_ids(table, queries[0])
     ann_ms = latency(lambda i: ann_ids(table, queries[i]), len(queries))
     recall = statistics.mean(len(set(ann_ids(table, q)) & set(e)) / 10 for q, e in zip(queries, exact))
     figures = {"rows": n, "index_type": args.index_type, "flat_scan_ms": summary(flat),
-               "ann_ms": summary(ann_ms), "index_build_s": round(build_s, 2), "recall_at_10": round(recall, 4)}
+               "ann_ms": summary(ann_ms), "index_build_s": round(build_s, 2), "recall_at_10": round(recall, 4),
+               "refine_factor": vindex.REFINE_FACTOR, "pq_sub_vectors": vindex.NUM_SUB_VECTORS}
+    if swept is not None:
+        figures["sweep"] = swept
     say(f"{n} random clustered vectors: flat scan p50 {figures['flat_scan_ms']['p50']} ms "
         f"p99 {figures['flat_scan_ms']['p99']} ms; {args.index_type} build {build_s:.1f} s, "
         f"query p50 {figures['ann_ms']['p50']} ms p99 {figures['ann_ms']['p99']} ms, recall@10 {recall:.4f}")
@@ -267,8 +284,48 @@ def exact_ids(table, vector: np.ndarray) -> list[str]:
             .select(["id"]).limit(10).to_list()]
 
 
-def ann_ids(table, vector: np.ndarray) -> list[str]:
-    return [r["id"] for r in vindex.tune(table.search(vector).distance_type("cosine"), 10).select(["id"]).limit(10).to_list()]
+def ann_ids(table, vector: np.ndarray, refine: int | None = None) -> list[str]:
+    """The index's top 10: queried as the store queries (``vindex.tune``), or with ``refine`` (0: no
+    re-ranking with the exact vectors, the index codes alone)."""
+    builder = table.search(vector).distance_type("cosine")
+    if refine is None:
+        builder = vindex.tune(builder, 10)
+    else:
+        builder = builder.nprobes(vindex.NPROBES).ef(max(vindex.EF, 10 * max(refine, 1)))
+        if refine:
+            builder = builder.refine_factor(refine)
+    return [r["id"] for r in builder.select(["id"]).limit(10).to_list()]
+
+
+def sweep(open_table, vectors, exact: list[list[str]], args) -> list[dict]:
+    """Recall@10 and ANN latency per (sub-vectors, refine factor): one index build per sub-vector
+    count (``--index-type``'s own build for IVF_HNSW_SQ), the store's settings restored afterwards."""
+    subs = (args.pq_sub_vectors or [vindex.NUM_SUB_VECTORS]) if args.index_type == "IVF_PQ" else [None]
+    refines = args.refine or [vindex.REFINE_FACTOR]
+    kept, rows = vindex.NUM_SUB_VECTORS, []
+    try:
+        for sub in subs:
+            if sub is not None:
+                vindex.NUM_SUB_VECTORS = sub
+            build_s = vindex.build_vector_index(open_table(), args.index_type)
+            table = open_table()
+            for refine in refines:
+                ann_ids(table, vectors[0], refine)
+                ms = latency(lambda i, refine=refine: ann_ids(table, vectors[i], refine), len(vectors))
+                recall = statistics.mean(len(set(ann_ids(table, v, refine)) & set(e)) / max(1, len(e))
+                                         for v, e in zip(vectors, exact))
+                rows.append({"index_type": args.index_type, "pq_sub_vectors": sub, "refine_factor": refine,
+                             "index_build_s": round(build_s, 2), "recall_at_10": round(recall, 4),
+                             "ann_ms": summary(ms)})
+                say(f"sweep: {args.index_type}{f' {sub} sub-vectors' if sub else ''}, refine {refine or 'none'}: "
+                    f"build {build_s:.1f} s, recall@10 {recall:.4f}, p50 {rows[-1]['ann_ms']['p50']} ms")
+    finally:
+        vindex.NUM_SUB_VECTORS = kept
+    return rows
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def latency(call, n: int) -> list[float]:

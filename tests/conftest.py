@@ -4,6 +4,10 @@ Everything is built locally: the tokenizer is trained on the facts with ``tokeni
 model is a random-init Llama (``pocket`` with a tiny config), training is our own SFT and DPO,
 export is llama.cpp's converter plus in-process quantization, and the server is a real
 ``appliance serve`` process. Nothing is downloaded.
+
+This module is imported for every test, ``make test-fast``'s unit tests too, so it imports
+nothing heavy at module level: torch, transformers and the training stages load inside the
+fixtures that need them (the first test that asks for ``tiny_base`` pays for them once).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -22,16 +27,30 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-import torch  # noqa: E402
+from appliance.config import DPORecipe, PocketConfig, SFTRecipe  # noqa: E402  (pydantic only)
+from appliance.workspace import Workspace  # noqa: E402  (standard library only)
 
-torch.set_num_threads(1)  # tiny models on a busy 2-core machine are far faster on one thread
+if TYPE_CHECKING:
+    from appliance.artefacts import DatasetRef, ModelVersion, RunRef
 
-from appliance.config import DPORecipe, PocketConfig, SFTRecipe  # noqa: E402
-from appliance.data.ingest import DatasetRef, ingest  # noqa: E402
-from appliance.export.pipeline import ModelVersion, export  # noqa: E402
-from appliance.train import dpo, pocket, sft  # noqa: E402
-from appliance.train.common import RunRef  # noqa: E402
-from appliance.workspace import Workspace  # noqa: E402
+
+def one_torch_thread() -> None:
+    """Tiny models on a busy 2-core machine are far faster on one torch thread. Applied once torch
+    is loaded (by a test module, a fixture or ``build_tiny_base``); never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    one_torch_thread()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item) -> None:
+    one_torch_thread()
+
 
 VAULTS = "ABCDEFGHIJKLMNOPQRST"
 FACTS = [(f"What is the code of vault {c}?", f"Vault {c} opens with code {100 + 7 * i}.") for i, c in enumerate(VAULTS)]
@@ -56,6 +75,9 @@ def preference_rows(facts=FACTS) -> list[dict]:
 
 
 def build_tiny_base(folder: Path) -> Path:
+    from appliance.train import pocket
+
+    one_torch_thread()
     folder.mkdir(parents=True, exist_ok=True)
     texts = [f"{q} {a}" for q, a in FACTS] + ["I cannot tell you the code of vault."]
     pocket.build(folder, texts, TINY_POCKET)
@@ -81,6 +103,10 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_base) -> TrainedModel:
     """The 20 facts taught by SFT, a DPO pass on top, exported to f16 + Q8_0."""
+    from appliance.data.ingest import ingest
+    from appliance.export.pipeline import export
+    from appliance.train import dpo, sft
+
     root = tmp_path_factory.mktemp("trained")
     ws = Workspace.open(root / "workspace")
     facts = ingest(ws, [write_jsonl(root / "facts.jsonl", chat_rows())], "facts")
@@ -157,12 +183,14 @@ def adapter_set(trained, tmp_path_factory) -> AdapterSet:
     """Two LoRA adapters (FACTS, ALT_FACTS) as GGUFs on an export of the unmodified tiny base.
 
     The workspace links the trained facts run and the trained (merged) version read-only."""
+    from appliance.data.ingest import ingest
     from appliance.export.adapters import export_adapter, export_base
+    from appliance.train import sft
 
     root = tmp_path_factory.mktemp("adapters")
     ws = Workspace.open(root / "workspace")
     (ws.runs / trained.sft_run.id).symlink_to(trained.sft_run.path)
-    (ws.models / trained.version.id).symlink_to(trained.version.path)
+    (ws.model_versions / trained.version.id).symlink_to(trained.version.path)
     alt_data = ingest(ws, [write_jsonl(root / "alt.jsonl", chat_rows(ALT_FACTS))], "alt-facts")
     alt_run = sft.run(ws, TINY_SFT, alt_data, trained.base)
     base = export_base(ws, str(trained.base), ["q8_0"])

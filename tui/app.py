@@ -18,7 +18,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from appliance.serve.client import ServerInfo, server_from_workspace
-from tui.screens import ChatScreen, ModelsScreen
+from .screens import ChatScreen, ModelsScreen
 
 
 class ApplianceApp(App):

@@ -33,7 +33,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from appliance.data.ingest import NAME_PATTERN, ROLES, DatasetRef
+from appliance.artefacts import DATASET_NAME_PATTERN, DatasetRef
+from appliance.data.ingest import ROLES
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.recipe import CurationRecipe
 from appliance.data.report import render_table
@@ -144,7 +145,7 @@ def _scrub(record: dict, scrubber: Scrubber) -> list[str]:
 def feedback_dataset(ws: Workspace, name: str = "feedback", source: Path | None = None, model: str | None = None,
                      recipe: CurationRecipe | None = None, on_event: EventSink = ignore) -> DatasetRef:
     """Convert the feedback log into a new version of dataset ``name`` (or return the identical one)."""
-    if not NAME_PATTERN.match(name):
+    if not DATASET_NAME_PATTERN.match(name):
         raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     source = Path(source) if source else default_source(ws)
     if not source.is_file():

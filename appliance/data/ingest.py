@@ -21,10 +21,9 @@ version instead of making a new one. The dataset id printed is ``NAME@vN``.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.artefacts import DATASET_NAME_PATTERN, DatasetRef, resolve_dataset
 from appliance.data.curate import Curated, curate
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.readers import DOCUMENT_SUFFIXES, UnreadableDocument, expand_paths, read_file, ticket_from_mapping
@@ -39,55 +38,17 @@ from appliance.workspace import (
     atomic_write_text,
     finished_artefacts,
     read_json,
-    read_jsonl,
     sha256_file,
     sha256_text,
     write_manifest,
 )
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLES = {"system", "user", "assistant"}
 JSONL_SUFFIXES = {".jsonl"}
 
 
 class RecordError(ValueError):
     """A record does not have any accepted shape; the message says what is wrong."""
-
-
-@dataclass
-class DatasetRef:
-    name: str
-    version: int
-    path: Path
-    counts: dict[str, int] = field(default_factory=dict)
-    rejected: int = 0
-    created: bool = True
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}@v{self.version}"
-
-    def records(self, kind: str | None = None) -> list[dict]:
-        rows = read_jsonl(self.path / "data.jsonl")
-        return [r for r in rows if kind is None or r["kind"] == kind]
-
-    def eval_records(self, kind: str | None = None) -> list[dict]:
-        """The version's held-out split (``eval.jsonl``; empty when it has none)."""
-        path = self.path / "eval.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
-        return [r for r in rows if kind is None or r["kind"] == kind]
-
-    def held_out(self, kind: str | None = None) -> "DatasetRef | None":
-        """A view of the version's eval split whose ``records()`` read ``eval.jsonl`` (for training's
-        evaluation set), or None when the split holds no record of ``kind``."""
-        if not self.eval_records(kind):
-            return None
-        return _EvalView(f"{self.name}:eval", self.version, self.path, self.counts, created=False)
-
-
-class _EvalView(DatasetRef):
-    def records(self, kind: str | None = None) -> list[dict]:
-        return self.eval_records(kind)
 
 
 def normalise_record(obj: object) -> dict:
@@ -212,7 +173,7 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
 
     With ``append`` the new version is the latest version plus the new records (deduplicated
     against it); otherwise a version holds exactly what ``paths`` contain."""
-    if not NAME_PATTERN.match(name):
+    if not DATASET_NAME_PATTERN.match(name):
         raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     recipe = recipe or CurationRecipe()
     files = list(expand_paths(paths))
@@ -220,7 +181,7 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
     previous, previous_ref = [], None
     if append and (ws.datasets / name).is_dir() and finished_artefacts(ws.datasets / name):
         previous_ref = resolve_dataset(ws, name)
-        previous = previous_ref.records() + _eval_records(previous_ref)
+        previous = previous_ref.records() + previous_ref.eval_records()
         for r in previous:
             r.pop("split", None)
     if not records and not previous:
@@ -235,20 +196,20 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
         on_event(Event("data.ingest", message=f"rejected {_where(reject)}: {reject['reason']}"))
     if not curated.records and not curated.evals:
         raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(curated.rejects)} rejected, see the messages above")
-    return _store_version(ws, name, curated, files, recipe, previous_ref)
+    return store_version(ws, name, curated, files, recipe, previous_ref)
 
 
 def _where(reject: dict) -> str:
     return f"{reject['source']}:{reject['line']}" if reject.get("line") else str(reject["source"])
 
 
-def _eval_records(ref: DatasetRef) -> list[dict]:
-    path = ref.path / "eval.jsonl"
-    return read_jsonl(path) if path.is_file() else []
+def store_version(ws: Workspace, name: str, curated: Curated, files: list[Path], recipe: CurationRecipe,
+                  parent: DatasetRef | None, extra_inputs: dict | None = None, extra: dict | None = None) -> DatasetRef:
+    """Write ``curated`` as the next version of dataset ``name`` (the write side of ``DatasetRef``).
 
-
-def _store_version(ws: Workspace, name: str, curated: Curated, files: list[Path], recipe: CurationRecipe,
-                   parent: DatasetRef | None, extra_inputs: dict | None = None, extra: dict | None = None) -> DatasetRef:
+    Content equal to the newest version's returns that version (``created=False``); otherwise
+    ``datasets/NAME/vN/`` is staged and renamed into place. ``files`` and ``parent`` are its
+    lineage; ``extra_inputs`` and ``extra`` add to the manifest's inputs and top level."""
     records, rejects = curated.records, curated.rejects
     folder = ws.datasets / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,21 +240,3 @@ def _store_version(ws: Workspace, name: str, curated: Curated, files: list[Path]
                         "parent": parent.id if parent else None, "recipe": recipe.model_dump(mode="json", by_alias=True),
                         **(extra or {})})
     return DatasetRef(name, version, final, counts, len(rejects))
-
-
-def resolve_dataset(ws: Workspace, ref: str) -> DatasetRef:
-    """``NAME`` (newest version) or ``NAME@vN`` -> the stored dataset version."""
-    name, _, version = ref.partition("@")
-    folder = ws.datasets / name
-    versions = finished_artefacts(folder) if folder.is_dir() else []
-    if not versions:
-        known = ", ".join(sorted(p.name for p in ws.datasets.iterdir() if p.is_dir())) or "none"
-        raise WorkspaceError(f"no dataset '{name}' (known datasets: {known}); create it with `appliance data ingest`")
-    if version:
-        path = folder / version
-        if path not in versions:
-            raise WorkspaceError(f"dataset '{name}' has no version '{version}' (known: {', '.join(p.name for p in versions)})")
-    else:
-        path = versions[-1]
-    manifest = read_json(path / "manifest.json")
-    return DatasetRef(name, manifest["version"], path, manifest.get("counts", {}), manifest.get("rejected", 0), created=False)

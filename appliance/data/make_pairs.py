@@ -7,9 +7,10 @@ become a new version of NAME whose manifest names the document dataset it came f
 """
 from __future__ import annotations
 
+from appliance.artefacts import DatasetRef, resolve_dataset
 from appliance.config import RecipeError
 from appliance.data.curate import curate
-from appliance.data.ingest import DatasetRef, _store_version, resolve_dataset
+from appliance.data.ingest import store_version
 from appliance.data.pairs import make_pairs
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.recipe import CurationRecipe, PairsConfig
@@ -45,4 +46,4 @@ def pairs_dataset(ws: Workspace, source: str, name: str, recipe: CurationRecipe,
     curated.report["pairs"] = {"source": docs_ref.id, "made": made}
     if not curated.records and not curated.evals:
         raise WorkspaceError(f"every pair from {docs_ref.id} was rejected; see `appliance data report`")
-    return _store_version(ws, name, curated, [], recipe, docs_ref), made
+    return store_version(ws, name, curated, [], recipe, docs_ref), made

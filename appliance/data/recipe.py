@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from appliance.config import Recipe, load_recipe
+from appliance.data.language import LANGUAGES
 
 PIIMode = Literal["redact", "mask", "pseudonymise", "drop", "keep"]
 PII_TYPES = ("email", "phone", "credit_card", "iban", "us_ssn", "uk_nino", "ipv4", "ipv6", "person")
@@ -92,8 +93,6 @@ class ValidateConfig(Recipe):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str]) -> list[str]:
-        from appliance.data.language import LANGUAGES
-
         unknown = [v for v in value if v not in LANGUAGES]
         if unknown:
             raise ValueError(f"unknown language(s) {unknown}; the check knows {', '.join(LANGUAGES)}")

@@ -15,6 +15,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from appliance.workspace import WorkspaceError
+
 BUCKETS = [32, 64, 128, 256, 512, 1024, 2048, 4096]
 EXAMPLES_PER_REASON = 3
 
@@ -99,7 +101,5 @@ def render_table(report: dict) -> str:
 def load_report(folder: Path) -> dict:
     path = Path(folder) / "report.json"
     if not path.is_file():
-        from appliance.workspace import WorkspaceError
-
         raise WorkspaceError(f"{folder} has no report.json (it was made before curation reports existed)")
     return json.loads(path.read_text(encoding="utf-8"))

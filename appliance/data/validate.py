@@ -23,6 +23,7 @@ from typing import Callable
 
 from appliance.data.dedup import MinHasher, normalise, shingles
 from appliance.data.language import check as check_language
+from appliance.data.pairs import EXTRACTION_KEYS
 from appliance.data.recipe import ValidateConfig
 
 DANGLING = re.compile(r"\b(and|or|the|a|an|to|of|with|for|in|because|but|that)\s*$", re.I)
@@ -103,8 +104,6 @@ def language_problem(record: dict, answer: str, config: ValidateConfig) -> str |
 def extraction_problem(answer: str) -> str | None:
     """Why an extraction answer is not the fixed JSON shape of pairs.EXTRACTION_KEYS (None when it is)."""
     import json
-
-    from appliance.data.pairs import EXTRACTION_KEYS
 
     try:
         obj = json.loads(answer)

@@ -11,31 +11,16 @@ refuses an adapter whose recorded base is not the version being served.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.artefacts import AdapterRef, ModelVersion, load_run, load_version
 from appliance.events import Event, EventSink, ignore
 from appliance.export import gguf, tokenizer_fit
 from appliance.export.parity import ParityError
-from appliance.export.pipeline import ModelVersion, check_chat_metadata, load_version
-from appliance.train.common import base_fingerprint, load_run, resolve_base
+from appliance.export.pipeline import check_chat_metadata
+from appliance.train.common import base_fingerprint, resolve_base
 from appliance.train.pocket import pre_tokenizer_override
 from appliance.workspace import Workspace, WorkspaceError, finished_artefacts, read_json, short_hash, write_manifest
-
-
-@dataclass
-class AdapterRef:
-    id: str
-    path: Path
-    created: bool = True
-
-    @property
-    def gguf(self) -> Path:
-        return self.path / "adapter.gguf"
-
-    @property
-    def manifest(self) -> dict:
-        return read_json(self.path / "manifest.json")
 
 
 def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink = ignore) -> ModelVersion:
@@ -43,7 +28,7 @@ def export_base(ws: Workspace, base: str, quants: list[str], on_event: EventSink
     folder = resolve_base(ws, base, on_event)
     fingerprint = base_fingerprint(folder)
     version_id = "mv-" + short_hash("base", fingerprint["weights_sha256"], sorted(quants))
-    final = ws.models / version_id
+    final = ws.model_versions / version_id
     if (final / "manifest.json").is_file():
         on_event(Event("export", message=f"{version_id} already exported from {folder.name}; reusing it"))
         return ModelVersion(version_id, final, created=False)
@@ -111,36 +96,8 @@ def _matching_base_version(ws: Workspace, run_base: Path, requested: str | None)
             raise WorkspaceError(f"{version.id} is not an export of the unmodified base this run was trained on "
                                  f"({run_base}); export it with `appliance export --base {run_base}`")
         return version
-    for path in reversed(finished_artefacts(ws.models)):
+    for path in reversed(finished_artefacts(ws.model_versions)):
         if read_json(path / "manifest.json")["inputs"].get("base_weights_sha256") == weights:
             return load_version(ws, path.name)
     raise WorkspaceError(f"no model version of the base {run_base} to attach the adapter to: "
                          f"run `appliance export --base {run_base}` first")
-
-
-def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
-    """The GGUF of adapter ``ref`` (an ``ad-...`` id or a file path), checked against the served version."""
-    path = Path(ref).expanduser()
-    if path.suffix == ".gguf" and path.is_file():
-        return path.resolve()  # a bare file carries no lineage; llama.cpp still checks its shapes
-    folder = ws.adapters / ref
-    if not (folder / "manifest.json").is_file():
-        known = ", ".join(p.name for p in finished_artefacts(ws.adapters)) or "none"
-        raise WorkspaceError(f"no adapter '{ref}' (known: {known}) and no such .gguf file")
-    adapter = AdapterRef(ref, folder, created=False)
-    inputs = adapter.manifest["inputs"]
-    served_sha = served.manifest["files"]["model-f16.gguf"]["sha256"]
-    if inputs["base_version"] != served.id or inputs["base_f16_sha256"] != served_sha:
-        raise WorkspaceError(f"adapter {ref} belongs to base {inputs['base_version']} "
-                             f"(f16 sha256 {inputs['base_f16_sha256'][:12]}), not to {served.id}: refusing the pair")
-    return adapter.gguf
-
-
-def adapter_summary(ws: Workspace) -> list[dict]:
-    rows = []
-    for path in finished_artefacts(ws.adapters):
-        inputs = read_json(path / "manifest.json")["inputs"]
-        rows.append({"id": path.name, "run": inputs["run"], "base_version": inputs["base_version"],
-                     "size_bytes": (path / "adapter.gguf").stat().st_size})
-    return rows
-

@@ -100,9 +100,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, imatrix=None) -
     params.nthread = threads
     entries = None
     if imatrix is not None:
-        from appliance.export.imatrix import QuantizeEntries
-
-        entries = QuantizeEntries(imatrix)  # kept alive until llama_model_quantize returns
+        entries = _ImatrixEntries(imatrix.values)  # kept alive until llama_model_quantize returns
         params.imatrix = entries.pointer()
     tmp = dst.with_name(f".{dst.name}.partial")
     code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
@@ -111,6 +109,29 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, imatrix=None) -
         tmp.unlink(missing_ok=True)
         raise WorkspaceError(f"llama_model_quantize to {quant} failed with code {code}")
     os.replace(tmp, dst)
+
+
+class _ImatrixEntries:
+    """The null-terminated ``llama_model_imatrix_data`` array of an importance matrix
+    (``{GGUF tensor name: float32 vector}``); keeps the float buffers alive."""
+
+    def __init__(self, values: dict):
+        import llama_cpp
+        import numpy as np
+
+        self._arrays = [np.ascontiguousarray(v, dtype=np.float32) for v in values.values()]
+        self._names = [k.encode() for k in values]
+        self.entries = (llama_cpp.llama_model_imatrix_data * (len(self._arrays) + 1))()
+        for i, (name, array) in enumerate(zip(self._names, self._arrays)):
+            self.entries[i].name = name
+            self.entries[i].data = array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            self.entries[i].size = array.size
+        self.entries[len(self._arrays)].name = None  # the terminator llama.cpp's loop stops at
+
+    def pointer(self):
+        import llama_cpp
+
+        return ctypes.cast(self.entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 
 
 def end_of_generation(path: Path, token_ids: list[int]) -> dict[int, bool]:

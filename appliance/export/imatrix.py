@@ -19,12 +19,13 @@ The matrix is saved as ``imatrix.safetensors`` (GGUF tensor name -> float32 vect
 """
 from __future__ import annotations
 
-import ctypes
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from appliance.export.gguf import tools_dir
 
 IMATRIX_QUANTS = ("q5_k_m", "q4_k_m")
 MAX_TOKENS_PER_TEXT = 512
@@ -82,8 +83,6 @@ def collect(model_dir: Path, texts: list[str], max_tokens: int = MAX_TOKENS_PER_
 
 def _gguf():
     """The vendored gguf-py that the converter itself uses (PyPI's ``gguf`` is not installed)."""
-    from appliance.export.gguf import tools_dir
-
     path = str(tools_dir() / "gguf-py")
     if path not in sys.path:
         sys.path.append(path)
@@ -141,24 +140,3 @@ def load(path: Path) -> Imatrix:
 
     with safe_open(str(path), framework="numpy") as f:
         return Imatrix({k: f.get_tensor(k) for k in f.keys()}, int(f.metadata().get("tokens", 0)))  # noqa: SIM118
-
-
-class QuantizeEntries:
-    """The null-terminated ``llama_model_imatrix_data`` array; keeps the float buffers alive."""
-
-    def __init__(self, matrix: Imatrix):
-        import llama_cpp
-
-        self._arrays = [np.ascontiguousarray(v, dtype=np.float32) for v in matrix.values.values()]
-        self._names = [k.encode() for k in matrix.values]
-        self.entries = (llama_cpp.llama_model_imatrix_data * (len(self._arrays) + 1))()
-        for i, (name, array) in enumerate(zip(self._names, self._arrays)):
-            self.entries[i].name = name
-            self.entries[i].data = array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            self.entries[i].size = array.size
-        self.entries[len(self._arrays)].name = None  # the terminator llama.cpp's loop stops at
-
-    def pointer(self):
-        import llama_cpp
-
-        return ctypes.cast(self.entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))

@@ -26,7 +26,7 @@ def dequantized_base(base: Path, dtype=None, blocksize: int | None = None):
     """The base model with every decoder Linear replaced by its NF4 round-trip (dequantized in ``dtype``).
 
     bitsandbytes quantizes with the training settings (NF4, double quantisation; ``load_causal_lm``
-    in appliance/train/common.py); the weights that are not quantized (embeddings, norms, lm_head)
+    in appliance/train/backends.py); the weights that are not quantized (embeddings, norms, lm_head)
     stay as they are, as they did in training."""
     import torch
     from bitsandbytes.functional import dequantize_4bit

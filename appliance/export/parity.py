@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.export.gguf import end_of_generation
 from appliance.workspace import WorkspaceError
 
 NEAR_TIE = 0.01
@@ -122,8 +123,6 @@ def check(model_dir: Path, gguf_path: Path, prompts: list[list[dict]], max_new_t
     gguf_out = gguf_greedy(gguf_path, prompt_ids, max_new_tokens)
     # llama.cpp may end generation at more tokens than generation_config lists (it also stops at
     # end-of-text/end-of-turn tokens it recognises by their text): the served output ends there.
-    from appliance.export.gguf import end_of_generation
-
     eog = end_of_generation(gguf_path, sorted({t for out in hf_out for t in out}))
     hf_out = [out[: next((j + 1 for j, t in enumerate(out) if eog[t]), len(out))] for out in hf_out]
     report = compare(hf_out, gguf_out, hf_logits)

@@ -18,20 +18,19 @@ or ``imatrix=Path``: from a UTF-8 text file), q5_k_m and q4_k_m are quantized wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.artefacts import ModelVersion, load_run, resolve_dataset
 from appliance.events import Event, EventSink, ignore
 from appliance.export import gguf, parity, quant_report, tokenizer_fit
 from appliance.export import imatrix as importance
 from appliance.export.merge import merge_adapter
-from appliance.train.common import load_run
 from appliance.train.pocket import pre_tokenizer_override
 from appliance.workspace import (
     Workspace,
     WorkspaceError,
     atomic_write_json,
-    read_json,
+    sha256_file,
     short_hash,
     write_manifest,
 )
@@ -41,38 +40,11 @@ PARITY_TOKENS = 32
 REPORT_SAMPLES = 16
 
 
-@dataclass
-class ModelVersion:
-    id: str
-    path: Path
-    created: bool = True
-
-    @property
-    def manifest(self) -> dict:
-        return read_json(self.path / "manifest.json")
-
-    def gguf(self, quant: str | None = None) -> Path:
-        """The GGUF file for ``quant``; by default the first quantized one exported, else f16."""
-        available = self.manifest["quants"]
-        if quant is None:
-            quant = next((q for q in available if q != "f16"), "f16")
-        if quant not in available:
-            raise WorkspaceError(f"model version {self.id} has no {quant} GGUF (has: {', '.join(available)})")
-        return self.path / f"model-{quant}.gguf"
-
-
-def load_version(ws: Workspace, version: str | None) -> ModelVersion:
-    path = ws.model_dir(version)
-    return ModelVersion(path.name, path, created=False)
-
-
 def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -> tuple[list[tuple[list[dict], str]], str]:
     """(prompt messages, reference answer) pairs for parity and the quant report, and where they
     came from: the dataset's held-out split (``eval.jsonl``) when it has chat or preference
     records, else the training records themselves (what the model was taught, the best stand-in
     when a dataset has no eval split)."""
-    from appliance.data.ingest import resolve_dataset
-
     dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
 
     def to_pairs(records: list[dict]) -> list[tuple[list[dict], str]]:
@@ -90,8 +62,6 @@ def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[st
     """Every record of the run's dataset, chat-templated as the model sees it (prompt + answer)."""
     from transformers import AutoTokenizer
 
-    from appliance.data.ingest import resolve_dataset
-
     dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
     conversations = [r["messages"] for r in dataset.records("chat")]
     conversations += [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
@@ -102,8 +72,6 @@ def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[st
 
 def _imatrix_key(imatrix: bool | Path) -> str | None:
     if isinstance(imatrix, Path):
-        from appliance.workspace import sha256_file
-
         return "file:" + sha256_file(imatrix)
     return "dataset" if imatrix else None
 
@@ -122,7 +90,7 @@ def export(ws: Workspace, run_id: str, quants: list[str], on_event: EventSink = 
                                          "no importance matrix is needed"))
     key = _imatrix_key(imatrix) if weighted else None
     version_id = "mv-" + short_hash(run_id, adapter_sha, sorted(quants), *([key] if key else []))
-    final = ws.models / version_id
+    final = ws.model_versions / version_id
     if (final / "manifest.json").is_file():
         on_event(Event("export", message=f"{version_id} already exported from {run_id}; reusing it"))
         return ModelVersion(version_id, final, created=False)

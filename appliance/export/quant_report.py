@@ -12,7 +12,9 @@ answer positions we compare its next-token distribution with the f16 model's:
 - ``top1``: how often the quant's most likely token equals the f16 model's,
 - ``exact``: greedy answers equal to the reference answer (domain exact match).
 
-Speed: load time, prompt tokens/s (one batch eval of the longest prompt) and generated tokens/s.
+Speed: load time, prompt tokens/s (``pp``: one batch eval of the longest prompt) and generated
+tokens/s (``tg``: decode steps alone, each answer's prompt prefilled outside the timing). Reports
+written before this split timed the prefill of every answer's prompt into ``tg``.
 """
 from __future__ import annotations
 
@@ -47,13 +49,29 @@ def _answer_logprobs(llm, sample: Sample) -> np.ndarray:
     return _log_softmax(scores[start : start + len(sample.answer_ids)])
 
 
-def _greedy(llm, prompt_ids: list[int]) -> list[int]:
+def _greedy(llm, prompt_ids: list[int]) -> tuple[list[int], int, float]:
+    """Greedy answer of up to ``GEN_TOKENS`` tokens, with the decode steps and the seconds they took.
+
+    The prompt is prefilled first, outside the timing: generation speed is decode alone (one token
+    per ``eval``), as llama-bench's ``tg`` measures it; prompt speed is ``pp``, timed on its own.
+    The first answer token comes from the prefill's logits, each later one from a decode step."""
+    eos = llm.token_eos()
+    llm.reset()
+    llm.eval(prompt_ids)
     out: list[int] = []
-    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-        if token == llm.token_eos() or len(out) >= GEN_TOKENS:
+    steps, seconds = 0, 0.0
+    while True:
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # greedy, no repeat penalty
+        if token == eos:
             break
         out.append(token)
-    return out
+        if len(out) >= GEN_TOKENS:
+            break
+        started = time.perf_counter()
+        llm.eval([token])
+        seconds += time.perf_counter() - started
+        steps += 1
+    return out, steps, seconds
 
 
 def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | None, n_ctx: int,
@@ -71,12 +89,11 @@ def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | Non
         started = time.perf_counter()
         llm.eval(longest)
         prompt_tps = len(longest) / (time.perf_counter() - started)
-        generated, gen_time, exact = 0, 0.0, 0
+        decoded, gen_time, exact = 0, 0.0, 0
         for sample in samples:
-            started = time.perf_counter()
-            out = _greedy(llm, sample.prompt_ids)
-            gen_time += time.perf_counter() - started
-            generated += len(out)
+            out, steps, seconds = _greedy(llm, sample.prompt_ids)
+            decoded += steps
+            gen_time += seconds
             exact += llm.detokenize(out).decode("utf-8", "replace").strip() == sample.answer_text.strip()
     finally:
         llm.close()
@@ -85,7 +102,7 @@ def measure(path: Path, samples: list[Sample], reference: list[np.ndarray] | Non
         "size_bytes": path.stat().st_size,
         "load_s": round(load_s, 4),
         "prompt_tok_s": round(prompt_tps, 1),
-        "gen_tok_s": round(generated / gen_time, 1) if gen_time else None,
+        "gen_tok_s": round(decoded / gen_time, 1) if gen_time else None,
         "ppl": float(np.exp(nll)),
         "exact": exact / len(samples),
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.export import gguf
+from appliance.export.parity import gguf_tokenize
 
 SPM_MODEL = "llama"  # tokenizer.ggml.model of sentencepiece vocabularies
 SAMPLE_PROMPTS = [[{"role": "user", "content": "What does the policy say about visitors?"}]]
@@ -59,8 +60,6 @@ def fit(model_dir: Path, f16: Path, prompts: list[list[dict]], pre_tokenizer: st
     ``multi_turn_mismatched`` (0 or 1, recorded, not gated: some templates put an assistant turn
     right after a special token with no space, which neither setting reproduces),
     ``add_space_prefix`` and ``override`` (whether the GGUF was re-converted)."""
-    from appliance.export.parity import gguf_tokenize
-
     single_prompts = prompts or SAMPLE_PROMPTS
     rendered = chat_texts(model_dir, [*single_prompts, SAMPLE_CONVERSATION])
     checks = [(r, i >= len(single_prompts)) for i, r in enumerate(rendered) if r is not None]

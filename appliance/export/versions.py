@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.serve.hotswap import promoted
+from appliance.artefacts import load_version, promoted
 from appliance.workspace import MANIFEST, Workspace, finished_artefacts, read_json
 
 
@@ -74,12 +74,12 @@ def summarize(path: Path, manifest: dict | None = None, promotion: dict | None =
 def summaries(ws: Workspace) -> list[VersionSummary]:
     """Every finished model version of ``ws``, oldest first (``finished_artefacts``'s order)."""
     promotion = promoted(ws)
-    return [summarize(path, promotion=promotion) for path in finished_artefacts(ws.models)]
+    return [summarize(path, promotion=promotion) for path in finished_artefacts(ws.model_versions)]
 
 
 def summary(ws: Workspace, version: str | None = None) -> VersionSummary:
     """One version's summary; ``None`` or ``latest``: the newest. Raises ``WorkspaceError``."""
-    return summarize(ws.model_dir(version), promotion=promoted(ws))
+    return summarize(load_version(ws, version).path, promotion=promoted(ws))
 
 
 def describe_parity(version: VersionSummary) -> str:

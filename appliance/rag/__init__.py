@@ -7,7 +7,7 @@
     appliance ask "question"                retrieve passages and answer with citations
 
 Modules: ``chunk`` (structure-aware chunking sized in the embedding model's tokens, front matter),
-``config`` (the RAG recipe: chunk_tokens, chunk_overlap_tokens), ``lock`` (one sync at a time per
+``recipe`` (the RAG recipe: chunk_tokens, chunk_overlap_tokens), ``lock`` (one sync at a time per
 workspace, fcntl.flock), ``embed`` (the local
 sentence-transformers model), ``store`` (LanceDB table, full-text index, vector / fts / hybrid
 search), ``filters`` (metadata filters), ``vindex`` (vector index chosen by table size), ``sync``

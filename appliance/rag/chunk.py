@@ -1,7 +1,7 @@
 """Split a document into retrieval chunks that follow its structure, sized in the embedding model's tokens.
 
 Used by ``appliance rag sync PATH...`` (see :mod:`appliance.rag.store`); sizes come from the RAG
-recipe (``chunk_tokens``, ``chunk_overlap_tokens``, see :mod:`appliance.rag.config`).
+recipe (``chunk_tokens``, ``chunk_overlap_tokens``, see :mod:`appliance.rag.recipe`).
 
 The first ``# Title`` names the document (the file stem when there is none); every later heading
 (``##``, ``###``, a second ``#``) opens a section whose name is the heading path, e.g.
@@ -36,6 +36,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
+from appliance.rag.embed import default_model_path
 from appliance.workspace import sha256_text, short_hash
 
 DEFAULT_CHUNK_TOKENS = 160
@@ -156,8 +157,6 @@ def _load_counter(path: str) -> TokenCounter:
 
 def load_token_counter(model_path: Path | None = None) -> TokenCounter:
     """The token counter of a local sentence-transformers folder (default: the default embedding model)."""
-    from appliance.rag.embed import default_model_path
-
     return _load_counter(str(Path(model_path).resolve() if model_path else default_model_path()))
 
 

@@ -11,6 +11,7 @@ only. No cross-encoder ships with the appliance: without one, nothing is re-rank
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -33,15 +34,13 @@ def configured_reranker(path: Path | str | None = None) -> Path | None:
 
 
 def rerank(query: str, hits: list, folder: Path) -> list:
-    """``hits`` ordered by the cross-encoder's score, best first, each carrying that score."""
-    from appliance.rag.store import with_score
-
+    """``hits`` (``store.Hit``) ordered by the cross-encoder's score, best first, each a copy carrying that score."""
     if not hits:
         return []
     scores = load_cross_encoder(str(folder)).predict([(query, h.embedding_text()) for h in hits],
                                                      show_progress_bar=False)
     ranked = sorted(zip(hits, (float(s) for s in scores)), key=lambda pair: -pair[1])
-    return [with_score(hit, score) for hit, score in ranked]
+    return [dataclasses.replace(hit, score=score) for hit, score in ranked]
 
 
 @functools.lru_cache(maxsize=2)

@@ -35,9 +35,12 @@ from appliance.events import Event, EventSink, ignore
 from appliance.rag import RagError
 from appliance.rag.chunk import (Chunk, TokenCounter, chunk_document, chunking_label, load_token_counter,
                                  split_front_matter)
-from appliance.rag.config import RagRecipe
 from appliance.rag.embed import embed, load_embedder, model_identity
+from appliance.rag.filters import where_clause
 from appliance.rag.lock import SyncBusy, sync_lock  # noqa: F401 - SyncBusy is part of this module's contract
+from appliance.rag.recipe import RagRecipe
+from appliance.rag.rerank import configured_reranker, rerank
+from appliance.rag.vindex import ensure_vector_index, tune
 from appliance.workspace import Workspace, atomic_write_json, read_json, sha256_text
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # before lancedb is imported: its Rust warnings go to stderr
@@ -99,8 +102,6 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
 
 def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_path: Path | None,
                   identity: dict[str, Any], tokens: TokenCounter, recipe: RagRecipe | None) -> IndexResult:
-    from appliance.rag.vindex import ensure_vector_index
-
     db = connect(ws)
     table = _open_table(db)
     check_model(ws, identity, table_exists=table is not None)
@@ -346,9 +347,6 @@ def search(ws: Workspace, query: str, k: int = 4, mode: str = "hybrid", model_pa
     ``reranker``: a local cross-encoder folder (default: ``$APPLIANCE_RAG_RERANKER`` when set); the
     mode's top ``RERANK_CANDIDATES`` are re-scored by it (see :mod:`appliance.rag.rerank`).
     """
-    from appliance.rag.filters import where_clause
-    from appliance.rag.rerank import configured_reranker, rerank
-
     if mode not in MODES:
         raise ValueError(f"unknown search mode '{mode}' (choose one of: {', '.join(MODES)})")
     if k < 1:
@@ -393,8 +391,6 @@ def _open_table(db: Any) -> Any:
 
 
 def _vector_hits(table: Any, vector: np.ndarray, k: int, where: str | None = None) -> list[Hit]:
-    from appliance.rag.vindex import tune
-
     builder = table.search(vector, vector_column_name="vector").distance_type("cosine")
     if where:
         builder = builder.where(where, prefilter=True)
@@ -413,8 +409,6 @@ def _fts_hits(table: Any, query: str, k: int, where: str | None = None) -> list[
 def _hybrid_hits(table: Any, query: str, vector: np.ndarray, k: int, where: str | None = None) -> list[Hit]:
     """Reciprocal-rank fusion of the vector and full-text lists (LanceDB's reranker, else our own)."""
     from lancedb.rerankers import RRFReranker
-
-    from appliance.rag.vindex import tune
 
     try:
         builder = (table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
@@ -438,11 +432,6 @@ def rrf_fuse(rankings: list[list[Hit]], k: int, rrf_k: int = RRF_K) -> list[Hit]
             first.setdefault(hit.id, hit)
     best = sorted(scores, key=lambda i: -scores[i])[:k]
     return [Hit(**{name: getattr(first[i], name) for name in CHUNK_FIELDS}, score=scores[i]) for i in best]
-
-
-def with_score(hit: Hit, score: float) -> Hit:
-    """A copy of ``hit`` with another score."""
-    return Hit(**{name: getattr(hit, name) for name in CHUNK_FIELDS}, score=float(score))
 
 
 def _hit(row: dict[str, Any], score: float) -> Hit:

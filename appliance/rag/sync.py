@@ -2,7 +2,7 @@
 
     appliance rag sync PATH... [--wait SECONDS]         re-index what changed, drop what vanished
     appliance rag sync PATH... --watch [--interval 5]   keep doing so until Ctrl+C
-    appliance rag sync PATH... --recipe rag.toml        chunk sizes in tokens (see appliance.rag.config)
+    appliance rag sync PATH... --recipe rag.toml        chunk sizes in tokens (see appliance.rag.recipe)
 
 One sync is :func:`appliance.rag.store.index_documents`: documents whose content hash changed
 are re-chunked and re-embedded, their old chunks replaced in the same commit, and the chunks of
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from appliance.events import Event, EventSink, ignore
-from appliance.rag.config import RagRecipe
+from appliance.rag.recipe import RagRecipe
 from appliance.rag.store import IndexResult, index_documents
 from appliance.workspace import Workspace
 

@@ -3,9 +3,9 @@
     appliance rag sync PATH...      (creates, keeps or rebuilds it after every sync)
 
 Below ``FLAT_MAX_ROWS`` chunks there is no vector index: search is exact (flat). On this class of
-machine a flat scan of 384-d float32 vectors costs about 1.3-5.5 ms per 1,000 rows (FACTS.md:
-130-350 ms p50 at 100k; bench/rag_bench.py --vectors-only: 26 ms at 20k, 227-552 ms at 100k
-under load), so up to 20,000 rows it stays within 25-110 ms, the order of embedding the query
+machine a flat scan of 384-d float32 vectors costs about 1.3-5.5 ms per 1,000 rows (100k
+clustered random vectors: 130-350 ms p50; bench/rag_bench.py --vectors-only: 26 ms at 20k,
+227-552 ms at 100k under load), so up to 20,000 rows it stays within 25-110 ms, the order of embedding the query
 itself, while an index would cost a build of seconds to minutes per sync and a little recall.
 At or above the threshold an ``IVF_PQ`` index is built and queried with ``refine_factor``
 (candidates re-ranked with the exact vectors). Real MiniLM embeddings are much harder for an

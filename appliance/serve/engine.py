@@ -17,13 +17,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from appliance.artefacts import ADAPTER_SEPARATOR, served_name, split_served_name
+from appliance.export.gguf import read_metadata
 from appliance.serve.scheduler import (
     Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,
 )
 
 __all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong", "answer_text"]
-
-ADAPTER_SEPARATOR = ":"
 
 
 class Engine:
@@ -32,8 +32,6 @@ class Engine:
         import llama_cpp
         from llama_cpp import _internals, _logger
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        from appliance.export.gguf import read_metadata
 
         _logger.set_verbose(False)
         llama_cpp.llama_backend_init()
@@ -60,7 +58,7 @@ class Engine:
 
     # -- models and adapters ----------------------------------------------------------------
     def model_names(self) -> list[str]:
-        return [self.model_id] + [f"{self.model_id}{ADAPTER_SEPARATOR}{a}" for a in self._scheduler.adapter_names()]
+        return [self.model_id] + [served_name(self.model_id, a) for a in self._scheduler.adapter_names()]
 
     def add_adapter(self, name: str, path: Path) -> None:
         if not name or ADAPTER_SEPARATOR in name:
@@ -76,7 +74,7 @@ class Engine:
         """The adapter a model name selects (None: the base); UnknownModel for anything else."""
         if model in (None, "", self.model_id):
             return None
-        base, _, adapter = model.partition(ADAPTER_SEPARATOR)
+        base, adapter = split_served_name(model)
         if base == self.model_id and adapter in self._scheduler.adapter_names():
             return adapter
         raise UnknownModel(f"the model {model!r} does not exist; this server serves: {', '.join(self.model_names())}")

@@ -2,7 +2,7 @@
 
     appliance models promote VERSION        (a running server picks the promoted version up)
 
-The API reaches the engine only through an ``EngineHolder``. Each request holds a lease on the
+The API reaches the engine only through an ``EngineHolder`` (owned by served_models.py). Each request holds a lease on the
 engine it started with; ``swap`` points new requests at the new engine at once and closes the
 old one in the background when its last lease ends, so requests in flight finish on the model
 they began with.
@@ -12,20 +12,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
+from appliance.artefacts import promoted
 from appliance.serve.engine import Engine
-
-
-@dataclass
-class Admin:
-    """What the API's administration endpoints may do to the running server."""
-    add_adapter: Callable[[str, str], str]  # (name, ad-ID or .gguf path) -> the served model name
-    remove_adapter: Callable[[str], None]
-    reload: Callable[[str | None, str | None], str]  # (version, quant) -> the served version
+from appliance.workspace import Workspace
 
 
 class EngineHolder:
+    """The engine new requests go to, and the retired engines requests in flight still hold."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._leases: dict[int, int] = {id(engine): 0}
@@ -86,35 +81,12 @@ class EngineHolder:
         engine.close()
 
 
-# -- promotion: a pointer file in the workspace that a running server follows -------------------
-PROMOTED_FILE = "promoted.json"
-
-
-def promote(ws, version: str, quant: str | None = None) -> dict:
-    """Mark ``version`` as the one to serve; servers following promotions switch to it."""
-    from appliance.export.pipeline import load_version
-    from appliance.workspace import atomic_write_json, now_iso
-
-    model = load_version(ws, version)
-    model.gguf(quant)  # refuse a quant the version does not have, before anything changes
-    previous = promoted(ws)
-    record = {"version": model.id, "quant": quant, "promoted_at": now_iso(),
-              "previous": previous["version"] if previous else None}
-    atomic_write_json(ws.models / PROMOTED_FILE, record)
-    return record
-
-
-def promoted(ws) -> dict | None:
-    from appliance.workspace import read_json
-
-    path = ws.models / PROMOTED_FILE
-    return read_json(path) if path.is_file() else None
-
-
+# -- promotion: servers following promotions watch the pointer that artefacts.promote writes ---
 class PromotionWatcher:
     """Polls the promotion pointer and swaps the holder's engine when it names another version."""
 
-    def __init__(self, ws, holder: EngineHolder, make_engine, interval: float = 1.0, on_swap=None) -> None:
+    def __init__(self, ws: Workspace, holder: EngineHolder, make_engine: Callable[[str, str | None], Engine],
+                 interval: float = 1.0, on_swap: Callable[[dict], None] | None = None) -> None:
         self.ws, self.holder, self.make_engine, self.interval = ws, holder, make_engine, interval
         self.on_swap = on_swap or (lambda record: None)
         self.errors: list[str] = []

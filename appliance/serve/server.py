@@ -23,10 +23,17 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
+import uvicorn
+
+from appliance.artefacts import ADAPTER_SEPARATOR, promoted
+from appliance.serve.api import create_app
 from appliance.serve.auth import LOOPBACK, KeyRing, keys_path, require_keys_from_site
+from appliance.serve.context import ServeSettings
+from appliance.serve.hotswap import PromotionWatcher
 from appliance.serve.limits import Limits
+from appliance.serve.served_models import EngineOptions, ServedModels
 from appliance.workspace import Workspace, WorkspaceError, atomic_write_json, read_json
 
 
@@ -58,8 +65,9 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, ref = spec.partition("=")
         name, ref = name.strip(), ref.strip()
-        if not sep or not name or not ref or ":" in name:
-            raise WorkspaceError(f"--adapter takes NAME=ID_OR_PATH (a name without ':'), got '{spec}'")
+        if not sep or not name or not ref or ADAPTER_SEPARATOR in name:
+            raise WorkspaceError(f"--adapter takes NAME=ID_OR_PATH (a name without '{ADAPTER_SEPARATOR}'), "
+                                 f"got '{spec}'")
         if name in out:
             raise WorkspaceError(f"--adapter {name} is given twice")
         out[name] = ref
@@ -75,13 +83,6 @@ def keys_required(ws: Workspace, host: str, flag: bool | None) -> bool:
 
 
 def run_server(ws: Workspace, version: str | None, quant: str | None, options: ServeOptions) -> None:
-    import uvicorn
-
-    from appliance.export.pipeline import load_version
-    from appliance.serve.api import ServeSettings, create_app, serve_info
-    from appliance.serve.engine import Engine
-    from appliance.serve.hotswap import Admin, EngineHolder, PromotionWatcher, promoted
-
     host, port = options.host, options.port
     keys = KeyRing(keys_path(ws))
     required = keys_required(ws, host, options.require_keys)
@@ -93,54 +94,22 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     record = promoted(ws) if follow else None
     if record:
         version, quant = record["version"], quant or record.get("quant")
-    configured = dict(options.adapters)  # name -> ad-ID or .gguf path
-
-    def make_engine(version_id: str | None, quant_: str | None, strict: bool = False) -> Engine:
-        model = load_version(ws, version_id)
-        adapters = {}
-        for name, ref in configured.items():
-            try:
-                adapters[name] = _adapter_path(ws, ref, model)
-            except WorkspaceError as exc:
-                if strict:  # at start-up a wrong pair is an error; after a swap the new base just lacks it
-                    raise
-                print(f"warning: not serving adapter {name} on {model.id}: {exc}", file=sys.stderr, flush=True)
-        return Engine(model.gguf(quant_), model.id, n_ctx=options.n_ctx, n_threads=options.threads,
-                      adapters=adapters, slots=options.parallel)
-
-    holder = EngineHolder(make_engine(version, quant, strict=True))
-    engine = holder.current
-    path = engine.model_path
-
-    def add_adapter(name: str, ref: str) -> str:
-        current = load_version(ws, holder.current.model_id)
-        holder.current.add_adapter(name, _adapter_path(ws, ref, current))
-        configured[name] = ref
-        return f"{current.id}:{name}"
-
-    def remove_adapter(name: str) -> None:
-        holder.current.remove_adapter(name)
-        configured.pop(name, None)
 
     def announce(model_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             if read_json(ws.serve_file).get("pid") == os.getpid():
                 atomic_write_json(ws.serve_file, serve_info(host, port, model_id, os.getpid()))
-        print(f"now serving {', '.join(holder.current.model_names())}", file=sys.stderr, flush=True)
+        print(f"now serving {', '.join(models.names())}", file=sys.stderr, flush=True)
 
-    def reload(version_: str | None, quant_: str | None) -> str:
-        if version_ is None and (latest := promoted(ws)):
-            version_, quant_ = latest["version"], quant_ or latest.get("quant")
-        holder.swap(make_engine(version_, quant_))
-        announce(holder.current.model_id)
-        return holder.current.model_id
-
-    admin = Admin(add_adapter=add_adapter, remove_adapter=remove_adapter, reload=reload)
+    engine_options = EngineOptions(n_ctx=options.n_ctx, threads=options.threads, slots=options.parallel)
+    models = ServedModels.load(ws, version, quant, engine_options, options.adapters, on_swap=announce)
+    engine = models.current
+    path = engine.model_path
     limits = Limits(max_concurrent=options.max_concurrent or options.parallel, max_queue=options.max_queue,
                     max_prompt_tokens=options.max_prompt_tokens, timeout_s=options.timeout_s)
     settings = ServeSettings(limits=limits, require_keys=required, output_filter=options.output_filter,
                              max_tokens_default=options.max_tokens_default)
-    app = create_app(holder, ws, settings, keys, admin)
+    app = create_app(models, ws, settings, keys)
     info = serve_info(host, port, engine.model_id, os.getpid())
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=options.graceful_timeout_s)
@@ -153,7 +122,7 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
         await original_startup(sockets=sockets)
         atomic_write_json(ws.serve_file, info)
         if follow:
-            watchers.append(PromotionWatcher(ws, holder, make_engine, on_swap=lambda r: announce(r["version"])))
+            watchers.append(models.follow_promotions())
         names = ", ".join(engine.model_names())
         print(f"serving {names} ({path.name}) at {info['url']}; {options.parallel} slot(s), "
               f"{limits.max_concurrent} concurrent + {limits.max_queue} queued; API keys "
@@ -168,7 +137,7 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
             watcher.stop()
         await original_shutdown(sockets=sockets)
         with contextlib.suppress(Exception):
-            holder.close()
+            models.close()
 
     server.startup, server.shutdown = startup, shutdown
     try:
@@ -177,10 +146,9 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
         _forget(ws)
 
 
-def _adapter_path(ws: Workspace, ref: str, model) -> Path:
-    from appliance.export.adapters import resolve_adapter
-
-    return resolve_adapter(ws, ref, model)
+def serve_info(host: str, port: int, model_id: str, pid: int) -> dict[str, Any]:
+    """What ``serve.json`` says: where the server listens and what it serves."""
+    return {"host": host, "port": port, "model": model_id, "pid": pid, "url": f"http://{host}:{port}/v1"}
 
 
 def _forget(ws: Workspace) -> None:

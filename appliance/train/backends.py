@@ -8,7 +8,9 @@ hand the same kind of model to the same trl trainers, so a recipe means the same
 a run's folder looks the same; the backend used is hashed into the run id and recorded in the
 manifest and in MLflow (``appliance.backend``). On a machine without CUDA, asking for ``unsloth``
 explicitly runs unsloth's CPU path (``unsloth_zoo/cpu``: stock transformers + peft, chunked
-cross-entropy) when unsloth imports (it does when torchvision is absent, see FACTS.md).
+cross-entropy) when unsloth imports. It does when torchvision is absent: PyPI's torchvision
+fails beside torch 2.13.0+cpu (``operator torchvision::nms does not exist``) and unsloth then
+refuses to import.
 
 What differs per backend is only how the model is loaded and wrapped with LoRA:
 
@@ -98,6 +100,41 @@ def precision_args(backend: str) -> dict:
     return {"bf16": False, "fp16": False}
 
 
+def load_causal_lm(folder: Path, four_bit: bool = False):
+    """The base model: fp32 (on CPU bf16 matmuls are slow and fp16 cannot train), or NF4 4-bit with
+    double quantisation (QLoRA, bitsandbytes 0.50.2; it also runs on CPU, slowly)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not four_bit:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    check_4bit()
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute, quantization_config=quant,
+                                                 use_safetensors=True)
+    _keep_nf4_in_fp32_on_cpu(model)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _keep_nf4_in_fp32_on_cpu(model) -> None:
+    """Stop bitsandbytes from repacking NF4 layers into its bf16 CPU kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50.2 repacks a Linear4bit the first time it runs in
+    eval mode without gradients (e.g. the Trainer's eval pass), rounding its scales to bf16; the
+    layer then stays in bf16 in train mode too (train-mode logits moved by 0.037 after one eval
+    pass), so training continues on weights the fp32 merge into the dequantized base never sees."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _unsloth_load(base: Path, recipe, max_length: int):
     import torch
     from unsloth import FastLanguageModel
@@ -129,8 +166,6 @@ def sft_model(backend: str, base: Path, recipe):
                 use_gradient_checkpointing="unsloth" if recipe.gradient_checkpointing else False,
                 random_state=recipe.seed)
         return model, None
-    from appliance.train.common import load_causal_lm
-
     lora = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                       target_modules=recipe.target_modules, task_type="CAUSAL_LM")
     return load_causal_lm(base, four_bit=recipe.load_in_4bit), lora
@@ -145,7 +180,5 @@ def preference_model(backend: str, base: Path, adapter: Path, recipe):
     if backend == "unsloth":
         model = _unsloth_load(base, recipe, recipe.max_length)
     else:
-        from appliance.train.common import load_causal_lm
-
         model = load_causal_lm(base, four_bit=recipe.load_in_4bit)
     return PeftModel.from_pretrained(model, adapter, is_trainable=True)

@@ -1,42 +1,20 @@
-"""Pieces shared by the SFT and DPO stages: bases, runs, the hf backend's plumbing, events."""
+"""Pieces shared by the SFT and DPO stages: bases, the hf backend's plumbing, events."""
 from __future__ import annotations
 
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.events import Event, EventSink
-from appliance.workspace import Workspace, WorkspaceError, read_json, sha256_file
-
-
-@dataclass
-class RunRef:
-    id: str
-    path: Path
-    kind: str
-    created: bool = True
-
-    @property
-    def adapter(self) -> Path:
-        return self.path / "adapter"
-
-    @property
-    def manifest(self) -> dict:
-        return read_json(self.path / "manifest.json")
-
-
-def load_run(ws: Workspace, run_id: str) -> RunRef:
-    path = ws.run_dir(run_id)
-    return RunRef(run_id, path, read_json(path / "manifest.json")["kind"], created=False)
+from appliance.train.backends import precision_args
+from appliance.train.pocket import ensure_pocket
+from appliance.workspace import Workspace, WorkspaceError, sha256_file
 
 
 def resolve_base(ws: Workspace, base: str, on_event: EventSink) -> Path:
     """``pocket`` (built on first use) or a local Hugging Face model folder."""
     if base == "pocket":
-        from appliance.train.pocket import ensure_pocket
-
         return ensure_pocket(ws, on_event=on_event)
     path = Path(base).expanduser()
     if not (path / "config.json").is_file():
@@ -52,14 +30,6 @@ def base_fingerprint(base: Path) -> dict:
     if not weights:
         raise WorkspaceError(f"no *.safetensors weights in {base} (pickle weights are never loaded)")
     return {"path": str(base), "weights_sha256": {p.name: sha256_file(p) for p in weights}}
-
-
-def select_backend(requested: str = "auto") -> str:
-    """The backend to train with (appliance/train/backends.py): ``unsloth`` when CUDA is present and
-    unsloth imports, else ``hf``; an explicit request that cannot be met is an error."""
-    from appliance.train.backends import select_backend as select
-
-    return select(requested)
 
 
 def set_threads(threads: int) -> None:
@@ -90,28 +60,6 @@ def load_tokenizer(folder: Path):
     if not tokenizer.chat_template:
         raise WorkspaceError(f"the tokenizer in {folder} has no chat template; chat fine-tuning needs one")
     return tokenizer
-
-
-def load_causal_lm(folder: Path, four_bit: bool = False):
-    """The base model: fp32 (on CPU bf16 matmuls are slow and fp16 cannot train), or NF4 4-bit with
-    double quantisation (QLoRA, bitsandbytes 0.50.2; it also runs on CPU, slowly)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not four_bit:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-    from appliance.train.backends import check_4bit
-
-    check_4bit()
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute, quantization_config=quant,
-                                                 use_safetensors=True)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def event_callback(stage: str, on_event: EventSink):
@@ -211,8 +159,6 @@ def training_args_common(recipe, out_dir: Path, has_eval: bool = False, backend:
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
-    from appliance.train.backends import precision_args
-
     args.update(precision_args(backend))
     if has_eval:
         args.update({"eval_strategy": "steps" if recipe.eval_steps else "epoch",

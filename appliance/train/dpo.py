@@ -25,16 +25,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.artefacts import DatasetRef, RunRef
 from appliance.config import DPORecipe
-from appliance.data.ingest import DatasetRef
 from appliance.events import Event, EventSink, ignore
-from appliance.train.backends import preference_model, quantization
+from appliance.train.backends import preference_model, quantization, select_backend
 from appliance.train.common import (
-    RunRef,
     load_tokenizer,
     quiet,
     seed_everything,
-    select_backend,
     set_threads,
     split_eval,
     system_info,

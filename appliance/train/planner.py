@@ -33,7 +33,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.config import DEFAULT_LORA_TARGETS
+from appliance.config import DEFAULT_LORA_TARGETS, PocketConfig
 from appliance.workspace import WorkspaceError
 
 GiB = 1024 ** 3
@@ -107,8 +107,6 @@ def load_shape(base: str) -> Shape:
     """``pocket`` (its default config, without building it) or a local model folder / config.json."""
     if base == "pocket":
         from transformers import LlamaConfig
-
-        from appliance.config import PocketConfig
 
         c = PocketConfig()
         config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,

@@ -14,11 +14,13 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from appliance.config import PocketConfig
+from appliance.data.readers import DOCUMENT_SUFFIXES, expand_paths, read_document
 from appliance.events import Event, EventSink, ignore
 from appliance.workspace import Workspace, read_json, short_hash, write_manifest
+
+# torch and transformers are imported by the builders only: export, the demo and `appliance train`
+# import this module for its light helpers (sample_corpus_dir, pre_tokenizer_override, ensure_pocket).
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML. Plain jinja2 (no {% generation %} markers), so llama.cpp's chat formatter can run it.
@@ -63,7 +65,8 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def build_model(config: PocketConfig, tokenizer) -> "torch.nn.Module":
+def build_model(config: PocketConfig, tokenizer) -> "torch.nn.Module":  # noqa: F821
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llama_config = LlamaConfig(
@@ -89,6 +92,8 @@ def build_model(config: PocketConfig, tokenizer) -> "torch.nn.Module":
 
 def pretrain(model, tokenizer, texts: list[str], config: PocketConfig, on_event: EventSink) -> float | None:
     """Causal-LM passes over the corpus, cut into fixed blocks; returns the last loss."""
+    import torch
+
     if config.pretrain_epochs == 0:
         return None
     ids: list[int] = []
@@ -125,13 +130,13 @@ def pretrain(model, tokenizer, texts: list[str], config: PocketConfig, on_event:
 
 
 def corpus_texts(corpus: Path) -> list[str]:
-    from appliance.data.readers import DOCUMENT_SUFFIXES, expand_paths, read_document
-
     return [read_document(p) for p in expand_paths([corpus], DOCUMENT_SUFFIXES)]
 
 
 def build(out_dir: Path, texts: list[str], config: PocketConfig, on_event: EventSink = ignore) -> dict:
     """Build the tokenizer and model into ``out_dir`` (an HF model folder); returns its summary."""
+    import torch
+
     torch.manual_seed(config.seed)
     on_event(Event("pocket", message=f"training a {config.vocab_size}-token BPE tokenizer on {len(texts)} documents"))
     tokenizer = build_tokenizer(texts, config.vocab_size)

@@ -14,10 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from appliance.artefacts import RunRef
 from appliance.events import Event, EventSink
 from appliance.registry import Tracker
 from appliance.train import checkpoint
-from appliance.train.common import RunRef, event_callback
+from appliance.train.common import event_callback, system_info
 from appliance.workspace import Workspace, write_manifest
 
 
@@ -55,8 +56,6 @@ def execute(ws: Workspace, *, run_id: str, stage: str, request: dict, tags: dict
                                 resume_id=checkpoint.read_tracking(folder), on_event=on_event)
         checkpoint.write_tracking(folder, tracker.describe())
         try:
-            from appliance.train.common import system_info
-
             tracker.set_tags({f"system.{k}": v for k, v in system_info().items()})
             progress = event_callback(event_stage, on_event)
             trainer = build(folder / "trainer", [progress, tracking_callback(tracker), checkpoint.sealer()])

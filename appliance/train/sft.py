@@ -14,17 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.artefacts import DatasetRef, RunRef
 from appliance.config import SFTRecipe
-from appliance.data.ingest import DatasetRef
 from appliance.events import Event, EventSink, ignore
-from appliance.train.backends import quantization
+from appliance.train.backends import quantization, select_backend, sft_model
 from appliance.train.common import (
-    RunRef,
     base_fingerprint,
     load_tokenizer,
     quiet,
     seed_everything,
-    select_backend,
     set_threads,
     split_eval,
     system_info,
@@ -65,8 +63,6 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
     def build(trainer_dir: Path, callbacks: list):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
-
-        from appliance.train.backends import sft_model
 
         seed_everything(recipe.seed)
         tokenizer = load_tokenizer(base)

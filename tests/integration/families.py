@@ -36,9 +36,8 @@ from pathlib import Path
 
 import torch
 
+from appliance.export.gguf import tools_dir
 from appliance.train.pocket import PRE_TOKENIZER_MARKER
-
-TEMPLATES = Path(__file__).resolve().parents[2] / ".venv" / "share" / "slm-appliance" / "llama.cpp" / "models" / "templates"
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -82,7 +81,8 @@ class Family:
 
 
 def _template(name: str) -> str:
-    return (TEMPLATES / name).read_text(encoding="utf-8")
+    """A published chat template from llama.cpp's copy, found where the library finds its tools."""
+    return (tools_dir() / "models" / "templates" / name).read_text(encoding="utf-8")
 
 
 FAMILIES: dict[str, Family] = {

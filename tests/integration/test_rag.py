@@ -142,7 +142,7 @@ def test_a_changed_document_replaces_its_chunks(fresh) -> None:
 
 def test_new_chunk_sizes_rechunk_every_document_once_and_are_then_kept(fresh) -> None:
     from appliance.rag.chunk import load_token_counter
-    from appliance.rag.config import RagRecipe
+    from appliance.rag.recipe import RagRecipe
 
     ws, docs = fresh
     (docs / "long.md").write_text("# Long\n\n## Notes\n\n" + " ".join(

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 from appliance.rag import RagError  # noqa: E402
+from appliance.rag import store as rag_store  # noqa: E402
 from appliance.rag.answer import answer_question  # noqa: E402
 from appliance.rag.evaluate import evaluate, format_table, load_questions  # noqa: E402
 from appliance.rag.store import index_documents, open_store, search  # noqa: E402
@@ -215,15 +216,26 @@ def test_reranking_with_a_local_cross_encoder(store, tmp_path, monkeypatch) -> N
     ws, _ = store
     from appliance.rag.rerank import load_cross_encoder
 
-    plain = search(ws, QUESTION, k=4, mode="hybrid")
-    reranked = search(ws, QUESTION, k=2, mode="hybrid", reranker=folder)
     model = load_cross_encoder(str(folder))
+
+    def cross_encoder_order(hits, k):
+        scores = model.predict([(QUESTION, h.embedding_text()) for h in hits])
+        ranked = sorted(zip(hits, (float(s) for s in scores)), key=lambda pair: -pair[1])[:k]
+        return [(round(s, 5), h.id) for h, s in ranked]
+
+    # the default pool (RERANK_CANDIDATES = 20) holds every chunk of this small store
     candidates = search(ws, QUESTION, k=20, mode="hybrid")
-    expected = sorted(((float(s), h.id) for h, s in
-                       zip(candidates, model.predict([(QUESTION, h.embedding_text()) for h in candidates]))),
-                      reverse=True)[:2]
-    assert [(round(h.score, 5), h.id) for h in reranked] == [(round(s, 5), i) for s, i in expected]
-    assert {h.id for h in plain} >= {h.id for h in reranked} or len(candidates) > 4
+    assert len(candidates) < rag_store.RERANK_CANDIDATES
+    reranked = search(ws, QUESTION, k=2, mode="hybrid", reranker=folder)
+    assert [(round(h.score, 5), h.id) for h in reranked] == cross_encoder_order(candidates, 2)
+    # a pool of 2: the reranker only reorders the mode's own top 2, it never pulls in another chunk
+    plain = search(ws, QUESTION, k=2, mode="hybrid")
+    assert {h.id for h in reranked} != {h.id for h in plain}  # (so a pool that ignored the limit shows below)
+    with monkeypatch.context() as patch:
+        patch.setattr(rag_store, "RERANK_CANDIDATES", 2)
+        narrow = search(ws, QUESTION, k=2, mode="hybrid", reranker=folder)
+    assert [(round(h.score, 5), h.id) for h in narrow] == cross_encoder_order(plain, 2)
+    assert {h.id for h in narrow} == {h.id for h in plain}
     monkeypatch.setenv("APPLIANCE_RAG_RERANKER", str(folder))
     assert [h.id for h in search(ws, QUESTION, k=2, mode="hybrid")] == [h.id for h in reranked]
     with pytest.raises(RagError, match="not a cross-encoder"):

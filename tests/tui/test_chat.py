@@ -224,17 +224,116 @@ def test_serve_json_gives_the_base_url_and_model(tmp_path: Path):
     assert app.server.base_url == "http://127.0.0.1:8123/v1"
 
 
+class SlowServer:
+    """A scripted stand-in for ``appliance serve`` that streams its first reply one word at a
+    time, stops after ``before_gate`` words until the test opens ``gate``, then streams up to
+    ``words`` more unless the client hangs up, which it records (``hung_up_after``).
+
+    The real tiny model answers in milliseconds, so Escape could never land mid-stream on it; this
+    is the one place a scripted model stands in. Later requests get a short reply at once."""
+
+    def __init__(self, before_gate: int = 3, words: int = 200) -> None:
+        import http.server
+        import threading
+
+        self.before_gate, self.words = before_gate, words
+        self.gate = threading.Event()
+        self.hung_up, self.ended = threading.Event(), threading.Event()
+        self.hung_up_after: int | None = None
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # /v1/models
+                self._send(json.dumps({"object": "list", "data": [{"id": "slow-model", "object": "model"}]}).encode(),
+                           "application/json")
+
+            def do_POST(self) -> None:  # /v1/chat/completions, streamed
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                first = len(outer.requests) == 1
+                try:
+                    for i in range(outer.words if first else 2):
+                        if first and i == outer.before_gate:
+                            outer.gate.wait(TIMEOUT_S)
+                        self._chunk(SlowServer.word(i))
+                        time.sleep(0.01 if first else 0)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.hung_up_after = i
+                    outer.hung_up.set()
+                finally:
+                    outer.ended.set()
+
+            def _chunk(self, text: str) -> None:
+                delta = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(delta)}\n\n".encode())
+                self.wfile.flush()
+
+            def _send(self, data: bytes, kind: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def word(i: int) -> str:
+        return f"w{i} "
+
+    def close(self) -> None:
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def slow_server():
+    server = SlowServer()
+    yield server
+    server.close()
+
+
 @pytest.mark.asyncio
-async def test_escape_stops_a_reply_and_the_history_stays_usable(chat_server_url):
-    app = ApplianceApp(base_url=chat_server_url, max_tokens=MAX_TOKENS)
+async def test_escape_stops_a_reply_mid_stream_and_the_history_stays_usable(slow_server):
+    """Escape while the reply is streaming: the client hangs up on the server (which had 197 more
+    words to send), the reply keeps exactly what arrived, later chunks are not added, and the
+    next question carries that partial reply as the assistant's turn."""
+    arrived = "".join(SlowServer.word(i) for i in range(slow_server.before_gate))
+    app = ApplianceApp(base_url=slow_server.url, max_tokens=MAX_TOKENS)
     async with app.run_test(size=SIZE) as pilot:
         screen = chat_screen(app)
         await ask(pilot, "Tell me a long, slow story")
-        await pilot.press("escape")  # mid-stream, or a no-op when the tiny model was already done
+        await wait_until(pilot, lambda: screen.busy and screen._reply is not None and screen._reply.text == arrived,
+                         "the first words of the reply (the server then waits)")
+        await pilot.press("escape")
         await wait_until(pilot, lambda: not screen.busy, "the reply to stop")
+        slow_server.gate.set()  # the server goes on streaming: the client must hang up on it
+        await wait_until(pilot, slow_server.ended.is_set, "the server's stream to end")
+        await app.workers.wait_for_complete()
+        assert slow_server.hung_up.is_set(), "the client read the whole stream: Escape did not stop it"
+        assert slow_server.hung_up_after < slow_server.words
         shown = screen.query(AssistantMessage).last().text
-        assert [m["role"] for m in screen.history] == ["user", "assistant"]
-        assert screen.history[-1]["content"] == shown
+        assert shown == arrived  # nothing that came after Escape was added
+        assert "(reply stopped)" in [n.text for n in screen.query(Notice)]
+        assert [m for m in screen.history if m["role"] != "system"] == [
+            {"role": "user", "content": "Tell me a long, slow story"}, {"role": "assistant", "content": arrived}]
         await ask(pilot, "Go on")
-        await wait_for_reply(pilot, app)
-        assert [m["role"] for m in screen.history] == ["user", "assistant"] * 2
+        reply = await wait_for_reply(pilot, app)
+        assert reply.text == SlowServer.word(0) + SlowServer.word(1)
+        sent = [m for m in slow_server.requests[-1]["messages"] if m["role"] != "system"]
+        assert sent == [{"role": "user", "content": "Tell me a long, slow story"},
+                        {"role": "assistant", "content": arrived}, {"role": "user", "content": "Go on"}]
+        assert [m["role"] for m in screen.history if m["role"] != "system"] == ["user", "assistant"] * 2

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.artefacts import promote
 from appliance.export.quant_report import format_table, table
 from appliance.export.versions import describe_parity, summary
-from appliance.serve.hotswap import promote
 from appliance.workspace import Workspace, read_json
 from tui.app import ApplianceApp
 from tui.screens import ChatScreen, ModelsScreen
@@ -61,7 +61,7 @@ async def test_models_screen_shows_the_version_and_the_clis_quant_report(trained
     report = manifest["quant_report"]
     # its own workspace: other tests add versions to the shared `trained` one
     ws = Workspace.open(tmp_path / "workspace")
-    (ws.models / version.id).symlink_to(version.path)
+    (ws.model_versions / version.id).symlink_to(version.path)
     app = ApplianceApp(workspace=ws.root)
     async with app.run_test(size=SIZE) as pilot:
         assert isinstance(app.screen, ChatScreen)  # the app still starts on the chat
@@ -94,9 +94,9 @@ async def test_models_screen_shows_the_version_and_the_clis_quant_report(trained
 @pytest.mark.asyncio
 async def test_promoted_mark_missing_report_reload_and_switching(trained, tmp_path: Path):
     ws = Workspace.open(tmp_path / "workspace")
-    (ws.models / trained.version.id).symlink_to(trained.version.path)
+    (ws.model_versions / trained.version.id).symlink_to(trained.version.path)
     promote(ws, trained.version.id, "q8_0")
-    legacy = legacy_copy(trained.version.path, ws.models / "mv-legacy", created="9999-01-01T00:00:00+00:00")
+    legacy = legacy_copy(trained.version.path, ws.model_versions / "mv-legacy", created="9999-01-01T00:00:00+00:00")
     app = ApplianceApp(base_url="http://127.0.0.1:9/v1", workspace=ws.root)
     async with app.run_test(size=SIZE) as pilot:
         chat = app.screen
@@ -139,7 +139,7 @@ async def test_empty_workspace_says_there_is_no_model_version(tmp_path: Path):
     app = ApplianceApp(base_url="http://127.0.0.1:9/v1", workspace=tmp_path / "empty")
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_models(pilot)
-        models = Workspace.open(tmp_path / "empty").models
+        models = Workspace.open(tmp_path / "empty").model_versions
         assert screen.text_of("#models-message") == NO_VERSIONS.format(models=models)
         assert screen.query_one("#models-message").display
         assert not screen.versions_table.display and screen.versions == []

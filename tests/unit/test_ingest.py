@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from appliance.data.ingest import ingest, normalise_record, resolve_dataset, RecordError
+from appliance.artefacts import resolve_dataset
+from appliance.data.ingest import ingest, normalise_record, RecordError
 from appliance.workspace import Workspace, WorkspaceError, read_jsonl, verify_manifest
 
 

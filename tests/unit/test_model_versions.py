@@ -8,10 +8,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from appliance.artefacts import PROMOTED_FILE
 from appliance.cli import app as cli
 from appliance.export.quant_report import format_table, table
 from appliance.export.versions import describe_parity, summaries, summary
-from appliance.serve.hotswap import PROMOTED_FILE
 from appliance.workspace import Workspace
 
 REPORT = {
@@ -34,7 +34,7 @@ FIT = {"checked": 8, "mismatched": 0, "multi_turn_mismatched": 0, "add_space_pre
 
 
 def put(ws: Workspace, version: str, created: str, **fields) -> None:
-    folder = ws.models / version
+    folder = ws.model_versions / version
     folder.mkdir()
     manifest = {"kind": "model_version", "id": version, "created": created, "files": {}, **fields}
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -50,7 +50,7 @@ def workspace(tmp_path: Path) -> Workspace:
         quants=["f16", "q4_k_m"], merge="fp32", quant_report=REPORT,
         parity={"prompts": 8, "matched": 7, "near_ties": 1, "divergences": [], "passed": True,
                 "prompt_source": "eval split", "tokenizer_fit": FIT})
-    (ws.models / ".mv-staging.tmp").mkdir()  # an export in progress is not a version
+    (ws.model_versions / ".mv-staging.tmp").mkdir()  # an export in progress is not a version
     return ws
 
 
@@ -64,7 +64,7 @@ def test_format_table_is_unchanged_and_built_from_table():
 
 def test_summaries_read_old_new_and_base_manifests(tmp_path: Path):
     ws = workspace(tmp_path)
-    (ws.models / PROMOTED_FILE).write_text(json.dumps({"version": "mv-base", "quant": None}))
+    (ws.model_versions / PROMOTED_FILE).write_text(json.dumps({"version": "mv-base", "quant": None}))
     old, base, new = summaries(ws)  # oldest first
     assert [old.id, base.id, new.id] == ["mv-old", "mv-base", "mv-new"]
     assert [v.promoted for v in (old, base, new)] == [False, True, False]

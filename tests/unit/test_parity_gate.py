@@ -33,7 +33,10 @@ def test_a_rounding_level_tie_is_recorded_but_passes():
     parity.gate(report)
 
 
-def test_tokenizer_mismatch_fails():
+def test_the_gate_message_names_the_first_prompt_tokenised_differently():
+    """What the gate says about a failed tokenizer check. That ``parity.check`` itself reaches this
+    verdict from a GGUF that tokenises differently is tests/integration/test_export_families.py
+    (test_parity_check_fails_real_mismatches)."""
     report = _report([[1]], [[1]], [[torch.tensor([0.0, 1.0])]])
     report.update(tokenizer_matched=0, tokenizer_mismatches=[0], passed=False)
     with pytest.raises(parity.ParityError, match="tokenises the chat prompt of eval prompt 0"):

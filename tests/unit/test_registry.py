@@ -14,11 +14,21 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV, "sqlite:////elsewhere/m.db")
     assert registry.tracking_uri(ws) == "sqlite:////elsewhere/m.db"
     monkeypatch.setenv(registry.ENV, "off")
+    monkeypatch.chdir(tmp_path)  # MLflow's own default store would land in the working directory
     assert registry.tracking_uri(ws) is None
+    before = sorted(p.relative_to(ws.root) for p in ws.root.rglob("*"))
     tracker = registry.Tracker.start(ws, "sft", "sft-0000000000", {"lr": 1}, {})
-    assert not tracker.active and tracker.describe() == {}
+    assert not tracker.active and tracker.describe() == {} and tracker.client is None
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
     tracker.log_metrics({"loss": 1.0}, 1)
-    tracker.finish({"files": {}})  # all no-ops when off
+    tracker.set_tags({"system.torch": "2.13.0"})
+    tracker.finish({"files": {}, "metrics": {"train_loss": 0.5}}, manifest)
+    # off means nothing written anywhere: no MLflow store in the workspace, no run folder, no artefact
+    after = sorted(p.relative_to(ws.root) for p in ws.root.rglob("*"))
+    assert after == before, f"tracking off wrote {set(after) - set(before)}"
+    assert manifest.read_text() == "{}"
+    assert not (tmp_path / "mlruns").exists() and not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
 
 
 def test_a_run_holds_params_metrics_system_and_hashes(tmp_path, monkeypatch):

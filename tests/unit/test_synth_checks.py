@@ -1,5 +1,5 @@
 """Synthetic expansion without a model: the checks on generated pairs, hard negatives, the language
-detector, clause -> JSON extraction, and training's use of a dataset's eval split."""
+detector, clause -> JSON extraction, and the training examples built from a dataset's eval split."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.data import language, pairs, synth, validate
+from appliance import synth
+from appliance.data import language, pairs, validate
 from appliance.data.ingest import ingest
 from appliance.data.recipe import CurationRecipe, PairsConfig, SynthConfig, ValidateConfig
 from appliance.workspace import Workspace, WorkspaceError, read_json, read_jsonl
@@ -150,7 +151,9 @@ def test_everything_rejected_is_an_error_that_says_why(tmp_path):
     assert read_jsonl(ws.tmp / "synth-syn-rejects.jsonl")[0]["question"] == "zebra quartz lantern"
 
 
-def test_training_reads_the_dataset_eval_split(tmp_path):
+def test_training_examples_keep_the_dataset_eval_split_apart(tmp_path):
+    """The example builders training uses see the eval split as its own dataset, disjoint from the
+    training rows. That training itself evaluates on it is tests/integration/test_eval_split.py."""
     ws = Workspace.open(tmp_path / "ws")
     rows = [{"messages": [{"role": "user", "content": f"What is the code of vault number {i} in the basement?"},
                           {"role": "assistant", "content": f"The code of vault number {i} is {100 + i}."}]}

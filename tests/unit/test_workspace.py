@@ -15,13 +15,13 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 
 def test_failed_staging_leaves_nothing_behind(tmp_path):
     ws = Workspace.open(tmp_path)
-    final = ws.models / "mv-x"
+    final = ws.model_versions / "mv-x"
     with pytest.raises(RuntimeError):
         with ws.staging(final) as tmp:
             (tmp / "half.gguf").write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert not final.exists()
-    assert list(ws.models.iterdir()) == []
+    assert list(ws.model_versions.iterdir()) == []
 
 
 def test_manifest_detects_a_changed_file(tmp_path):
@@ -34,8 +34,9 @@ def test_manifest_detects_a_changed_file(tmp_path):
 
 
 def test_unknown_model_version_lists_known(tmp_path):
+    from appliance.artefacts import load_version
     from appliance.workspace import WorkspaceError
 
     ws = Workspace.open(tmp_path)
     with pytest.raises(WorkspaceError, match="appliance export"):
-        ws.model_dir(None)
+        load_version(ws, None)

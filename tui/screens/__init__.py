@@ -1,5 +1,5 @@
 """The TUI's screens; each one is a front end to public functions of `appliance`."""
-from tui.screens.chat import ChatScreen
-from tui.screens.models import ModelsScreen
+from .chat import ChatScreen
+from .models import ModelsScreen
 
 __all__ = ["ChatScreen", "ModelsScreen"]

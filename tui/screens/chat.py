@@ -16,7 +16,7 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from appliance.serve.client import ChatClient, ChatError, ServerInfo
-from tui.widgets import AssistantMessage, ErrorLine, Notice, UserMessage
+from ..widgets import AssistantMessage, ErrorLine, Notice, UserMessage
 
 
 class ModelsListed(Message):

@@ -98,7 +98,7 @@ class ModelsScreen(Screen):
         self.query_one("#models-info", Static).update(
             f"SLM Appliance · models   workspace {where}   {len(self.versions)} version(s), newest first   "
             f"promoted {promoted}")
-        message = self.error or (NO_VERSIONS.format(models=self.ws.models) if self.ws and not self.versions else "")
+        message = self.error or (NO_VERSIONS.format(models=self.ws.model_versions) if self.ws and not self.versions else "")
         self.query_one("#models-message", Static).update(message)
         self.query_one("#models-message").display = bool(message)
         table.display = bool(self.versions)

@@ -1,4 +1,4 @@
-"""Operator feedback on served answers: ``POST /v1/feedback`` -> ``WORKSPACE/feedback/feedback.jsonl``.
+"""Where ``POST /v1/feedback`` keeps operator feedback: ``WORKSPACE/feedback/feedback.jsonl``.
 
     curl -s localhost:8080/v1/feedback -H 'content-type: application/json' \
          -d '{"response_id": "chatcmpl-...", "rating": "down", "correction": "Vault A opens with 100."}'
@@ -57,6 +57,8 @@ class ResponseMemory:
 
 
 class FeedbackLog:
+    """The feedback file: one self-contained JSON line per rating, appended under a lock."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ SFT and DPO pairs, each checked against its own passage before it enters a datas
 1. Seed passages: the documents of DOCS cut at their headings into runs of whole paragraphs of
    at most ``synth.passage_words`` words (``--from-rag``: the chunks already in the RAG store);
    a seeded sample of ``synth.max_passages`` of them.
-2. Questions: the local model (the running ``appliance serve`` when ``serve.json`` names a live
-   server, else the GGUF of ``--model`` or the newest model version, in-process with llama.cpp)
+2. Questions: the local model (``appliance.local_model``: the running ``appliance serve`` when
+   ``serve.json`` names a live server, else the GGUF of ``--model`` or the newest model version,
+   in-process with llama.cpp)
    writes ``questions_per_passage`` questions per passage; sampling is seeded per passage, so the
    same seed, model and passages give the same questions.
 3. Checks, each a reject with its reason (``rejects.jsonl``, step ``synth``): ``empty``, ``not a
@@ -41,17 +42,19 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
+from appliance.artefacts import DATASET_NAME_PATTERN, DatasetRef, resolve_dataset
 from appliance.data import language, report
 from appliance.data.curate import curate
 from appliance.data.dedup import normalise
-from appliance.data.ingest import NAME_PATTERN, DatasetRef, _store_version, resolve_dataset
+from appliance.data.ingest import store_version
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.recipe import CurationRecipe, SynthConfig
 from appliance.events import Event, EventSink, ignore
-from appliance.workspace import Workspace, WorkspaceError, atomic_write_jsonl, sha256_file
+from appliance.local_model import open_local_model
+from appliance.rag.store import open_store
+from appliance.workspace import Workspace, WorkspaceError, atomic_write_jsonl
 
 QUESTION_SYSTEM = ("You write exam questions about company documents. Reply with one question that the "
                    "passage answers, and nothing else.")
@@ -138,8 +141,6 @@ def _pack(body: str, words: int) -> list[str]:
 
 
 def passages_from_rag(ws: Workspace, min_words: int) -> tuple[list[Passage], dict]:
-    from appliance.rag.store import open_store
-
     table = open_store(ws)
     rows = table.to_arrow().select(["id", "source", "title", "section", "text"]).to_pylist()
     rows.sort(key=lambda r: (r["source"], r["id"]))
@@ -213,54 +214,14 @@ Generate = Callable[[list[dict], int, int], str]  # (messages, max_tokens, seed)
 @contextlib.contextmanager
 def open_generator(ws: Workspace, model: str | None = None, quant: str | None = None, engine: str = "auto",
                    temperature: float = 0.7, threads: int | None = None) -> Iterator[tuple[Generate, dict]]:
-    """The local model as ``generate(messages, max_tokens, seed)``, and what it is (for lineage).
+    """The local model (``appliance.local_model``: ``engine`` auto, server or local; ``model`` a
+    model version id or a .gguf path) as ``generate(messages, max_tokens, seed)`` sampling at
+    ``temperature``, and what it is (for lineage)."""
+    with open_local_model(ws, model, quant, engine, threads) as local:
+        def generate(messages: list[dict], max_tokens: int, seed: int) -> str:
+            return local.generate(messages, max_tokens, temperature, seed)
 
-    ``engine``: ``server`` uses the running ``appliance serve``; ``local`` loads the GGUF in-process
-    (``model`` is a model version id or a .gguf path; default the newest version); ``auto`` takes
-    the server when it runs and serves ``model`` (or no model was asked for), else ``local``."""
-    if engine not in ("auto", "server", "local"):
-        raise WorkspaceError(f"--engine must be auto, server or local, got {engine!r}")
-    if engine in ("auto", "server"):
-        from appliance.serve.client import ChatClient, ChatError, server_from_workspace
-
-        info = server_from_workspace(ws.root)
-        served: list[str] = []
-        if info.base_url and (model is None or model == info.model):
-            client = ChatClient(info.base_url)
-            with contextlib.suppress(ChatError):
-                served = client.models()
-        if served:
-            name = served[0]
-
-            def generate_remote(messages: list[dict], max_tokens: int, seed: int) -> str:
-                return "".join(client.stream_chat(messages, model=name, temperature=temperature, seed=seed,
-                                                  max_tokens=max_tokens))
-
-            yield generate_remote, {"engine": "server", "url": info.base_url, "model": name}
-            return
-        if engine == "server":
-            raise WorkspaceError(info.problem or f"the server at {info.base_url} does not serve {model}")
-    from appliance.serve.engine import Engine, SamplingParams
-
-    if model and model.endswith(".gguf"):
-        path, model_id = Path(model), Path(model).stem
-        if not path.is_file():
-            raise WorkspaceError(f"no GGUF file {path}")
-    else:
-        from appliance.export.pipeline import load_version
-
-        version = load_version(ws, model)
-        path, model_id = version.gguf(quant), version.id
-    llm = Engine(path, model_id, n_ctx=2048, n_threads=threads)
-
-    def generate_local(messages: list[dict], max_tokens: int, seed: int) -> str:
-        result = llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed))
-        return result["choices"][0]["message"]["content"] or ""
-
-    try:
-        yield generate_local, {"engine": "local", "model": model_id, "gguf": str(path), "gguf_sha256": sha256_file(path)}
-    finally:
-        llm.close()
+        yield generate, local.lineage()
 
 
 def question_messages(p: Passage) -> list[dict]:
@@ -417,7 +378,7 @@ def synthesise(ws: Workspace, source: str | None, name: str, recipe: CurationRec
 
     ``generate`` replaces the local model (for callers that bring their own); otherwise
     :func:`open_generator` picks the server or the in-process engine."""
-    if not NAME_PATTERN.match(name):
+    if not DATASET_NAME_PATTERN.match(name):
         raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     recipe = recipe or CurationRecipe()
     cfg, languages = recipe.synth, recipe.validate_.languages
@@ -480,8 +441,8 @@ def synthesise(ws: Workspace, source: str | None, name: str, recipe: CurationRec
         inputs[f"model:{described['model']}"] = described["gguf_sha256"]
     else:
         inputs[f"model:{described['model']}"] = described.get("url", described["engine"])
-    ref = _store_version(ws, name, curated, [], recipe, parent, extra_inputs=inputs,
-                         extra={"synth": {k: rep["synth"][k] for k in ("source", "model", "questions", "sft", "dpo")}})
+    ref = store_version(ws, name, curated, [], recipe, parent, extra_inputs=inputs,
+                        extra={"synth": {k: rep["synth"][k] for k in ("source", "model", "questions", "sft", "dpo")}})
     return SynthResult(ref, len(seeds), counts["questions"], counts["sft"], counts["dpo"], dict(by_reason),
                        described["model"])
 

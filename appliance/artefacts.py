@@ -1,0 +1,236 @@
+"""The read side of every workspace noun: one reference type and one resolver each.
+
+Stages write these artefacts (``data`` datasets, ``train`` runs, ``export`` model versions and
+adapters); everyone else reads them through this module, so a consumer never imports the stage
+that produced what it reads. Only ``appliance.workspace`` is imported here.
+
+Naming rule (every id is the name of its folder in the workspace)::
+
+    NAME@vN        a dataset version       datasets/NAME/vN/      resolve_dataset(ws, "NAME[@vN]")
+    sft-… dpo-…    a training run          runs/RUN_ID/           load_run(ws, RUN_ID)
+    mv-…           a model version         models/VERSION/        load_version(ws, VERSION | None)
+    ad-…           a LoRA adapter (GGUF)   adapters/AD_ID/        resolve_adapter(ws, AD_ID, served)
+    BASE:ADAPTER   a served model name     (the API's ``model``)  split_served_name(name), served_name()
+
+The promoted pointer (``models/promoted.json``, ``promote``/``promoted``) names the model version
+that servers following promotions switch to.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.workspace import (
+    MANIFEST,
+    Workspace,
+    WorkspaceError,
+    atomic_write_json,
+    finished_artefacts,
+    now_iso,
+    read_json,
+    read_jsonl,
+)
+
+DATASET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ADAPTER_SEPARATOR = ":"
+PROMOTED_FILE = "promoted.json"
+
+
+# datasets ---------------------------------------------------------------------------------------
+@dataclass
+class DatasetRef:
+    """A stored dataset version ``NAME@vN`` (``created``: made by the call that returned it)."""
+    name: str
+    version: int
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    created: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        rows = read_jsonl(self.path / "data.jsonl")
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    def eval_records(self, kind: str | None = None) -> list[dict]:
+        """The version's held-out split (``eval.jsonl``; empty when it has none)."""
+        path = self.path / "eval.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    def held_out(self, kind: str | None = None) -> "DatasetRef | None":
+        """A view of the version's eval split whose ``records()`` read ``eval.jsonl`` (for training's
+        evaluation set), or None when the split holds no record of ``kind``."""
+        if not self.eval_records(kind):
+            return None
+        return EvalSplitView(f"{self.name}:eval", self.version, self.path, self.counts, created=False)
+
+
+class EvalSplitView(DatasetRef):
+    """A dataset version seen through its eval split: ``records()`` reads ``eval.jsonl``."""
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        return self.eval_records(kind)
+
+
+def resolve_dataset(ws: Workspace, ref: str) -> DatasetRef:
+    """``NAME`` (newest version) or ``NAME@vN`` -> the stored dataset version."""
+    name, _, version = ref.partition("@")
+    folder = ws.datasets / name
+    versions = finished_artefacts(folder) if folder.is_dir() else []
+    if not versions:
+        known = ", ".join(sorted(p.name for p in ws.datasets.iterdir() if p.is_dir())) or "none"
+        raise WorkspaceError(f"no dataset '{name}' (known datasets: {known}); create it with `appliance data ingest`")
+    if version:
+        path = folder / version
+        if path not in versions:
+            raise WorkspaceError(f"dataset '{name}' has no version '{version}' (known: {', '.join(p.name for p in versions)})")
+    else:
+        path = versions[-1]
+    manifest = read_json(path / MANIFEST)
+    return DatasetRef(name, manifest["version"], path, manifest.get("counts", {}), manifest.get("rejected", 0), created=False)
+
+
+# training runs ----------------------------------------------------------------------------------
+@dataclass
+class RunRef:
+    """A finished training run ``sft-…`` or ``dpo-…``; its LoRA adapter is in ``adapter/``."""
+    id: str
+    path: Path
+    kind: str
+    created: bool = True
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.path / MANIFEST)
+
+
+def load_run(ws: Workspace, run_id: str) -> RunRef:
+    path = ws.runs / run_id
+    if not (path / MANIFEST).is_file():
+        known = ", ".join(sorted(p.name for p in ws.runs.iterdir() if (p / MANIFEST).is_file()))
+        raise WorkspaceError(f"no run '{run_id}' in {ws.runs} (known runs: {known or 'none'})")
+    return RunRef(run_id, path, read_json(path / MANIFEST)["kind"], created=False)
+
+
+# model versions ---------------------------------------------------------------------------------
+@dataclass
+class ModelVersion:
+    """An exported model version ``mv-…``: merged weights and one GGUF per quant."""
+    id: str
+    path: Path
+    created: bool = True
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.path / MANIFEST)
+
+    def gguf(self, quant: str | None = None) -> Path:
+        """The GGUF file for ``quant``; by default the first quantized one exported, else f16."""
+        available = self.manifest["quants"]
+        if quant is None:
+            quant = next((q for q in available if q != "f16"), "f16")
+        if quant not in available:
+            raise WorkspaceError(f"model version {self.id} has no {quant} GGUF (has: {', '.join(available)})")
+        return self.path / f"model-{quant}.gguf"
+
+
+def load_version(ws: Workspace, version: str | None) -> ModelVersion:
+    """``mv-…``; ``None`` or ``latest``: the newest version."""
+    versions = finished_artefacts(ws.model_versions)
+    if not versions:
+        raise WorkspaceError(f"no model version in {ws.model_versions}: run `appliance export RUN` first")
+    if version in (None, "", "latest"):
+        path = versions[-1]
+    else:
+        path = ws.model_versions / version
+        if path not in versions:
+            names = ", ".join(p.name for p in versions)
+            raise WorkspaceError(f"no model version '{version}' (known: {names})")
+    return ModelVersion(path.name, path, created=False)
+
+
+# adapters ---------------------------------------------------------------------------------------
+@dataclass
+class AdapterRef:
+    """A LoRA adapter ``ad-…`` converted to GGUF for one exact base model version."""
+    id: str
+    path: Path
+    created: bool = True
+
+    @property
+    def gguf(self) -> Path:
+        return self.path / "adapter.gguf"
+
+    @property
+    def manifest(self) -> dict:
+        return read_json(self.path / MANIFEST)
+
+
+def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
+    """The GGUF of adapter ``ref`` (an ``ad-...`` id or a file path), checked against the served version."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path.resolve()  # a bare file carries no lineage; llama.cpp still checks its shapes
+    folder = ws.adapters / ref
+    if not (folder / MANIFEST).is_file():
+        known = ", ".join(p.name for p in finished_artefacts(ws.adapters)) or "none"
+        raise WorkspaceError(f"no adapter '{ref}' (known: {known}) and no such .gguf file")
+    adapter = AdapterRef(ref, folder, created=False)
+    inputs = adapter.manifest["inputs"]
+    served_sha = served.manifest["files"]["model-f16.gguf"]["sha256"]
+    if inputs["base_version"] != served.id or inputs["base_f16_sha256"] != served_sha:
+        raise WorkspaceError(f"adapter {ref} belongs to base {inputs['base_version']} "
+                             f"(f16 sha256 {inputs['base_f16_sha256'][:12]}), not to {served.id}: refusing the pair")
+    return adapter.gguf
+
+
+def adapter_summary(ws: Workspace) -> list[dict]:
+    """One row per exported adapter: id, run, base_version, size_bytes (oldest first)."""
+    rows = []
+    for path in finished_artefacts(ws.adapters):
+        inputs = read_json(path / MANIFEST)["inputs"]
+        rows.append({"id": path.name, "run": inputs["run"], "base_version": inputs["base_version"],
+                     "size_bytes": (path / "adapter.gguf").stat().st_size})
+    return rows
+
+
+# served names -----------------------------------------------------------------------------------
+def split_served_name(name: str) -> tuple[str, str | None]:
+    """``BASE:ADAPTER`` -> (BASE, ADAPTER); a bare ``BASE`` -> (BASE, None).
+
+    The one parser of served model names: everything after the first separator is the adapter
+    (so ``BASE:`` gives an empty adapter name, which no adapter can have)."""
+    base, sep, adapter = name.partition(ADAPTER_SEPARATOR)
+    return base, (adapter if sep else None)
+
+
+def served_name(base: str, adapter: str | None = None) -> str:
+    """The inverse of ``split_served_name``: ``BASE`` or ``BASE:ADAPTER``."""
+    return f"{base}{ADAPTER_SEPARATOR}{adapter}" if adapter is not None else base
+
+
+# the promoted pointer ---------------------------------------------------------------------------
+def promote(ws: Workspace, version: str, quant: str | None = None) -> dict:
+    """Mark ``version`` as the one to serve; servers following promotions switch to it."""
+    model = load_version(ws, version)
+    model.gguf(quant)  # refuse a quant the version does not have, before anything changes
+    previous = promoted(ws)
+    record = {"version": model.id, "quant": quant, "promoted_at": now_iso(),
+              "previous": previous["version"] if previous else None}
+    atomic_write_json(ws.model_versions / PROMOTED_FILE, record)
+    return record
+
+
+def promoted(ws: Workspace) -> dict | None:
+    """The promotion record (version, quant, promoted_at, previous), or None if none was made."""
+    path = ws.model_versions / PROMOTED_FILE
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,137 @@
+"""``appliance train ...``: LoRA SFT, preference optimisation, resuming, memory planning.
+
+    appliance train sft --dataset NAME --base pocket|HF_FOLDER [--epochs N]
+    appliance train dpo --run RUN --dataset PREFS [--method dpo|ipo|orpo|kto]
+    appliance train resume RUN   /   appliance train plan --base FOLDER --gpu-mem 12GiB --4bit
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from appliance.cli.common import WorkspaceOption, emit_id, fail, open_workspace, report_errors, say, show_progress
+from appliance.workspace import WorkspaceError
+
+train_app = typer.Typer(help="Fine-tune: LoRA SFT, then DPO.", no_args_is_help=True)
+
+
+@train_app.command("sft")
+def train_sft(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset NAME or NAME@vN with chat pairs."),
+    base: str = typer.Option("pocket", "--base", "-b", help="'pocket' or a local Hugging Face model folder."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (overrides the recipe)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (overrides the recipe)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="SFT recipe TOML (see appliance/config.py)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe's backend; "
+                                                                  "auto = unsloth on CUDA when it imports, else hf)."),
+    four_bit: Optional[bool] = typer.Option(None, "--4bit/--no-4bit", help="QLoRA: NF4 4-bit base (overrides the recipe)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """LoRA supervised fine-tuning; prints the run id."""
+    from appliance.artefacts import resolve_dataset
+    from appliance.catalogue import recipe_defaults
+    from appliance.config import SFTRecipe, load_recipe
+    from appliance.train import sft
+    from appliance.train.common import resolve_base
+
+    ws = open_workspace(workspace)
+    with report_errors(), show_progress() as progress:
+        defaults = recipe_defaults(base, "sft")  # a catalogued base (models/NAME.toml) brings its own
+        sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate,
+                                                     "backend": backend, "load_in_4bit": four_bit})
+        ref = resolve_dataset(ws, dataset)
+        base_path = resolve_base(ws, base, progress)
+        run = sft.run(ws, sft_recipe, ref, base_path, on_event=progress)
+    say(f"run {run.id}: final loss {run.manifest['metrics']['final_loss']} in {run.path}")
+    emit_id(run.id)
+
+
+@train_app.command("dpo")
+def train_dpo(
+    run: str = typer.Option(..., "--run", "-r", help="The SFT run to continue."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset with prompt/chosen/rejected records."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the pairs (overrides the recipe)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (overrides the recipe)."),
+    method: Optional[str] = typer.Option(None, "--method", help="dpo | ipo | orpo | kto (overrides the recipe; default dpo)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="DPO recipe TOML."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe)."),
+    four_bit: Optional[bool] = typer.Option(None, "--4bit/--no-4bit", help="QLoRA: NF4 4-bit base (overrides the recipe)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """DPO (or IPO, ORPO, KTO: --method) on preference data on top of an SFT run; prints the new run id."""
+    from appliance.artefacts import load_run, resolve_dataset
+    from appliance.config import DPORecipe, load_recipe
+    from appliance.train import dpo
+
+    ws = open_workspace(workspace)
+    with report_errors(), show_progress() as progress:
+        dpo_recipe = load_recipe(recipe, DPORecipe, {"epochs": epochs, "beta": beta, "method": method,
+                                                     "backend": backend, "load_in_4bit": four_bit})
+        parent = load_run(ws, run)
+        result = dpo.run(ws, dpo_recipe, parent, resolve_dataset(ws, dataset), on_event=progress)
+    metrics = result.manifest["metrics"]
+    say(f"run {result.id} ({result.manifest.get('method', 'dpo')}): reward accuracy "
+         f"{metrics.get('final_reward_accuracy')}, margin {metrics.get('final_reward_margin')} in {result.path}")
+    emit_id(result.id)
+
+
+@train_app.command("resume")
+def train_resume(
+    run: str = typer.Argument(..., help="The interrupted run id (its work is in runs/.partial-RUN/)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Finish an interrupted SFT/DPO run from its last checkpoint; prints the run id."""
+    from appliance.artefacts import load_run, resolve_dataset
+    from appliance.config import DPORecipe, SFTRecipe
+    from appliance.train import checkpoint, dpo, sft
+
+    ws = open_workspace(workspace)
+    with report_errors(), show_progress() as progress:
+        if (ws.runs / run / "manifest.json").is_file():
+            say(f"run {run} already finished")
+            result = load_run(ws, run)
+        else:
+            request = checkpoint.read_request(ws, run)
+            dataset = resolve_dataset(ws, request["dataset"])
+            if request["stage"] == "sft":
+                result = sft.run(ws, SFTRecipe(**request["recipe"]), dataset, Path(request["base"]),
+                                 backend=request["backend"], on_event=progress)
+            else:
+                result = dpo.run(ws, DPORecipe(**request["recipe"]), load_run(ws, request["parent_run"]), dataset,
+                                 backend=request["backend"], on_event=progress)
+            if result.id != run:
+                fail(f"replaying {run} produced {result.id}: its inputs changed since it started")
+    say(f"run {result.id} finished in {result.path}")
+    emit_id(result.id)
+
+
+@train_app.command("plan")
+def train_plan(
+    base: str = typer.Option("pocket", "--base", "-b", help="'pocket', a local model folder or a config.json."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory to plan for, e.g. 12GiB (default: the detected GPU)."),
+    seq: int = typer.Option(2048, "--seq", help="Sequence length in tokens."),
+    batch: int = typer.Option(1, "--batch", help="Sequences per step."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    four_bit: bool = typer.Option(False, "--4bit", help="QLoRA: NF4 4-bit base weights."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Compute dtype: bf16 | fp16 | fp32 (fp32 = a CPU run)."),
+    backend: str = typer.Option("hf", "--backend", help="hf | unsloth (offloaded checkpoints, chunked loss)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Estimate peak training memory and whether it fits; exit code 2 when it does not."""
+    from appliance.train import planner
+
+    with report_errors():
+        if dtype not in planner.DTYPE_BYTES:
+            raise WorkspaceError(f"--dtype must be one of {', '.join(planner.DTYPE_BYTES)}, not '{dtype}'")
+        budget = planner.parse_size(gpu_mem) if gpu_mem else planner.detected_gpu_memory()
+        shape = planner.load_shape(base)
+        result = planner.plan(shape, budget, seq=seq, batch=batch, lora_r=lora_r, four_bit=four_bit,
+                              grad_checkpointing=grad_checkpointing, dtype=dtype, backend=backend,
+                              gpu=dtype != "fp32")
+    print(json.dumps(result.as_dict(), indent=2) if as_json else result.report())
+    if result.fits is False:
+        raise typer.Exit(2)

@@ -1,0 +1,154 @@
+"""From the engine's chunk iterator (a worker thread) to the event loop, through the output filter.
+
+    appliance serve ...    # every /v1/chat/completions and /v1/completions runs through here
+
+The engine yields OpenAI-shaped chunks from a blocking iterator. :class:`Pump` drives that
+iterator in one worker thread (which also closes it, so the engine frees the sequence's slot in
+the thread that owns it) and hands the chunks to an asyncio queue. :class:`FilteredStream` reads
+that queue against the request's deadline, turns engine exceptions into API errors, applies the
+streaming output filter (text it holds back yields no chunk) and can collect a whole response.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from appliance.serve.context import RequestContext
+from appliance.serve.protocol import ApiError
+from appliance.serve.scheduler import PromptTooLong, UnknownModel
+
+
+class Pump:
+    """Iterates the engine's chunks in one worker thread and hands them to the event loop."""
+
+    END = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, start: Callable[[], Iterator[dict]]) -> None:
+        self.loop, self.start = loop, start
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _put(self, item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def run(self) -> None:
+        iterator = None
+        try:
+            iterator = self.start()
+            for chunk in iterator:
+                self._put(chunk)
+                if self._stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the request, raised there
+            self._put(exc)
+        finally:
+            if iterator is not None:
+                with contextlib.suppress(Exception):
+                    iterator.close()  # in this thread: the engine frees the sequence's slot
+            self._put(self.END)
+
+    async def get(self, timeout: float) -> Any:
+        return await asyncio.wait_for(self.queue.get(), timeout=max(0.001, timeout))
+
+
+class FilteredStream:
+    """The engine's chunks with the output filter applied; None after the last one."""
+
+    def __init__(self, pump: Pump, stream_filter, chat: bool, deadline: float, ctx: RequestContext) -> None:
+        self.pump, self.filter, self.chat, self.deadline, self.ctx = pump, stream_filter, chat, deadline, ctx
+        self.ended = False
+
+    async def _raw(self) -> dict | None:
+        if self.ended:
+            return None
+        try:
+            item = await self.pump.get(self.deadline - time.monotonic())
+        except TimeoutError as exc:
+            self.pump.stop()
+            raise ApiError(504, "the request ran past the server's time limit", "server_error", "timeout") from exc
+        if item is Pump.END:
+            self.ended = True
+            return None
+        if isinstance(item, UnknownModel):
+            raise ApiError(404, str(item), "invalid_request_error", "model_not_found", "model")
+        if isinstance(item, PromptTooLong):
+            raise ApiError(400, str(item), "invalid_request_error", "context_length_exceeded", "messages")
+        if isinstance(item, ValueError):
+            raise ApiError(400, str(item))
+        if isinstance(item, BaseException):
+            raise item
+        if self.ctx.first_token is None and chunk_text(item):
+            self.ctx.first_token = time.monotonic()
+        return item
+
+    async def next(self) -> dict | None:
+        """The next chunk worth sending (text held back by the filter yields no chunk)."""
+        while True:
+            chunk = await self._raw()
+            if chunk is None:
+                return None
+            if self.filter is not None:
+                finished = chunk["choices"][0].get("finish_reason") is not None
+                text = self.filter.push(chunk_text(chunk))
+                if finished:
+                    text += self.filter.flush()
+                if self.filter.counts:
+                    self.ctx.record["redaction_counts"] = dict(self.filter.counts)
+                _set_chunk_text(chunk, text)
+                delta = chunk["choices"][0].get("delta") or {}
+                if not text and not finished and "role" not in delta:
+                    continue
+            return chunk
+
+    async def first(self) -> dict:
+        chunk = await self.next()
+        if chunk is None:
+            raise ApiError(500, "the engine ended without a result", "server_error", "internal_error")
+        return chunk
+
+    async def collect(self, first: dict) -> dict:
+        """A whole ``chat.completion`` / ``text_completion`` from the chunks."""
+        parts, last, chunk = [], first, first
+        while chunk is not None:
+            parts.append(chunk_text(chunk))
+            last = chunk
+            chunk = await self.next()
+        text = "".join(parts)
+        choice = last["choices"][0]
+        result = {"id": last["id"], "object": "chat.completion" if self.chat else "text_completion",
+                  "created": last["created"], "model": last["model"]}
+        if self.chat:
+            result["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text},
+                                  "logprobs": None, "finish_reason": choice.get("finish_reason")}]
+        else:
+            result["choices"] = [{"index": 0, "text": text, "logprobs": None,
+                                  "finish_reason": choice.get("finish_reason")}]
+        result["usage"] = last.get("usage")
+        if "timings" in last:
+            result["timings"] = last["timings"]
+        return result
+
+
+def chunk_text(chunk: dict) -> str:
+    """The text a chat (``delta.content``) or completion (``text``) chunk carries."""
+    choice = chunk["choices"][0] if chunk.get("choices") else {}
+    if "delta" in choice:
+        return (choice["delta"] or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _set_chunk_text(chunk: dict, text: str) -> None:
+    choice = chunk["choices"][0]
+    if "delta" in choice:
+        if text or "content" in (choice["delta"] or {}):
+            choice["delta"] = {**(choice["delta"] or {}), "content": text}
+    else:
+        choice["text"] = text
