@@ -14,21 +14,39 @@ Layout (under ``APPLIANCE_HOME``, default ``./workspace``)::
 Reading an artefact by its id is ``appliance.artefacts``' job; this module knows only folders.
 Every artefact write goes to a temp file in the same folder, is fsynced and renamed into place.
 Every artefact folder carries ``manifest.json`` with the sha256 of each file and its inputs.
+
+Two writers never lose data: a finished artefact folder is never deleted or replaced (a rename
+onto it fails, and the staged copy is dropped instead), numbered versions are claimed with
+``reserve_version`` (an atomic ``mkdir``), and read-modify-write files are updated under
+``locked``. Staging folders are locked by their writer while it lives, so the next writer into
+the same place sweeps those whose writer died (``sweep_stale_staging``) and never a live one.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+# A staging folder of a dead writer is swept only once it is this old: it closes the gap between
+# mkdtemp and the writer taking its lock, and bounds how long a kill can leave one behind.
+STALE_STAGING_S = 300.0
+# Where locks are not supported (some network file systems) only much older leftovers go.
+STALE_UNLOCKABLE_S = 24 * 3600.0
+# ``.staging-NAME.XXXXXXXX`` (mkdtemp's suffix), and ``.NAME.XXXXXXXX`` of writers before the prefix
+_STAGING_NAME = re.compile(r"\.(?:staging-)?[^/]+\.[a-z0-9_]{8}")
 
 
 class WorkspaceError(Exception):
@@ -93,19 +111,136 @@ class Workspace:
         return path
 
     @contextlib.contextmanager
-    def staging(self, final: Path) -> Iterator[Path]:
-        """A temp folder beside ``final`` that is renamed into place only when the block succeeds."""
+    def staging(self, final: Path, *, reserved: bool = False) -> Iterator[Path]:
+        """A temp folder beside ``final`` that is renamed into place only when the block succeeds.
+
+        ``final`` is named by its inputs (two writers of it write the same thing) or was claimed
+        with ``reserve_version`` (``reserved``: an empty folder of ours, released on failure).
+        A finished ``final`` is never replaced: if another writer got there first, theirs stays
+        and the staged copy is dropped. Dead writers' staging folders beside it are swept first."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        sweep_stale_staging(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final.name}.", dir=final.parent))
+        lock = _lock_dir(tmp)  # held while we live, so no sweeper takes a live writer's folder
+        published = False
         try:
             yield tmp
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            published = publish_dir(tmp, final)
+            if not published and not reserved and (final / MANIFEST).is_file():
+                return  # the same artefact, finished by another writer meanwhile: keep theirs
+            if not published:
+                raise WorkspaceError(f"{final} already exists and was not written by this process; "
+                                     "nothing was replaced (move it away if it is not an artefact)")
         finally:
+            if lock is not None:
+                os.close(lock)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if reserved and not published:
+                with contextlib.suppress(OSError):
+                    final.rmdir()  # our empty reservation; never a folder with anything in it
+
+
+def publish_dir(src: Path, final: Path) -> bool:
+    """Rename folder ``src`` to ``final`` unless ``final`` holds anything; False when it does.
+
+    rename(2) replaces only an empty directory, so a finished artefact can never be replaced,
+    even by a writer that raced past every check."""
+    try:
+        os.rename(src, final)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    _fsync_dir(final.parent)
+    return True
+
+
+def reserve_version(folder: Path, prefix: str = "v") -> tuple[int, Path]:
+    """Claim the next free ``folder/PREFIXn`` with an atomic mkdir: no two writers get the same n.
+
+    The claim is an empty folder (invisible to ``finished_artefacts``) that ``staging(...,
+    reserved=True)`` fills by rename, or removes if the write fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len(prefix):]) for p in folder.iterdir() if p.name.startswith(prefix)
+             and p.name[len(prefix):].isdigit()]
+    n = max(taken, default=0) + 1
+    while True:
+        path = folder / f"{prefix}{n}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        _fsync_dir(folder)
+        return n, path
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing) for the block; the OS drops it if we die."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding an exclusive flock, or None where locks do not work."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_stale_staging(folder: Path, min_age_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove staging folders in ``folder`` whose writer is gone; returns their names.
+
+    A folder counts as stale when it is older than ``min_age_s`` and its lock can be taken (its
+    writer, which holds the lock for as long as it lives, has died). A live writer is never
+    touched; where locks are unsupported, only folders older than a day are removed."""
+    swept = []
+    now = time.time()
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if not _STAGING_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            age = now - path.stat().st_mtime
+            if age < min_age_s:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            except OSError:
+                if age < STALE_UNLOCKABLE_S:
+                    continue
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path.name)
+        finally:
+            os.close(fd)
+    return swept
+
+
+def inside(parent: Path, name: str, what: str = "name") -> Path:
+    """``parent / name``, refused unless ``name`` is one plain entry of ``parent`` (no '/', '..').
+
+    An entry that is itself a symlink is allowed: only someone who can write the workspace can
+    place one, and operators use them to keep large artefacts on another disk."""
+    path = parent / name
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise WorkspaceError(f"invalid {what} {name!r}: it must name an entry of {parent}, not a path")
+    return path
 
 
 def finished_artefacts(folder: Path) -> list[Path]:

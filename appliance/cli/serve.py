@@ -41,6 +41,15 @@ def serve_cmd(
     output_filter: bool = typer.Option(True, "--output-filter/--no-output-filter",
                                        help="Redact PII in completions of requests without a key "
                                             "(keys carry their own setting)."),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", min=1,
+                                                 help="Largest request body; larger get HTTP 413 (default: "
+                                                      "site.toml [serve] max_body_bytes, else 4 MiB)."),
+    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", min=0.1,
+                                                 help="Seconds a client has to send a whole request; slower get "
+                                                      "HTTP 408 (default: site.toml [serve] read_timeout_s, else 30)."),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", min=1,
+                                                  help="Open connections at once; more get HTTP 503 (default: "
+                                                       "site.toml [serve] max_connections, else 256)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Serve a model version (and its LoRA adapters) behind an OpenAI-compatible API."""
@@ -51,7 +60,9 @@ def serve_cmd(
                                adapters=parse_adapters(adapter or []), max_concurrent=max_concurrent,
                                max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, timeout_s=timeout,
                                graceful_timeout_s=graceful_timeout, require_keys=require_keys,
-                               output_filter=output_filter, max_tokens_default=max_tokens)
+                               output_filter=output_filter, max_tokens_default=max_tokens,
+                               max_body_bytes=max_body_bytes, read_timeout_s=read_timeout,
+                               max_connections=max_connections)
         run_server(open_workspace(workspace), model, quant, options)
 
 

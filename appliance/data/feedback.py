@@ -33,7 +33,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from appliance.artefacts import DATASET_NAME_PATTERN, DatasetRef
+from appliance.artefacts import DatasetRef, check_dataset_name
 from appliance.data.ingest import ROLES
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.recipe import CurationRecipe
@@ -46,7 +46,9 @@ from appliance.workspace import (
     atomic_write_jsonl,
     atomic_write_text,
     finished_artefacts,
+    locked,
     read_json,
+    reserve_version,
     sha256_file,
     sha256_text,
     write_manifest,
@@ -121,6 +123,8 @@ def read_feedback(path: Path) -> tuple[list[tuple[int, dict]], list[dict]]:
             where = {"source": str(path), "line": lineno, "step": "read"}
             try:
                 good.append((lineno, parse_line(json.loads(raw.decode("utf-8")))))
+            except RecursionError:  # a line nested too deep for json's parser: that line alone
+                rejects.append({**where, "reason": "JSON nested too deeply"})
             except UnicodeDecodeError as exc:
                 rejects.append({**where, "reason": f"not UTF-8 ({exc.reason})"})
             except json.JSONDecodeError as exc:
@@ -145,8 +149,7 @@ def _scrub(record: dict, scrubber: Scrubber) -> list[str]:
 def feedback_dataset(ws: Workspace, name: str = "feedback", source: Path | None = None, model: str | None = None,
                      recipe: CurationRecipe | None = None, on_event: EventSink = ignore) -> DatasetRef:
     """Convert the feedback log into a new version of dataset ``name`` (or return the identical one)."""
-    if not DATASET_NAME_PATTERN.match(name):
-        raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    check_dataset_name(name)
     source = Path(source) if source else default_source(ws)
     if not source.is_file():
         raise WorkspaceError(f"no feedback file at {source} (the server appends to WORKSPACE/{FEEDBACK_FILE}; "
@@ -221,21 +224,22 @@ def _store(ws: Workspace, name: str, source: Path, records: list[dict], rejects:
     folder.mkdir(parents=True, exist_ok=True)
     content_hash = sha256_text("".join(json.dumps(r, sort_keys=True) for r in records))
     counts = {kind: sum(r["kind"] == kind for r in records) for kind in KINDS}
-    versions = finished_artefacts(folder)
-    if versions:
-        manifest = read_json(versions[-1] / "manifest.json")
-        if manifest.get("content_sha256") == content_hash:
-            return DatasetRef(name, manifest["version"], versions[-1], counts, len(rejects), created=False)
-    version = 1 + max((int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()), default=0)
-    final = folder / f"v{version}"
-    report = {**report, "dataset": f"{name}@v{version}"}
-    with ws.staging(final) as tmp:
-        atomic_write_jsonl(tmp / "data.jsonl", records)
-        atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
-        atomic_write_json(tmp / "report.json", report)
-        atomic_write_text(tmp / "report.txt", render_table(report))
-        write_manifest(tmp, "dataset", f"{name}@v{version}", {str(source): sha256_file(source)},
-                       {"version": version, "content_sha256": content_hash, "counts": counts,
-                        "rejected": len(rejects), "parent": None, "source": "feedback",
-                        "model_filter": model, "feedback": report["feedback"]})
+    source_sha = sha256_file(source)
+    with locked(folder / ".lock"):  # as ingest's store_version: concurrent writers get distinct versions
+        versions = finished_artefacts(folder)
+        if versions:
+            manifest = read_json(versions[-1] / "manifest.json")
+            if manifest.get("content_sha256") == content_hash:
+                return DatasetRef(name, manifest["version"], versions[-1], counts, len(rejects), created=False)
+        version, final = reserve_version(folder)
+        report = {**report, "dataset": f"{name}@v{version}"}
+        with ws.staging(final, reserved=True) as tmp:
+            atomic_write_jsonl(tmp / "data.jsonl", records)
+            atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
+            atomic_write_json(tmp / "report.json", report)
+            atomic_write_text(tmp / "report.txt", render_table(report))
+            write_manifest(tmp, "dataset", f"{name}@v{version}", {str(source): source_sha},
+                           {"version": version, "content_sha256": content_hash, "counts": counts,
+                            "rejected": len(rejects), "parent": None, "source": "feedback",
+                            "model_filter": model, "feedback": report["feedback"]})
     return DatasetRef(name, version, final, counts, len(rejects))

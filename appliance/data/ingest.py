@@ -14,19 +14,28 @@ Then every record is curated (curate.py): cleaned, scrubbed of PII, deduplicated
 optionally split; ``report.json`` and ``report.txt`` say what happened to every input file.
 
 A bad line is recorded in ``rejects.jsonl`` with its file, line number and reason, and the rest
-goes on. A dataset version is immutable: ``datasets/NAME/vN/`` holds ``data.jsonl``,
+goes on; so is a file that cannot be read (gone, unreadable): each file's sha256 in the manifest is
+of the bytes that were read, so a file deleted or changed afterwards changes nothing stored. A dataset version is immutable: ``datasets/NAME/vN/`` holds ``data.jsonl``,
 ``rejects.jsonl`` and ``manifest.json``. Ingesting the same content again returns the existing
 version instead of making a new one. The dataset id printed is ``NAME@vN``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from appliance.artefacts import DATASET_NAME_PATTERN, DatasetRef, resolve_dataset
+from appliance.artefacts import DatasetRef, check_dataset_name, resolve_dataset
 from appliance.data.curate import Curated, curate
 from appliance.data.pii import Scrubber, load_key
-from appliance.data.readers import DOCUMENT_SUFFIXES, UnreadableDocument, expand_paths, read_file, ticket_from_mapping
+from appliance.data.readers import (
+    DOCUMENT_SUFFIXES,
+    UnreadableDocument,
+    expand_paths,
+    load_bytes,
+    parse_bytes,
+    ticket_from_mapping,
+)
 from appliance.data.recipe import CurationRecipe
 from appliance.data.report import render_table
 from appliance.events import Event, EventSink, ignore
@@ -37,8 +46,9 @@ from appliance.workspace import (
     atomic_write_jsonl,
     atomic_write_text,
     finished_artefacts,
+    locked,
     read_json,
-    sha256_file,
+    reserve_version,
     sha256_text,
     write_manifest,
 )
@@ -100,15 +110,21 @@ def _check_messages(messages: object) -> list[dict]:
     return clean
 
 
-def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> None:
+def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> str:
+    """Append the file's records and rejected lines; returns the sha256 of the bytes read."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
+            digest.update(raw)
             if not raw.strip():
                 continue
             where = {"source": str(path), "line": lineno, "step": "read"}
             try:
                 obj = json.loads(raw.decode("utf-8"))
                 record = normalise_record(obj)
+            except RecursionError:  # json's parser recurses once per level: a deep line ends here, alone
+                rejects.append({**where, "reason": "JSON nested too deeply"})
+                continue
             except UnicodeDecodeError as exc:
                 rejects.append({**where, "reason": f"not UTF-8 ({exc.reason})"})
                 continue
@@ -124,14 +140,17 @@ def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> No
                                     "text": ticket["text"], "format": "ticket"})
                 continue
             records.append({**record, "source": str(path), "line": lineno})
+    return digest.hexdigest()
 
 
 def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink = ignore
-                ) -> tuple[list[dict], list[dict], dict[str, dict]]:
-    """Records and read rejects from every file, and each file's outcome (for the report)."""
+                ) -> tuple[list[dict], list[dict], dict[str, dict], dict[str, str]]:
+    """Records and read rejects from every file, each file's outcome (for the report) and the
+    sha256 of each file read (for the manifest's lineage)."""
     records: list[dict] = []
     rejects: list[dict] = []
     outcome: dict[str, dict] = {}
+    hashes: dict[str, str] = {}
     max_bytes = int(recipe.max_file_mb * 1024 * 1024)
     for i, path in enumerate(files, start=1):
         on_event(Event("data.ingest", step=i, total=len(files)))
@@ -139,12 +158,16 @@ def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink =
         before_records, before_rejects = len(records), len(rejects)
         if suffix in JSONL_SUFFIXES:
             try:
-                _read_jsonl_file(path, records, rejects)
+                hashes[str(path)] = _read_jsonl_file(path, records, rejects)
             except OSError as exc:
-                rejects.append({"source": str(path), "line": None, "step": "read", "reason": f"cannot read the file: {exc}"})
+                del records[before_records:], rejects[before_rejects:]  # a file read in part is not read
+                rejects.append({"source": str(path), "line": None, "step": "read",
+                                "reason": f"cannot read the file: {exc.strerror or exc}"})
         elif suffix in DOCUMENT_SUFFIXES:
             try:
-                docs = read_file(path, max_bytes)
+                raw = load_bytes(path, max_bytes)
+                docs = parse_bytes(raw, path)
+                hashes[str(path)] = hashlib.sha256(raw).hexdigest()
             except UnreadableDocument as exc:
                 rejects.append({"source": str(path), "line": None, "step": "read", "reason": str(exc)})
                 docs = []
@@ -164,7 +187,7 @@ def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink =
         outcome[str(path)] = {"status": status, "records_read": read, "lines_rejected": len(file_rejects) if read else 0,
                               **({"reason": file_rejects[0]["reason"]} if not read and file_rejects else {}),
                               **({"reason": "no records"} if not read and not file_rejects else {})}
-    return records, rejects, outcome
+    return records, rejects, outcome, hashes
 
 
 def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ignore,
@@ -173,11 +196,10 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
 
     With ``append`` the new version is the latest version plus the new records (deduplicated
     against it); otherwise a version holds exactly what ``paths`` contain."""
-    if not DATASET_NAME_PATTERN.match(name):
-        raise WorkspaceError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    check_dataset_name(name)
     recipe = recipe or CurationRecipe()
     files = list(expand_paths(paths))
-    records, read_rejects, outcome = read_inputs(files, recipe, on_event)
+    records, read_rejects, outcome, hashes = read_inputs(files, recipe, on_event)
     previous, previous_ref = [], None
     if append and (ws.datasets / name).is_dir() and finished_artefacts(ws.datasets / name):
         previous_ref = resolve_dataset(ws, name)
@@ -196,47 +218,49 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
         on_event(Event("data.ingest", message=f"rejected {_where(reject)}: {reject['reason']}"))
     if not curated.records and not curated.evals:
         raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(curated.rejects)} rejected, see the messages above")
-    return store_version(ws, name, curated, files, recipe, previous_ref)
+    return store_version(ws, name, curated, hashes, recipe, previous_ref)
 
 
 def _where(reject: dict) -> str:
     return f"{reject['source']}:{reject['line']}" if reject.get("line") else str(reject["source"])
 
 
-def store_version(ws: Workspace, name: str, curated: Curated, files: list[Path], recipe: CurationRecipe,
+def store_version(ws: Workspace, name: str, curated: Curated, sources: dict[str, str], recipe: CurationRecipe,
                   parent: DatasetRef | None, extra_inputs: dict | None = None, extra: dict | None = None) -> DatasetRef:
     """Write ``curated`` as the next version of dataset ``name`` (the write side of ``DatasetRef``).
 
     Content equal to the newest version's returns that version (``created=False``); otherwise
-    ``datasets/NAME/vN/`` is staged and renamed into place. ``files`` and ``parent`` are its
-    lineage; ``extra_inputs`` and ``extra`` add to the manifest's inputs and top level."""
+    ``datasets/NAME/vN/`` is reserved, staged and renamed into place, all under the dataset's
+    lock, so concurrent writers get distinct versions and never overwrite one. ``sources`` (each
+    file read and the sha256 of its bytes as read) and ``parent`` are its lineage;
+    ``extra_inputs`` and ``extra`` add to the manifest's inputs and top level."""
     records, rejects = curated.records, curated.rejects
-    folder = ws.datasets / name
+    folder = ws.datasets / check_dataset_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     content_hash = sha256_text("".join(json.dumps(r, sort_keys=True) for r in records + curated.evals))
     counts = {kind: sum(r["kind"] == kind for r in records + curated.evals) for kind in ("chat", "preference", "document")}
-    versions = finished_artefacts(folder)
-    if versions:
-        latest = versions[-1]
-        manifest = read_json(latest / "manifest.json")
-        if manifest.get("content_sha256") == content_hash:
-            return DatasetRef(name, manifest["version"], latest, counts, len(rejects), created=False)
-    version = 1 + max((int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()), default=0)
-    final = folder / f"v{version}"
-    report = {**curated.report, "dataset": f"{name}@v{version}"}
-    with ws.staging(final) as tmp:
-        atomic_write_jsonl(tmp / "data.jsonl", records)
-        if curated.evals:
-            atomic_write_jsonl(tmp / "eval.jsonl", curated.evals)
-        atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
-        atomic_write_json(tmp / "report.json", report)
-        atomic_write_text(tmp / "report.txt", render_table(report))
-        inputs = {str(p): sha256_file(p) for p in files}
-        if parent is not None:
-            inputs[parent.id] = read_json(parent.path / "manifest.json").get("content_sha256")
-        inputs.update(extra_inputs or {})
-        write_manifest(tmp, "dataset", f"{name}@v{version}", inputs,
-                       {"version": version, "content_sha256": content_hash, "counts": counts, "rejected": len(rejects),
-                        "parent": parent.id if parent else None, "recipe": recipe.model_dump(mode="json", by_alias=True),
-                        **(extra or {})})
+    with locked(folder / ".lock"):  # the same-content check and the write are one step for other writers
+        versions = finished_artefacts(folder)
+        if versions:
+            latest = versions[-1]
+            manifest = read_json(latest / "manifest.json")
+            if manifest.get("content_sha256") == content_hash:
+                return DatasetRef(name, manifest["version"], latest, counts, len(rejects), created=False)
+        version, final = reserve_version(folder)
+        report = {**curated.report, "dataset": f"{name}@v{version}"}
+        with ws.staging(final, reserved=True) as tmp:
+            atomic_write_jsonl(tmp / "data.jsonl", records)
+            if curated.evals:
+                atomic_write_jsonl(tmp / "eval.jsonl", curated.evals)
+            atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
+            atomic_write_json(tmp / "report.json", report)
+            atomic_write_text(tmp / "report.txt", render_table(report))
+            inputs = dict(sources)
+            if parent is not None:
+                inputs[parent.id] = read_json(parent.path / "manifest.json").get("content_sha256")
+            inputs.update(extra_inputs or {})
+            write_manifest(tmp, "dataset", f"{name}@v{version}", inputs,
+                           {"version": version, "content_sha256": content_hash, "counts": counts,
+                            "rejected": len(rejects), "parent": parent.id if parent else None,
+                            "recipe": recipe.model_dump(mode="json", by_alias=True), **(extra or {})})
     return DatasetRef(name, version, final, counts, len(rejects))

@@ -53,6 +53,11 @@ def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
 
 def read_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Document]:
     """One or more documents from a file, or :class:`UnreadableDocument` saying why not."""
+    return parse_bytes(load_bytes(path, max_bytes), path)
+
+
+def load_bytes(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The bytes of a document file (read once: callers hash what they parse), or why not."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in DOCUMENT_SUFFIXES:
@@ -63,9 +68,19 @@ def read_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Document]
             raise UnreadableDocument("empty file")
         if size > max_bytes:
             raise UnreadableDocument(f"file too large ({size} bytes > {max_bytes})")
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)  # the file may grow after stat()
+        if len(raw) > max_bytes:
+            raise UnreadableDocument(f"file too large (more than {max_bytes} bytes)")
     except OSError as exc:
         raise UnreadableDocument(f"cannot read the file: {exc.strerror or exc}") from None
+    return raw
+
+
+def parse_bytes(raw: bytes, path: Path) -> list[Document]:
+    """The documents in ``raw``, read as the format of ``path``'s suffix, or why not."""
+    path = Path(path)
+    suffix = path.suffix.lower()
     reader = _READERS.get(suffix, _read_text)
     try:
         docs = reader(raw, path)

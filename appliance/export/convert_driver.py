@@ -18,6 +18,11 @@ tokenizer_config.json the converter reads (llama.cpp's Llama converter writes it
 ``{"which": "hf"|"lora", "pre_tokenizer": str|null, "args": [...]}``) and writes
 ``[{"ok": bool, "error": str}]`` to RESULTS.json: importing torch and the converter costs
 about 10 s a process on a busy machine, so converting many models one process each is slow.
+
+The converter asks transformers for ``trust_remote_code=True`` for several families (Qwen v1,
+ChatGLM, InternLM2, DeepSeek...), so this process forbids model code before the converter is
+imported (``appliance.train.model_folder.forbid_remote_code``) and checks every folder it is given
+(``model_folder.check``): a refusal is one ``error:`` line on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -28,10 +33,14 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from appliance.train import model_folder
+
+REFUSED = 2  # the exit status of a refused model folder (appliance.export.gguf reads it)
 _fallback: dict[str, str | None] = {"name": None}
 
 
 def _install(tools_dir: Path) -> None:
+    model_folder.forbid_remote_code()
     sys.path.insert(0, str(tools_dir))
     sys.path.insert(1, str(tools_dir / "gguf-py"))
     from conversion.base import TextModel
@@ -92,6 +101,8 @@ def _convert(tools_dir: Path, which: str, pre_tokenizer: str | None, args: list[
     if option and space_prefix is None:
         raise SystemExit(f"convert_driver: unknown option {option!r}")
     script = tools_dir / ("convert_hf_to_gguf.py" if which == "hf" else "convert_lora_to_gguf.py")
+    for folder in _model_folders(args):
+        model_folder.check(folder)  # before shadowing: the shadow links every file back to the folder
     with tempfile.TemporaryDirectory(prefix="appliance-shadow-") as scratch:
         if which == "hf" and args and Path(args[0]).is_dir():
             args = [str(_shadowed(Path(args[0]), Path(scratch), space_prefix)), *args[1:]]
@@ -99,19 +110,33 @@ def _convert(tools_dir: Path, which: str, pre_tokenizer: str | None, args: list[
         runpy.run_path(str(script), run_name="__main__")
 
 
+def _model_folders(args: list[str]) -> list[Path]:
+    """The model folders a converter command line reads: the model (or LoRA adapter), and ``--base``."""
+    folders = [Path(args[0])] if args and not args[0].startswith("-") else []
+    if "--base" in args[:-1]:
+        folders.append(Path(args[args.index("--base") + 1]))
+    return [f for f in folders if f.is_dir()]
+
+
 def main(argv: list[str]) -> None:
     tools, pre_tokenizer, which, *args = argv
     tools_dir = Path(tools)
-    _install(tools_dir)
-    if which != "batch":
-        _convert(tools_dir, which, pre_tokenizer, args)
-        return
+    try:
+        _install(tools_dir)
+        if which != "batch":
+            _convert(tools_dir, which, pre_tokenizer, args)
+            return
+    except model_folder.UnsafeModelFolder as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(REFUSED) from None
     jobs = json.loads(Path(args[0]).read_text())
     results = []
     for job in jobs:
         try:
             _convert(tools_dir, job["which"], job.get("pre_tokenizer"), job["args"])
             results.append({"ok": True, "error": ""})
+        except model_folder.UnsafeModelFolder as exc:
+            results.append({"ok": False, "error": str(exc)})
         except SystemExit as stop:
             ok = stop.code in (0, None)
             results.append({"ok": ok, "error": "" if ok else f"converter exited with {stop.code}"})

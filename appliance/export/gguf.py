@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from appliance.export.convert_driver import REFUSED
+from appliance.train.model_folder import UnsafeModelFolder
 from appliance.workspace import WorkspaceError
 
 QUANT_TYPES = {
@@ -85,6 +87,9 @@ def _run(command: list[str], what: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its vendored gguf-py, not PyPI's gguf
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    refusal = [line for line in (done.stderr or "").splitlines() if line.startswith("error: ")]
+    if done.returncode == REFUSED and refusal:  # the driver refused a model folder: its one line is the error
+        raise UnsafeModelFolder(refusal[-1].removeprefix("error: "))
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise WorkspaceError(f"{what} failed (exit {done.returncode}):\n{tail}")

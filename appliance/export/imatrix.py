@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.export.gguf import tools_dir
+from appliance.train.model_folder import forbid_remote_code
 
 IMATRIX_QUANTS = ("q5_k_m", "q4_k_m")
 MAX_TOKENS_PER_TEXT = 512
@@ -48,6 +49,7 @@ def collect(model_dir: Path, texts: list[str], max_tokens: int = MAX_TOKENS_PER_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     output = model.get_output_embeddings()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from appliance.train.model_folder import check, forbid_remote_code
 from appliance.train.pocket import PRE_TOKENIZER_MARKER
 
 MERGE_LORA = "lora merged into the full-precision base (merge_and_unload)"
@@ -58,6 +59,8 @@ def merge_adapter(base: Path, adapter: Path, out_dir: Path, quantization: str | 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    base = check(base)  # the run's base folder may have changed since it trained
+    forbid_remote_code()
     if quantization == "nf4":
         model, kind = dequantized_base(base), MERGE_QLORA
     elif quantization:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.export.gguf import end_of_generation
+from appliance.train.model_folder import forbid_remote_code
 from appliance.workspace import WorkspaceError
 
 NEAR_TIE = 0.01
@@ -30,6 +31,7 @@ def eos_ids(model_dir: Path) -> set[int]:
     """Every id that ends generation on the HF side: generation_config's list and the tokenizer's EOS."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    forbid_remote_code()
     ids: set[int] = set()
     try:
         configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
@@ -48,6 +50,7 @@ def hf_greedy(model_dir: Path, prompts: list[list[dict]], max_new_tokens: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     model.eval()

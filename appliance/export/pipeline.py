@@ -25,6 +25,7 @@ from appliance.events import Event, EventSink, ignore
 from appliance.export import gguf, parity, quant_report, tokenizer_fit
 from appliance.export import imatrix as importance
 from appliance.export.merge import merge_adapter
+from appliance.train.model_folder import forbid_remote_code
 from appliance.train.pocket import pre_tokenizer_override
 from appliance.workspace import (
     Workspace,
@@ -66,6 +67,7 @@ def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[st
     conversations = [r["messages"] for r in dataset.records("chat")]
     conversations += [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
                       for r in dataset.records("preference")]
+    forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
 

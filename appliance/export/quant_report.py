@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.train.model_folder import forbid_remote_code
+
 GEN_TOKENS = 32
 
 
@@ -120,6 +122,7 @@ def samples_from(model_dir: Path, pairs: list[tuple[list[dict], str]]) -> list[S
     """Tokenise (messages, reference answer) pairs with the model's own chat template."""
     from transformers import AutoTokenizer
 
+    forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     samples = []
     for messages, answer in pairs:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from appliance.export import gguf
 from appliance.export.parity import gguf_tokenize
+from appliance.train.model_folder import forbid_remote_code
 
 SPM_MODEL = "llama"  # tokenizer.ggml.model of sentencepiece vocabularies
 SAMPLE_PROMPTS = [[{"role": "user", "content": "What does the policy say about visitors?"}]]
@@ -36,6 +37,7 @@ def chat_texts(model_dir: Path, conversations: list[list[dict]]) -> list[tuple[s
     ids for it, or None where the template refuses the conversation."""
     from transformers import AutoTokenizer
 
+    forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rendered: list[tuple[str, list[int]] | None] = []
     for messages in conversations:

@@ -16,8 +16,10 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer KEY`` when keys are re
 - ``GET /metrics`` (Prometheus text), ``GET /health``.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 bad JSON or
-parameters (``context_length_exceeded`` for long prompts), 401 missing or bad key, 403 adapter not
-allowed for the key, 404 unknown model or response id, 429 queue full, 500 internal, 504 timeout.
+parameters (``context_length_exceeded`` for long prompts, ``nested_too_deeply``,
+``invalid_response_format``), 401 missing or bad key, 403 adapter not allowed for the key, 404 unknown
+model or response id, 408 request not received in time, 413 body too large, 429 queue full, 500
+internal, 503 too many connections, 504 timeout. Size and connection limits: body.py, connections.py.
 Completions pass the output filter (PII redaction, output_filter.py) unless the key opts out;
 every /v1 request is one line in the request log (requestlog.py) and counted in /metrics.
 

@@ -32,13 +32,14 @@ from appliance.workspace import (
     Workspace,
     WorkspaceError,
     atomic_write_json,
+    locked,
     now_iso,
     read_json,
 )
 
 KEYS_FILE = "api_keys.json"
 PREFIX = "sk-app-"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: '$' lets "name\n" through
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -86,14 +87,19 @@ def _save(path: Path, keys: list[ApiKey]) -> None:
 def create_key(ws: Workspace, name: str, adapters: list[str] | None = None,
                output_filter: bool = True) -> tuple[ApiKey, str]:
     """A new key named ``name``; returns it and the full secret (shown once, never stored)."""
-    if not NAME_RE.match(name):
-        raise WorkspaceError(f"key name '{name}' must be 1-64 letters, digits, '.', '_' or '-'")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise WorkspaceError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     if adapters is not None:
         adapters = sorted({a.strip() for a in adapters if a.strip()})
-        bad = [a for a in adapters if not NAME_RE.match(a)]
+        bad = [a for a in adapters if not NAME_RE.fullmatch(a)]
         if bad or not adapters:
             raise WorkspaceError(f"--adapters must be a comma list of adapter names, got {bad or 'nothing'}")
     path = keys_path(ws)
+    with _keys_locked(path):  # read-modify-write: two concurrent `keys create` must both land
+        return _add_key(path, name, adapters, output_filter)
+
+
+def _add_key(path: Path, name: str, adapters: list[str] | None, output_filter: bool) -> tuple[ApiKey, str]:
     keys = load_keys(path)
     if any(k.name == name and not k.revoked for k in keys):
         raise WorkspaceError(f"an active key named '{name}' exists already: revoke it first or pick another name")
@@ -111,14 +117,19 @@ def create_key(ws: Workspace, name: str, adapters: list[str] | None = None,
 
 def revoke_key(ws: Workspace, name_or_id: str) -> ApiKey:
     path = keys_path(ws)
-    keys = load_keys(path)
-    hits = [k for k in keys if not k.revoked and name_or_id in (k.name, k.id)]
-    if not hits:
-        raise WorkspaceError(f"no active key named or with id '{name_or_id}' (see `appliance keys list`)")
-    for key in hits:
-        key.revoked = now_iso()
-    _save(path, keys)
-    return hits[0]
+    with _keys_locked(path):
+        keys = load_keys(path)
+        hits = [k for k in keys if not k.revoked and name_or_id in (k.name, k.id)]
+        if not hits:
+            raise WorkspaceError(f"no active key named or with id '{name_or_id}' (see `appliance keys list`)")
+        for key in hits:
+            key.revoked = now_iso()
+        _save(path, keys)
+        return hits[0]
+
+
+def _keys_locked(path: Path):
+    return locked(path.with_name(f".{path.name}.lock"))
 
 
 def require_keys_from_site(ws: Workspace) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from appliance.serve.auth import PREFIX, ApiKey, KeyRing
+from appliance.serve.body import load_json, read_body
 from appliance.serve.feedback_store import FeedbackLog, ResponseMemory
 from appliance.serve.limits import Admission, Limits, QueueFull
 from appliance.serve.metrics import Metrics
@@ -135,11 +135,7 @@ class ServerContext:
         return key
 
     async def parse(self, request: Request, model: type[Body]) -> Body:
-        raw = await request.body()
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+        data = load_json(await read_body(request, self.settings.limits.max_body_bytes))
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
         try:

@@ -3,7 +3,7 @@
     curl -s localhost:8080/v1/models/nope    # {"error": {"message", "type", "param", "code"}}
 
 400 bad JSON or parameters, 401 missing or bad key, 403 adapter not allowed for the key, 404
-unknown model, route or response id, 429 queue full, 500 internal, 504 timeout.
+unknown model, route or response id, 413 body too large, 429 queue full, 500 internal, 504 timeout.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         server_of(request).finish_error(request, exc.status, exc.code or exc.kind)
-        return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
+        return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

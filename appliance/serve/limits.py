@@ -25,6 +25,8 @@ class Limits:
     """Prompt tokens a request may bring (None: only the context length limits it)."""
     timeout_s: float = 300.0
     """Whole-request deadline, queue wait included; a stream past it ends with an error event."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body; a larger one is answered 413 before it is read (see body.py)."""
 
 
 class QueueFull(Exception):

@@ -13,10 +13,14 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 # request bodies ----------------------------------------------------------------------------------
+MAX_STOPS = 16
+"""Stop strings a request may give (OpenAI allows 4): each is checked after every generated token."""
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
@@ -43,6 +47,13 @@ class SamplingRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=1)
     response_format: dict | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings, not {len(stop)}")
+        return stop
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -95,9 +106,10 @@ class ApiError(Exception):
     """An error answered in OpenAI's shape with HTTP ``status`` (``kind`` is the body's ``type``)."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+        self.headers = headers
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -106,8 +118,9 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=error_body(message, kind, param, code))
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(message, kind, param, code), headers=headers)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import json
 import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from appliance.serve.sampling import build_sampler
 
 
 class PromptTooLong(ValueError):
@@ -161,7 +162,7 @@ class Scheduler:
                     raise UnknownModel(f"no adapter named {seq.adapter!r}")
                 seq.pointer = self._adapters[seq.adapter]
         # built here, in the caller's thread: a schema llama.cpp cannot compile fails this request
-        # with a clear error instead of the scheduler thread
+        # with a clear error (SamplerError) instead of the scheduler thread
         seq.sampler = self._sampler(seq.params)
         with self._cv:
             if self._stopping:
@@ -282,26 +283,8 @@ class Scheduler:
         self.switch_seconds += time.perf_counter() - started
 
     def _sampler(self, params: SamplingParams):
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        sampler = self._internals.LlamaSampler()
-        if params.json_schema is not None:
-            try:
-                grammar = LlamaGrammar.from_json_schema(json.dumps(params.json_schema), verbose=False)
-                sampler.add_grammar(self.model, grammar)
-            except Exception as exc:  # llama.cpp's converter raises several types for schemas it cannot take
-                sampler.close()
-                raise ValueError(f"response_format: this JSON schema cannot be turned into a grammar ({exc})") from exc
-        if params.presence_penalty or params.frequency_penalty:
-            sampler.add_penalties(self.n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty)
-        if params.temperature <= 0.0:
-            sampler.add_greedy()
-        else:
-            if params.top_p < 1.0:
-                sampler.add_top_p(params.top_p, 1)
-            sampler.add_temp(params.temperature)
-            sampler.add_dist(params.seed if params.seed is not None else random.getrandbits(32))
-        return sampler
+        return build_sampler(self.model, self.n_vocab, params,
+                             params.seed if params.seed is not None else random.getrandbits(32))
 
     def _advance(self, seq: Sequence, token: int) -> None:
         now = time.perf_counter()

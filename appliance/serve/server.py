@@ -4,6 +4,7 @@
                     [--adapter legal=ad-XXXX|FILE.gguf ...] [--parallel 4]
                     [--max-concurrent N --max-queue 64 --max-prompt-tokens N --timeout 300]
                     [--graceful-timeout 30] [--require-keys] [--no-output-filter]
+                    [--max-body-bytes 4194304 --read-timeout 30 --max-connections 256]
 
 While it runs, ``serve.json`` in the workspace says where it listens, so ``appliance ask`` and
 ``appliance tui`` find it. API keys (``appliance keys create``) are required whenever the server
@@ -16,12 +17,19 @@ finish on the old one. ``POST /v1/admin/adapters``, ``DELETE /v1/admin/adapters/
 the same way without a restart.
 On SIGTERM/SIGINT the server stops accepting connections and lets running requests finish for
 up to ``--graceful-timeout`` seconds before the engine is closed.
+
+A hostile client is bounded: a body over ``--max-body-bytes`` gets 413 before it is read
+(body.py), a request that does not arrive within ``--read-timeout`` seconds gets 408, and beyond
+``--max-connections`` open connections a new one gets 503 (connections.py). Each of these three
+defaults to ``[serve] max_body_bytes / read_timeout_s / max_connections`` in site.toml, then to
+4 MiB, 30 s and 256.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +38,7 @@ import uvicorn
 from appliance.artefacts import ADAPTER_SEPARATOR, promoted
 from appliance.serve.api import create_app
 from appliance.serve.auth import LOOPBACK, KeyRing, keys_path, require_keys_from_site
+from appliance.serve.connections import ConnectionLimits, ensure_descriptors, protocol_class
 from appliance.serve.context import ServeSettings
 from appliance.serve.hotswap import PromotionWatcher
 from appliance.serve.limits import Limits
@@ -57,6 +66,38 @@ class ServeOptions:
     """None: required beyond loopback or when site.toml says so."""
     output_filter: bool = True
     max_tokens_default: int = 256
+    max_body_bytes: int | None = None
+    """Largest request body (None: site.toml [serve] max_body_bytes, else 4 MiB)."""
+    read_timeout_s: float | None = None
+    """Seconds to receive a whole request (None: site.toml [serve] read_timeout_s, else 30)."""
+    max_connections: int | None = None
+    """Open connections at once (None: site.toml [serve] max_connections, else 256)."""
+
+
+SITE_LIMITS = {"max_body_bytes": (int, Limits.max_body_bytes),
+               "read_timeout_s": ((int, float), ConnectionLimits.read_timeout_s),
+               "max_connections": (int, ConnectionLimits.max_connections)}
+"""The client limits ``[serve]`` in site.toml may set: name -> (type, default)."""
+
+
+def client_limits(ws: Workspace, options: ServeOptions) -> dict[str, Any]:
+    """``max_body_bytes``, ``read_timeout_s``, ``max_connections``: the option, else site.toml, else default."""
+    site_file = ws.root / "site.toml"
+    site: dict = {}
+    if site_file.is_file():
+        try:
+            site = tomllib.loads(site_file.read_text(encoding="utf-8")).get("serve", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise WorkspaceError(f"{site_file} is not valid TOML: {exc}") from exc
+    out: dict[str, Any] = {}
+    for name, (kind, default) in SITE_LIMITS.items():
+        value = getattr(options, name)
+        if value is None:
+            value = site.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                raise WorkspaceError(f"{site_file}: [serve] {name} must be a positive number, not {value!r}")
+        out[name] = value
+    return out
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -105,14 +146,23 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     models = ServedModels.load(ws, version, quant, engine_options, options.adapters, on_swap=announce)
     engine = models.current
     path = engine.model_path
+    bounds = client_limits(ws, options)
+    connection_limits = ConnectionLimits(read_timeout_s=bounds["read_timeout_s"],
+                                         max_connections=bounds["max_connections"])
+    try:
+        ensure_descriptors(connection_limits)
+    except ValueError as exc:
+        raise WorkspaceError(str(exc)) from exc
     limits = Limits(max_concurrent=options.max_concurrent or options.parallel, max_queue=options.max_queue,
-                    max_prompt_tokens=options.max_prompt_tokens, timeout_s=options.timeout_s)
+                    max_prompt_tokens=options.max_prompt_tokens, timeout_s=options.timeout_s,
+                    max_body_bytes=bounds["max_body_bytes"])
     settings = ServeSettings(limits=limits, require_keys=required, output_filter=options.output_filter,
                              max_tokens_default=options.max_tokens_default)
     app = create_app(models, ws, settings, keys)
     info = serve_info(host, port, engine.model_id, os.getpid())
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=options.graceful_timeout_s)
+                            timeout_graceful_shutdown=options.graceful_timeout_s,
+                            http=protocol_class(connection_limits))
     server = uvicorn.Server(config)
 
     original_startup, original_shutdown = server.startup, server.shutdown
@@ -125,7 +175,9 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
             watchers.append(models.follow_promotions())
         names = ", ".join(engine.model_names())
         print(f"serving {names} ({path.name}) at {info['url']}; {options.parallel} slot(s), "
-              f"{limits.max_concurrent} concurrent + {limits.max_queue} queued; API keys "
+              f"{limits.max_concurrent} concurrent + {limits.max_queue} queued; bodies up to "
+              f"{limits.max_body_bytes:,} bytes, requests read within {connection_limits.read_timeout_s:g} s, "
+              f"{connection_limits.max_connections} connections; API keys "
               f"{'required' if required else 'optional'}; output filter "
               f"{'on' if options.output_filter else 'off'} by default", file=sys.stderr, flush=True)
 

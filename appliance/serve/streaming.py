@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.serve.context import RequestContext
 from appliance.serve.protocol import ApiError
+from appliance.serve.sampling import SamplerError
 from appliance.serve.scheduler import PromptTooLong, UnknownModel
 
 
@@ -81,6 +82,8 @@ class FilteredStream:
             raise ApiError(404, str(item), "invalid_request_error", "model_not_found", "model")
         if isinstance(item, PromptTooLong):
             raise ApiError(400, str(item), "invalid_request_error", "context_length_exceeded", "messages")
+        if isinstance(item, SamplerError):
+            raise ApiError(400, str(item), code="invalid_response_format", param="response_format")
         if isinstance(item, ValueError):
             raise ApiError(400, str(item))
         if isinstance(item, BaseException):

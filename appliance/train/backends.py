@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from appliance.train.model_folder import forbid_remote_code
 from appliance.workspace import WorkspaceError
 
 BACKENDS = ("auto", "hf", "unsloth")
@@ -106,6 +107,7 @@ def load_causal_lm(folder: Path, four_bit: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
+    forbid_remote_code()
     if not four_bit:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     check_4bit()
@@ -140,6 +142,7 @@ def _unsloth_load(base: Path, recipe, max_length: int):
     from unsloth import FastLanguageModel
 
     dtype = None if cuda_available() else torch.float32  # None: unsloth picks bf16/fp16 on the GPU
+    forbid_remote_code()  # after importing unsloth, which patches transformers itself
     with _to_stderr():
         model, _tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(base), max_seq_length=max_length, dtype=dtype, load_in_4bit=recipe.load_in_4bit,

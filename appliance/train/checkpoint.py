@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from appliance.workspace import Workspace, WorkspaceError, _fsync_dir, atomic_write_json, read_json
+from appliance.workspace import MANIFEST, Workspace, WorkspaceError, _fsync_dir, atomic_write_json, publish_dir, read_json
 
 PARTIAL_PREFIX = ".partial-"
 SEALED = ".appliance-sealed"
@@ -120,9 +120,10 @@ def sealer():
 
 
 def publish(folder: Path, final: Path) -> None:
-    """Rename ``folder/out`` to ``final`` atomically and drop the in-progress folder."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(folder / "out", final)
-    _fsync_dir(final.parent)
+    """Rename ``folder/out`` to ``final`` atomically and drop the in-progress folder.
+
+    A finished ``final`` (the same run, finished by another process meanwhile) is kept, never
+    replaced: something may be exporting it right now."""
+    if not publish_dir(folder / "out", final) and not (final / MANIFEST).is_file():
+        raise WorkspaceError(f"{final} exists and is not a finished run; nothing was replaced (move it away)")
     shutil.rmtree(folder, ignore_errors=True)

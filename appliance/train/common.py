@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from appliance.events import Event, EventSink
+from appliance.train import model_folder
 from appliance.train.backends import precision_args
 from appliance.train.pocket import ensure_pocket
 from appliance.workspace import Workspace, WorkspaceError, sha256_file
@@ -22,10 +23,11 @@ def resolve_base(ws: Workspace, base: str, on_event: EventSink) -> Path:
             f"base model '{base}' is neither 'pocket' nor a local Hugging Face model folder "
             f"(no config.json in {path}); nothing is downloaded, point --base at a folder"
         )
-    return path.resolve()
+    return model_folder.check(path)
 
 
 def base_fingerprint(base: Path) -> dict:
+    model_folder.check(base)  # every stage that trains on or exports a base folder fingerprints it first
     weights = sorted(base.glob("*.safetensors"))
     if not weights:
         raise WorkspaceError(f"no *.safetensors weights in {base} (pickle weights are never loaded)")
@@ -54,6 +56,7 @@ def system_info() -> dict:
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
+    model_folder.forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

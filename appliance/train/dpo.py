@@ -28,6 +28,7 @@ from pathlib import Path
 from appliance.artefacts import DatasetRef, RunRef
 from appliance.config import DPORecipe
 from appliance.events import Event, EventSink, ignore
+from appliance.train import model_folder
 from appliance.train.backends import preference_model, quantization, select_backend
 from appliance.train.common import (
     load_tokenizer,
@@ -138,7 +139,7 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
     held = dataset.held_out("preference") if method != "kto" else None  # the dataset's eval split wins
     train_rows, eval_rows = (examples, preference_examples(held)) if held else split_eval(examples, recipe)
     set_threads(recipe.threads)
-    base = Path(parent_manifest["base_path"])
+    base = model_folder.check(Path(parent_manifest["base_path"]))
     unit = "rows" if method == "kto" else "preference pairs"
 
     def build(trainer_dir: Path, callbacks: list):

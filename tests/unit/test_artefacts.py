@@ -2,6 +2,7 @@
 engine (``appliance.local_model``), on hand-written manifests: no model is loaded."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_runs_and_model_versions_name_the_known_ones_when_missing(tmp_path: Path
     with pytest.raises(WorkspaceError, match=r"no model version 'mv-x' \(known: mv-old, mv-new\)"):
         artefacts.load_version(ws, "mv-x")
     old = artefacts.load_version(ws, "mv-old")
-    assert old.gguf() == old.path / "model-q8_0.gguf"  # the first quantized one by default
+    assert old.gguf(verify=False) == old.path / "model-q8_0.gguf"  # the first quantized one by default
     with pytest.raises(WorkspaceError, match="has no q4_k_m GGUF"):
         old.gguf("q4_k_m")
 
@@ -78,7 +79,9 @@ def test_an_adapter_is_refused_on_a_base_it_was_not_converted_for(tmp_path: Path
     base = artefacts.ModelVersion("mv-base", put(ws.model_versions / "mv-base", quants=["f16"], files=f16))
     other = artefacts.ModelVersion("mv-other", put(ws.model_versions / "mv-other", quants=["f16"],
                                                    files={"model-f16.gguf": {"sha256": "b" * 64, "bytes": 1}}))
-    put(ws.adapters / "ad-1", inputs={"run": "sft-a", "base_version": "mv-base", "base_f16_sha256": "a" * 64})
+    put(ws.adapters / "ad-1", inputs={"run": "sft-a", "base_version": "mv-base", "base_f16_sha256": "a" * 64},
+        files={"adapter.gguf": {"sha256": hashlib.sha256(b"GGUF").hexdigest(), "bytes": 4}})
+    (ws.adapters / "ad-1" / "adapter.gguf").write_bytes(b"GGUF")
     assert artefacts.resolve_adapter(ws, "ad-1", base) == ws.adapters / "ad-1" / "adapter.gguf"
     with pytest.raises(WorkspaceError, match="adapter ad-1 belongs to base mv-base .* not to mv-other"):
         artefacts.resolve_adapter(ws, "ad-1", other)

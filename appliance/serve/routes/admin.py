@@ -9,13 +9,13 @@ server over a bare engine (no workspace) answers these routes 404.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from appliance.serve.auth import LOOPBACK
+from appliance.serve.body import load_json, read_body
 from appliance.serve.context import server_of
 from appliance.serve.protocol import ApiError
 from appliance.serve.scheduler import UnknownModel
@@ -56,11 +56,7 @@ async def _admin_call(request: Request, what: Callable[[dict], dict]) -> dict:
         raise ApiError(403 if administrable else 404,
                        "administration is only answered on loopback" if administrable
                        else "this server has no administration endpoints", "permission_error")
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+    data = load_json(await read_body(request, server.settings.limits.max_body_bytes), empty={})
     try:
         result = await run_in_threadpool(what, data if isinstance(data, dict) else {})
     except UnknownModel as exc:
