@@ -15,11 +15,13 @@ the same pseudonym in every record and version; ``drop`` rejects the whole recor
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import os
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,13 +140,23 @@ def detect(text: str, kinds: list[str] | tuple[str, ...] = PRIORITY) -> list[Mat
 
 
 def load_key(path: Path) -> bytes:
-    """The site's pseudonym key, made once (32 random bytes, mode 0600)."""
+    """The site's pseudonym key, made once (32 random bytes, mode 0600).
+
+    Two writers may make it at once (concurrent first ingests): each writes a whole key to its own
+    temp file and hard-links it into place, so the key appears complete and exactly one wins."""
     path = Path(path)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(os.urandom(32))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
     return path.read_bytes()
 
 

@@ -170,3 +170,26 @@ def test_api_keys_created_at_once_are_all_kept(tmp_path):
         with ctx.Pool(n) as pool:
             ids = pool.starmap(_key_creator, [(str(ws.root), i, barrier) for i in range(n)])
     assert sorted(k.id for k in load_keys(keys_path(ws))) == sorted(ids)
+
+
+def _first_key_load(path: str, barrier) -> bytes:
+    from appliance.data.pii import load_key
+
+    barrier.wait(120)
+    return load_key(Path(path))
+
+
+def test_the_pseudonym_key_made_by_concurrent_first_writers_is_one_whole_key(tmp_path):
+    """Concurrent first ingests of a site each need the key: exactly one is made, and nobody reads
+    it half-written or fails because another made it first."""
+    ctx = mp.get_context("spawn")
+    n = 8
+    for attempt in range(3):  # the window is small: try a few fresh key files
+        key = tmp_path / f"secrets-{attempt}" / "pii.key"
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(n)
+            with ctx.Pool(n) as pool:
+                keys = pool.starmap(_first_key_load, [(str(key), barrier)] * n)
+        assert len(keys[0]) == 32 and set(keys) == {key.read_bytes()}
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        assert [p.name for p in key.parent.iterdir()] == ["pii.key"]  # no temp file left
