@@ -23,7 +23,7 @@ from appliance.serve.scheduler import (
     Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,
 )
 
-__all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong", "answer_text"]
+__all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong"]
 
 
 class Engine:
@@ -185,9 +185,3 @@ def _collect(events: Iterator[Delta | Finished]) -> tuple[str, Finished]:
 def _usage(finished: Finished) -> dict[str, int]:
     return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
             "total_tokens": finished.prompt_tokens + finished.completion_tokens}
-
-
-def answer_text(engine: Engine, messages: list[dict], max_tokens: int = 128) -> str:
-    """Greedy answer text, for in-process use (``appliance ask``, the demo)."""
-    result = engine.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-    return (result["choices"][0]["message"]["content"] or "").strip()
