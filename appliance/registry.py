@@ -22,15 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from appliance.events import Event, EventSink, ignore
+from appliance import site
 from appliance.workspace import Workspace
 
 ENV = "MLFLOW_TRACKING_URI"
-SITE_FILE = "site.toml"
 FLUSH_SECONDS = 2.0
 
 
@@ -38,9 +37,7 @@ def tracking_uri(ws: Workspace) -> str | None:
     """The tracking URI for this workspace, or None when tracking is switched off."""
     uri = os.environ.get(ENV, "").strip()
     if not uri:
-        site = ws.root / SITE_FILE
-        if site.is_file():
-            uri = str(tomllib.loads(site.read_text(encoding="utf-8")).get("tracking", {}).get("uri", "")).strip()
+        uri = str(site.section(ws, "tracking").get("uri", "")).strip()
     if not uri:
         uri = f"sqlite:///{ws.root / 'mlflow.db'}"
     return None if uri.lower() in ("off", "none", "false", "0") else uri

@@ -24,10 +24,10 @@ import os
 import re
 import secrets
 import threading
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance import site
 from appliance.workspace import (
     Workspace,
     WorkspaceError,
@@ -134,13 +134,7 @@ def _keys_locked(path: Path):
 
 def require_keys_from_site(ws: Workspace) -> bool:
     """``[serve] require_keys = true`` in ``WORKSPACE/site.toml``."""
-    site = ws.root / "site.toml"
-    if not site.is_file():
-        return False
-    try:
-        return bool(tomllib.loads(site.read_text(encoding="utf-8")).get("serve", {}).get("require_keys", False))
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkspaceError(f"{site} is not valid TOML: {exc}") from exc
+    return site.flag(ws, "serve", "require_keys")
 
 
 class KeyRing:

@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 
+from appliance import site
 from appliance.artefacts import ADAPTER_SEPARATOR, promoted
 from appliance.serve.api import create_app
 from appliance.serve.auth import LOOPBACK, KeyRing, keys_path, require_keys_from_site
@@ -82,21 +82,10 @@ SITE_LIMITS = {"max_body_bytes": (int, Limits.max_body_bytes),
 
 def client_limits(ws: Workspace, options: ServeOptions) -> dict[str, Any]:
     """``max_body_bytes``, ``read_timeout_s``, ``max_connections``: the option, else site.toml, else default."""
-    site_file = ws.root / "site.toml"
-    site: dict = {}
-    if site_file.is_file():
-        try:
-            site = tomllib.loads(site_file.read_text(encoding="utf-8")).get("serve", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise WorkspaceError(f"{site_file} is not valid TOML: {exc}") from exc
     out: dict[str, Any] = {}
     for name, (kind, default) in SITE_LIMITS.items():
         value = getattr(options, name)
-        if value is None:
-            value = site.get(name, default)
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                raise WorkspaceError(f"{site_file}: [serve] {name} must be a positive number, not {value!r}")
-        out[name] = value
+        out[name] = site.positive_number(ws, "serve", name, default, kind) if value is None else value
     return out
 
 
