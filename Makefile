@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export LANCEDB_LOG := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast lint bench clean-venv
+.PHONY: venv demo test test-fast lint bench bundle clean-venv
 
 venv:
 	@bash scripts/setup_env.sh $(VENV)
@@ -31,6 +31,17 @@ lint: venv
 bench: venv
 	@set -e; found=0; for b in bench/*.py; do [ -f "$$b" ] || continue; found=1; echo "== $$b"; $(BIN)/python $$b; done; \
 	  [ $$found = 1 ] || echo "no benchmarks yet (see README: Not done yet)"
+
+# The field-install bundle (README: Field install): BUNDLE_KEY is made on first use (keep it safe),
+# MODELS / ARTEFACTS are space-separated paths; e.g. make bundle ARTEFACTS=workspace/models/mv-...
+BUNDLE_OUT ?= dist/bundle
+BUNDLE_KEY ?= $(HOME)/.config/slm-appliance/bundle-signing
+MODELS ?=
+ARTEFACTS ?=
+bundle: venv
+	@[ -f "$(BUNDLE_KEY)" ] || $(BIN)/appliance bundle keygen --out "$(BUNDLE_KEY)"
+	$(BIN)/appliance bundle build --target cpu --out "$(BUNDLE_OUT)" --key "$(BUNDLE_KEY)" \
+	  $(foreach m,$(MODELS),--models "$(m)") $(foreach a,$(ARTEFACTS),--workspace-artefacts "$(a)") $(BUNDLE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

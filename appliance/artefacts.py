@@ -40,6 +40,7 @@ DATASET_NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 VERSION_PATTERN = re.compile(r"v[1-9][0-9]*")
 ADAPTER_SEPARATOR = ":"
 PROMOTED_FILE = "promoted.json"
+HISTORY = 100  # production records a rollback can go back through
 
 
 def check_dataset_name(name: str) -> str:
@@ -263,19 +264,62 @@ def served_name(base: str, adapter: str | None = None) -> str:
 
 
 # the promoted pointer ---------------------------------------------------------------------------
-def promote(ws: Workspace, version: str, quant: str | None = None) -> dict:
-    """Mark ``version`` as the one to serve; servers following promotions switch to it."""
+def promote(ws: Workspace, version: str, quant: str | None = None, *, gate: dict | None = None,
+            forced: bool = False, reason: str | None = None) -> dict:
+    """Mark ``version`` as the one to serve; servers following promotions switch to it.
+
+    The record names the GGUF (``quant`` as asked, None: the version's default; the file and its
+    sha256 as the manifest recorded them) and keeps the last ``HISTORY`` records it replaced in
+    ``history`` (newest last), so ``rollback`` can restore the previous one exactly.
+    ``gate`` is the promotion gate's result; ``forced`` with ``reason``: promoted despite it."""
     model = load_version(ws, version)
-    model.gguf(quant, verify=False)  # refuse a quant the version does not have, before anything changes
+    path = model.gguf(quant, verify=False)  # refuse a quant the version does not have, before anything changes
+    sha = (model.manifest.get("files") or {}).get(path.name, {}).get("sha256")
     with locked(ws.model_versions / ".promoted.lock"):  # concurrent promotions: each records the one before it
         previous = promoted(ws)
-        record = {"version": model.id, "quant": quant, "promoted_at": now_iso(),
-                  "previous": previous["version"] if previous else None}
+        history = _history(previous)
+        record = {"version": model.id, "quant": quant, "gguf": path.name, "gguf_sha256": sha,
+                  "promoted_at": now_iso(), "previous": previous["version"] if previous else None,
+                  "action": "promote", "forced": forced, "reason": reason, "gate": gate, "history": history}
         atomic_write_json(ws.model_versions / PROMOTED_FILE, record)
     return record
 
 
+def rollback(ws: Workspace) -> dict:
+    """Restore the production record before the current one (same version, quant and GGUF sha256).
+
+    The GGUF is checked against that record's sha256 before the pointer changes; a server
+    following promotions switches back as it does for a promotion."""
+    with locked(ws.model_versions / ".promoted.lock"):
+        current = promoted(ws)
+        history = current.get("history") if current else None
+        if not history:
+            raise WorkspaceError("nothing to roll back to: no version was in production before "
+                                 f"{current['version'] if current else 'this (none is promoted)'}")
+        restored = dict(history[-1])
+        model = load_version(ws, restored["version"])
+        path = model.gguf(restored.get("quant"))  # verified against the version's manifest
+        if restored.get("gguf") not in (None, path.name) or (
+                restored.get("gguf_sha256") and model.manifest["files"][path.name]["sha256"] != restored["gguf_sha256"]):
+            raise WorkspaceError(f"{model.id}'s {path.name} is not the file that was in production "
+                                 f"(sha256 {restored['gguf_sha256'][:12]}...): refusing the rollback")
+        record = {**restored, "promoted_at": now_iso(), "previous": current["version"], "action": "rollback",
+                  "rolled_back_from": {k: current.get(k) for k in ("version", "quant", "gguf", "gguf_sha256")},
+                  "history": history[:-1]}
+        atomic_write_json(ws.model_versions / PROMOTED_FILE, record)
+    return record
+
+
+def _history(record: dict | None) -> list[dict]:
+    """The records before ``record`` and ``record`` itself (without their own histories)."""
+    if not record:
+        return []
+    entry = {k: v for k, v in record.items() if k not in ("history", "gate")}
+    return [*record.get("history", []), entry][-HISTORY:]
+
+
 def promoted(ws: Workspace) -> dict | None:
-    """The promotion record (version, quant, promoted_at, previous), or None if none was made."""
+    """The promotion record (version, quant, gguf_sha256, promoted_at, previous, action, forced,
+    reason, gate, history), or None if none was made."""
     path = ws.model_versions / PROMOTED_FILE
     return read_json(path) if path.is_file() else None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from appliance.artefacts import load_version
+from appliance.export.gguf_header import read_header
 from appliance.serve.client import ChatClient, ChatError, server_from_workspace
 from appliance.serve.engine import Engine, SamplingParams
 from appliance.workspace import Workspace, WorkspaceError, sha256_file
@@ -74,7 +75,10 @@ def open_local_model(ws: Workspace, model: str | None = None, quant: str | None 
             info = server_from_workspace(ws.root)
             raise WorkspaceError(info.problem or f"the server at {info.base_url} does not serve {model}")
     path, model_id = _gguf_for(ws, model, quant)
-    llm = Engine(path, model_id, n_ctx=LOCAL_N_CTX, n_threads=threads)
+    try:
+        llm = Engine(path, model_id, n_ctx=LOCAL_N_CTX, n_threads=threads)
+    except ValueError as exc:  # llama.cpp refused the file: one line for the operator, not a traceback
+        raise WorkspaceError(f"cannot load {path}: {exc}") from exc
 
     def generate_local(messages: list[dict], max_tokens: int, temperature: float, seed: int | None) -> str:
         result = llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed))
@@ -113,6 +117,10 @@ def _gguf_for(ws: Workspace, model: str | None, quant: str | None) -> tuple[Path
         path = Path(model)
         if not path.is_file():
             raise WorkspaceError(f"no GGUF file {path}")
+        kind = read_header(path).get("general.type")  # GGUFError (one line) for a truncated or corrupt file
+        if kind == "adapter":
+            raise WorkspaceError(f"{path} is a LoRA adapter, not a model: serve it on its base with "
+                                 "`appliance serve --model BASE --adapter NAME=FILE.gguf`")
         return path, path.stem
     version = load_version(ws, model)
     return version.gguf(quant), version.id

@@ -16,6 +16,19 @@ their params and metrics, so they compare side by side. The MLflow run is named 
 its MLflow run. At the end each file of the run's manifest becomes a ``sha256.<path>`` tag and
 the manifest itself an artefact. Tracking is a side record: if it fails, training goes on and
 a warning event says why.
+
+The model registry (same store): every model version the gate or an evaluation has seen is a
+version of the registered model ``appliance`` (``[tracking] registered_model`` in site.toml
+changes the name), its source the version's folder, tagged with its lineage (``appliance.version``,
+the run chain ``appliance.runs`` and, per run (``appliance.run.0`` the exported one, ``.1`` its
+parent...), its id and inputs: datasets, base and its hash, MLflow run ids; ``sha256.FILE``
+for each GGUF), its evaluations (``eval.SUITE[.rag]`` = ``ev-ID metric=value ...``) and its last
+gate verdict (``appliance.gate``). The aliases ``production`` and ``candidate`` (stages are
+deprecated in MLflow) follow ``appliance models promote`` / ``rollback`` and the gate. The
+workspace stays the source of the files and of the promoted pointer; the registry is the index and
+the history, and a registry that fails is a warning, never a failed promotion.
+
+    MlflowClient("sqlite:///WORKSPACE/mlflow.db").get_model_version_by_alias("appliance", "production")
 """
 from __future__ import annotations
 
@@ -191,3 +204,141 @@ def find_runs(ws: Workspace, stage: str) -> list:
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+# the model registry ---------------------------------------------------------------------------
+REGISTERED_MODEL = "appliance"
+ALIASES = ("production", "candidate")
+
+
+def registered_model_name(ws: Workspace) -> str:
+    name = str(site.section(ws, "tracking").get("registered_model", REGISTERED_MODEL)).strip()
+    return name or REGISTERED_MODEL
+
+
+def _client(ws: Workspace):
+    uri = tracking_uri(ws)
+    if uri is None:
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def lineage_tags(ws: Workspace, version: str) -> dict[str, str]:
+    """The lineage of model version ``version`` as registry tags (see the module doc)."""
+    from appliance.artefacts import load_run, load_version
+    from appliance.workspace import WorkspaceError
+
+    model = load_version(ws, version)
+    manifest = model.manifest
+    inputs = manifest.get("inputs") or {}
+    tags = {"appliance.version": model.id, "appliance.created": manifest.get("created", ""),
+            "appliance.quants": ",".join(manifest.get("quants", []))}
+    tags.update(_flat("appliance.export", inputs))
+    parity = manifest.get("parity")
+    if isinstance(parity, dict):
+        tags["appliance.parity"] = f"{parity.get('matched')}/{parity.get('prompts')} passed={parity.get('passed')}"
+    for name, info in (manifest.get("files") or {}).items():
+        if name.endswith(".gguf"):
+            tags[f"sha256.{name}"] = info["sha256"]
+    chain, run_id = [], inputs.get("run")
+    while run_id and len(chain) < 10:  # DPO -> SFT -> ...
+        chain.append(run_id)
+        try:
+            run = load_run(ws, run_id).manifest
+        except WorkspaceError:
+            break
+        prefix = f"appliance.run.{len(chain) - 1}"  # by position (0: the exported run), so two versions diff
+        tags[f"{prefix}.id"] = run_id
+        tags.update(_flat(prefix, run.get("inputs") or {}))
+        if (run.get("tracking") or {}).get("mlflow_run_id"):
+            tags[f"{prefix}.mlflow_run_id"] = run["tracking"]["mlflow_run_id"]
+        if isinstance(run.get("verdict"), dict):
+            tags[f"{prefix}.learned"] = str(run["verdict"].get("learned"))
+        run_id = (run.get("inputs") or {}).get("parent_run")
+    tags["appliance.runs"] = ",".join(chain)
+    return {k[:250]: v for k, v in tags.items()}
+
+
+def register_version(ws: Workspace, version: str, tags: dict[str, str] | None = None,
+                     on_event: EventSink = ignore) -> str | None:
+    """Register (or update) ``version`` with its lineage and ``tags``; its registry version number,
+    or None when tracking is off or the registry failed (a warning event says why)."""
+    try:
+        client = _client(ws)
+        if client is None:
+            return None
+        return _register(client, ws, version, {**lineage_tags(ws, version), **(tags or {})})
+    except Exception as exc:  # the registry is an index: it must never stop a promotion
+        on_event(Event("registry", message=f"warning: the model registry was not updated for {version}: {exc}"))
+        return None
+
+
+def _register(client, ws: Workspace, version: str, tags: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = registered_model_name(ws)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="SLM Appliance model versions (appliance models list)")
+    found = client.search_model_versions(f"name='{name}' and tag.`appliance.version` = '{version}'")
+    if found:
+        number = str(found[0].version)
+    else:
+        from appliance.artefacts import load_version
+
+        number = str(client.create_model_version(name, source=load_version(ws, version).path.resolve().as_uri(),
+                                                 tags={"appliance.version": version}).version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, number, key, str(value)[:5000])
+    return number
+
+
+def set_alias(ws: Workspace, alias: str, version: str | None, on_event: EventSink = ignore) -> None:
+    """Point ``alias`` at ``version``'s registry entry (registering it first); None removes it."""
+    try:
+        client = _client(ws)
+        if client is None:
+            return
+        name = registered_model_name(ws)
+        if version is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                client.delete_registered_model_alias(name, alias)
+            except MlflowException:
+                pass
+            return
+        number = _register(client, ws, version, {})
+        client.set_registered_model_alias(name, alias, number)
+    except Exception as exc:
+        on_event(Event("registry", message=f"warning: the registry alias {alias} was not set: {exc}"))
+
+
+def registry_entries(ws: Workspace) -> dict[str, dict]:
+    """``appliance.version`` -> {"number", "tags", "aliases"} of every registered version ({} when off)."""
+    client = _client(ws)
+    if client is None:
+        return {}
+    from mlflow.exceptions import MlflowException
+
+    name = registered_model_name(ws)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    aliases: dict[str, list[str]] = {}
+    for alias, number in (model.aliases or {}).items():
+        aliases.setdefault(str(number), []).append(alias)
+    entries = {}
+    for mv in client.search_model_versions(f"name='{name}'"):
+        version = mv.tags.get("appliance.version")
+        if version:
+            entries[version] = {"number": str(mv.version), "tags": dict(mv.tags),
+                                "aliases": sorted(aliases.get(str(mv.version), []))}
+    return entries

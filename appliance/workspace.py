@@ -20,6 +20,14 @@ onto it fails, and the staged copy is dropped instead), numbered versions are cl
 ``reserve_version`` (an atomic ``mkdir``), and read-modify-write files are updated under
 ``locked``. Staging folders are locked by their writer while it lives, so the next writer into
 the same place sweeps those whose writer died (``sweep_stale_staging``) and never a live one.
+
+Everything in a workspace can hold site data, so all of it is private to its owner: folders 0700,
+files 0600. A CLI verb sets the process umask to 077 as it opens the workspace (``private_umask``),
+which covers third-party writers too (transformers, llama.cpp, LanceDB, MLflow); without it (a
+library user), this module's own writes are private regardless (``private_dirs``, mkstemp's 0600,
+``locked``'s 0600), a folder is made private before it is published (``publish_dir``), and opening
+a workspace whose root is open to others makes the whole tree private (``make_private``). A
+shared, sticky folder (``/tmp``) is refused as a workspace root rather than made private.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +56,8 @@ STALE_STAGING_S = 300.0
 STALE_UNLOCKABLE_S = 24 * 3600.0
 # ``.staging-NAME.XXXXXXXX`` (mkdtemp's suffix), and ``.NAME.XXXXXXXX`` of writers before the prefix
 _STAGING_NAME = re.compile(r"\.(?:staging-)?[^/]+\.[a-z0-9_]{8}")
+PRIVATE_UMASK = 0o077  # new files 0600 (0700 with an execute bit), new folders 0700
+_SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 class WorkspaceError(Exception):
@@ -57,6 +68,56 @@ def default_home() -> Path:
     return Path(os.environ.get("APPLIANCE_HOME", "workspace")).expanduser()
 
 
+# owner-only modes -------------------------------------------------------------------------------
+def private_umask() -> int:
+    """From now on every file and folder this process (and its children) creates is its owner's
+    only, whoever writes it; returns the previous umask. Called as a CLI verb opens its workspace."""
+    return os.umask(PRIVATE_UMASK)
+
+
+def private_dirs(path: Path) -> Path:
+    """``path`` and any missing parents, each created 0700 (``Path.mkdir`` makes parents 0777 &
+    ~umask); an existing folder is left as it is."""
+    path = Path(path)
+    missing, here = [], path
+    while not here.is_dir() and here.parent != here:
+        missing.append(here)
+        here = here.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+            folder.mkdir(mode=0o700)
+    return path
+
+
+def make_private(root: Path) -> list[Path]:
+    """Take every group and other permission off ``root`` and everything under it; returns what
+    changed. Symlinks are neither changed nor followed (an operator's link to another disk is
+    theirs to protect); an entry that vanishes or is not ours is skipped."""
+    root = Path(root)
+    changed = [root] if _make_private_one(root) else []
+    for folder, dirs, files in os.walk(root):  # followlinks=False
+        changed += [Path(folder) / name for name in dirs + files if _make_private_one(Path(folder) / name)]
+    return changed
+
+
+def _make_private_one(path: Path) -> bool:
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode) or not mode & _SHARED_BITS:
+            return False
+        os.chmod(path, stat.S_IMODE(mode) & ~_SHARED_BITS)
+        return True
+    except OSError:
+        return False
+
+
+def open_private_append(path: Path):
+    """``path`` opened for appending text (a log), created 0600 in private folders if missing."""
+    private_dirs(Path(path).parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -64,8 +125,15 @@ class Workspace:
     @classmethod
     def open(cls, root: Path | str | None = None) -> "Workspace":
         path = Path(root).expanduser() if root else default_home()
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path.resolve())
+        private_dirs(path)
+        path = path.resolve()
+        mode = path.stat().st_mode
+        if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+            raise WorkspaceError(f"{path} is a folder shared by every user (mode {stat.filemode(mode)}); "
+                                 f"give the workspace a folder of its own, e.g. {path}/workspace")
+        if mode & _SHARED_BITS:  # made before modes were kept private (or by hand): tighten it all, once
+            make_private(path)
+        return cls(path)
 
     # folders ---------------------------------------------------------------
     @property
@@ -107,7 +175,8 @@ class Workspace:
 
     def _dir(self, name: str) -> Path:
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            private_dirs(path)
         return path
 
     @contextlib.contextmanager
@@ -118,7 +187,7 @@ class Workspace:
         with ``reserve_version`` (``reserved``: an empty folder of ours, released on failure).
         A finished ``final`` is never replaced: if another writer got there first, theirs stays
         and the staged copy is dropped. Dead writers' staging folders beside it are swept first."""
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(final.parent)
         sweep_stale_staging(final.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final.name}.", dir=final.parent))
         lock = _lock_dir(tmp)  # held while we live, so no sweeper takes a live writer's folder
@@ -145,7 +214,10 @@ def publish_dir(src: Path, final: Path) -> bool:
     """Rename folder ``src`` to ``final`` unless ``final`` holds anything; False when it does.
 
     rename(2) replaces only an empty directory, so a finished artefact can never be replaced,
-    even by a writer that raced past every check."""
+    even by a writer that raced past every check. What third-party writers left readable by others
+    in ``src`` is made private first, so an artefact is never published readable by others."""
+    make_private(src)
+    _make_private_one(final.parent)  # a caller may have made it with plain mkdir
     try:
         os.rename(src, final)
     except OSError as exc:
@@ -161,14 +233,15 @@ def reserve_version(folder: Path, prefix: str = "v") -> tuple[int, Path]:
 
     The claim is an empty folder (invisible to ``finished_artefacts``) that ``staging(...,
     reserved=True)`` fills by rename, or removes if the write fails."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dirs(folder)
+    _make_private_one(folder)
     taken = [int(p.name[len(prefix):]) for p in folder.iterdir() if p.name.startswith(prefix)
              and p.name[len(prefix):].isdigit()]
     n = max(taken, default=0) + 1
     while True:
         path = folder / f"{prefix}{n}"
         try:
-            path.mkdir()
+            path.mkdir(mode=0o700)
         except FileExistsError:
             n += 1
             continue
@@ -178,14 +251,17 @@ def reserve_version(folder: Path, prefix: str = "v") -> tuple[int, Path]:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (created if missing) for the block; the OS drops it if we die."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive lock on ``path`` (created 0600 if missing) for the block; the OS drops it if we die."""
+    private_dirs(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _lock_dir(path: Path) -> int | None:
@@ -260,7 +336,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``path`` holds ``data`` whole or not at all; a new file is 0600 (mkstemp's mode, whatever the umask)."""
+    private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

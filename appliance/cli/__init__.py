@@ -29,8 +29,10 @@ from typing import Optional
 
 import typer
 
+from appliance.cli.bundle import bundle_app
 from appliance.cli.common import WorkspaceOption, fail, open_workspace, report_errors
 from appliance.cli.data import data_app
+from appliance.cli.eval import eval_app
 from appliance.cli.models import export_cmd, models_app
 from appliance.cli.rag import ask_cmd, rag_app
 from appliance.cli.serve import keys_app, serve_cmd
@@ -43,6 +45,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(rag_app, name="rag")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(eval_app, name="eval")
 app.command("export")(export_cmd)
 app.command("serve")(serve_cmd)
 app.command("ask")(ask_cmd)

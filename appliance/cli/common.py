@@ -15,14 +15,22 @@ from typing import Iterator, Optional
 import typer
 
 from appliance.events import RichProgress
-from appliance.workspace import Workspace, WorkspaceError
+from appliance.workspace import Workspace, WorkspaceError, make_private, private_umask
 
 WorkspaceOption = typer.Option(None, "--workspace", "-w", envvar="APPLIANCE_HOME",
                                help="Workspace folder (default ./workspace).")
 
 
 def open_workspace(path: Optional[Path]) -> Workspace:
-    return Workspace.open(path)
+    """The workspace of a verb, and from here on the process umask 077: whatever the verb, the
+    libraries under it and its children write (models, the RAG store, mlflow.db, logs) is its
+    owner's only. What others could read in the workspace already (left by a library user's
+    third-party writers, or copied in by hand) is made private too. Verbs that write no workspace
+    (``bundle``) never come here and keep the operator's umask."""
+    private_umask()
+    ws = Workspace.open(path)
+    make_private(ws.root)
+    return ws
 
 
 def emit_id(artefact_id: str) -> None:

@@ -161,10 +161,12 @@ def ask_cmd(
     source: Optional[str] = typer.Option(None, "--source", help="Only passages from sources whose path contains this."),
     department: Optional[str] = typer.Option(None, "--department", help="Only passages of this department."),
     since: Optional[str] = typer.Option(None, "--since", help="Only documents changed since: 2026-01-31, 7d, 12h."),
+    no_output_filter: bool = typer.Option(False, "--no-output-filter",
+                                          help="Print the answer and its sources without redacting personal data."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Answer from the RAG store with the latest model (the running server if any) and cite passages."""
-    from appliance.ask import open_generator
+    from appliance.ask import open_generator, redact_answer
     from appliance.rag.answer import answer_question, format_answer
     from appliance.rag.filters import parse_since
 
@@ -178,4 +180,4 @@ def ask_cmd(
             say(f"answering with {where}")
             answer = answer_question(ws, question, generate, **({"k": k} if k else {}), source=source,
                                      department=department, since=since)
-    print(format_answer(answer))
+    print(format_answer(answer if no_output_filter else redact_answer(answer)))

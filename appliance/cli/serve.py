@@ -1,7 +1,7 @@
 """``appliance serve`` and ``appliance keys ...``: the OpenAI-compatible API and its API keys.
 
     appliance serve --model VERSION [--host 127.0.0.1 --port 8080] [--adapter NAME=ad-ID] [--parallel 4]
-    appliance keys create NAME [--adapters a,b] [--no-output-filter]   /   appliance keys list|revoke
+    appliance keys create NAME [--adapters a,b] [--no-output-filter] [--admin]   /   appliance keys list|revoke
 """
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def serve_cmd(
     max_connections: Optional[int] = typer.Option(None, "--max-connections", min=1,
                                                   help="Open connections at once; more get HTTP 503 (default: "
                                                        "site.toml [serve] max_connections, else 256)."),
+    max_connections_per_address: Optional[int] = typer.Option(
+        None, "--max-connections-per-address", min=1,
+        help="Open connections from one client address; more get HTTP 503 (default: site.toml [serve] "
+             "max_connections_per_address, else a quarter of --max-connections)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Serve a model version (and its LoRA adapters) behind an OpenAI-compatible API."""
@@ -62,7 +66,8 @@ def serve_cmd(
                                graceful_timeout_s=graceful_timeout, require_keys=require_keys,
                                output_filter=output_filter, max_tokens_default=max_tokens,
                                max_body_bytes=max_body_bytes, read_timeout_s=read_timeout,
-                               max_connections=max_connections)
+                               max_connections=max_connections,
+                               max_connections_per_address=max_connections_per_address)
         run_server(open_workspace(workspace), model, quant, options)
 
 
@@ -74,6 +79,8 @@ def keys_create(
                                            "use (the base model always; default: every adapter)."),
     no_output_filter: bool = typer.Option(False, "--no-output-filter", help="Do not redact PII in this key's "
                                           "completions."),
+    admin: bool = typer.Option(False, "--admin", help="This key may also administer the server (add/remove "
+                               "adapters, reload the model); other keys may only serve."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Create an API key; its secret is printed once, on the last line, and stored only hashed."""
@@ -81,9 +88,10 @@ def keys_create(
 
     with report_errors():
         key, secret = create_key(open_workspace(workspace), name, adapters.split(",") if adapters is not None else None,
-                                 output_filter=not no_output_filter)
+                                 output_filter=not no_output_filter, admin=admin)
     say(f"key {key.name} (id {key.id}): adapters {','.join(key.adapters) if key.adapters else 'all'}, output "
-         f"filter {'on' if key.output_filter else 'off'}; the secret below is shown only now")
+         f"filter {'on' if key.output_filter else 'off'}, admin {'yes' if key.admin else 'no'}; the secret below "
+         "is shown only now")
     emit_id(secret)
 
 
@@ -93,7 +101,7 @@ def keys_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """API keys: id, name, adapters, output filter, created (never the secrets)."""
+    """API keys: id, name, adapters, output filter, admin right, created (never the secrets)."""
     from appliance.serve.auth import keys_path, load_keys
 
     for key in load_keys(keys_path(open_workspace(workspace))):
@@ -103,7 +111,7 @@ def keys_list(
             print(json.dumps(key.public()))
         else:
             print(f"{key.id}\t{key.name}\t{','.join(key.adapters) if key.adapters else 'all'}\t"
-                  f"filter={'on' if key.output_filter else 'off'}\t{key.created}"
+                  f"filter={'on' if key.output_filter else 'off'}\tadmin={'yes' if key.admin else 'no'}\t{key.created}"
                   + (f"\trevoked {key.revoked}" if key.revoked else ""))
 
 

@@ -39,14 +39,40 @@ def train_sft(
 
     ws = open_workspace(workspace)
     with report_errors(), show_progress() as progress:
-        defaults = recipe_defaults(base, "sft")  # a catalogued base (models/NAME.toml) brings its own
+        defaults = recipe_defaults(base, "sft", ws.bases)  # a catalogued base (models/NAME.toml) brings its own
         sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate,
                                                      "backend": backend, "load_in_4bit": four_bit})
         ref = resolve_dataset(ws, dataset)
         base_path = resolve_base(ws, base, progress)
+        pinned = set(_recipe_fields(recipe)) | ({"load_in_4bit"} if four_bit is not None else set())
+        sft_recipe = _memory_safe(sft_recipe, base_path, pinned)
         run = sft.run(ws, sft_recipe, ref, base_path, on_event=progress)
     say(f"run {run.id}: final loss {run.manifest['metrics']['final_loss']} in {run.path}")
     emit_id(run.id)
+
+
+def _recipe_fields(path: Optional[Path]) -> list[str]:
+    import tomllib
+
+    return list(tomllib.loads(path.read_text(encoding="utf-8"))) if path is not None else []
+
+
+def _memory_safe(recipe, base_path: Path, pinned: set[str]):
+    """On a GPU, a recipe whose plan does not fit becomes the planner's best memory-safe choice
+    (4-bit, gradient checkpointing, smaller batch), unless the user pinned those fields."""
+    from appliance.train import planner
+    from appliance.train.backends import cuda_available, select_backend
+
+    if not cuda_available():
+        return recipe
+    budget = planner.detected_gpu_memory()
+    safe = planner.memory_safe(planner.load_shape(str(base_path)), budget, recipe, pinned,
+                               select_backend(recipe.backend))
+    if safe is None:
+        return recipe
+    updates, message = safe
+    say(message)
+    return recipe.model_copy(update=updates)
 
 
 @train_app.command("dpo")
@@ -110,7 +136,7 @@ def train_resume(
 
 @train_app.command("plan")
 def train_plan(
-    base: str = typer.Option("pocket", "--base", "-b", help="'pocket', a local model folder or a config.json."),
+    base: str = typer.Option("pocket", "--base", "-b", help="'pocket', an imported base id, a local model folder or a config.json."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory to plan for, e.g. 12GiB (default: the detected GPU)."),
     seq: int = typer.Option(2048, "--seq", help="Sequence length in tokens."),
     batch: int = typer.Option(1, "--batch", help="Sequences per step."),
@@ -120,18 +146,26 @@ def train_plan(
     dtype: str = typer.Option("bf16", "--dtype", help="Compute dtype: bf16 | fp16 | fp32 (fp32 = a CPU run)."),
     backend: str = typer.Option("hf", "--backend", help="hf | unsloth (offloaded checkpoints, chunked loss)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Estimate peak training memory and whether it fits; exit code 2 when it does not."""
+    """Estimate peak training memory and whether it fits; when it does not (exit code 2), list the
+    configurations that do, best first."""
     from appliance.train import planner
 
     with report_errors():
         if dtype not in planner.DTYPE_BYTES:
             raise WorkspaceError(f"--dtype must be one of {', '.join(planner.DTYPE_BYTES)}, not '{dtype}'")
         budget = planner.parse_size(gpu_mem) if gpu_mem else planner.detected_gpu_memory()
-        shape = planner.load_shape(base)
+        shape = planner.load_shape(base, open_workspace(workspace).bases if base != "pocket" else None)
         result = planner.plan(shape, budget, seq=seq, batch=batch, lora_r=lora_r, four_bit=four_bit,
                               grad_checkpointing=grad_checkpointing, dtype=dtype, backend=backend,
                               gpu=dtype != "fp32")
-    print(json.dumps(result.as_dict(), indent=2) if as_json else result.report())
+        found = planner.proposals(result, gpu=dtype != "fp32")
+    if as_json:
+        print(json.dumps({**result.as_dict(), "proposals": [p.as_dict() for p in found]}, indent=2))
+    else:
+        print(result.report())
+        if result.fits is False:
+            print(planner.proposals_report(found))
     if result.fits is False:
         raise typer.Exit(2)

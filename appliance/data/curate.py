@@ -5,6 +5,12 @@
 Plain functions over plain records; each step counts what went in and out, rejects carry the
 step and the reason (never the text, so no personal data leaks into rejects.jsonl or the report),
 and the result includes the report that ingest stores beside the data.
+
+The PII policy covers every field that comes from the site's documents, not only the text: titles,
+section headings and metadata are scrubbed with the text, and a source (a file path, which may
+hold an address: ``/docs/jane.doe@example.org.md``) is renamed wherever it is written (records,
+rejects, the report, the manifest's inputs) to its scrubbed form plus a keyed digest of the
+original (``/docs/[EMAIL].md#3fa9c2d1e0``; :meth:`appliance.data.pii.Scrubber.scrub_field`).
 """
 from __future__ import annotations
 
@@ -22,6 +28,12 @@ class Curated:
     evals: list[dict]
     rejects: list[dict]
     report: dict = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    """Each source renamed because it held personal data: original -> the name written."""
+
+
+LABEL_FIELDS = ("section",)
+"""Fields besides the text that quote a document (a pair's section heading), scrubbed with it."""
 
 
 def _reject(record: dict, step: str, reason: str) -> dict:
@@ -31,10 +43,13 @@ def _reject(record: dict, step: str, reason: str) -> dict:
 def _texts(record: dict) -> list[tuple[str, ...]]:
     """Paths of the text fields of a record, for cleaning and scrubbing."""
     if record["kind"] == "chat":
-        return [("messages", i, "content") for i in range(len(record["messages"]))]
-    if record["kind"] == "preference":
-        return [("prompt",), ("chosen",), ("rejected",)]
-    return [("text",), ("title",)]
+        paths = [("messages", i, "content") for i in range(len(record["messages"]))]
+    elif record["kind"] == "preference":
+        paths = [("prompt",), ("chosen",), ("rejected",)]
+    else:
+        paths = [("text",), ("title",)]
+    paths += [(k,) for k in LABEL_FIELDS if isinstance(record.get(k), str)]
+    return paths + [("meta", k) for k, v in (record.get("meta") or {}).items() if isinstance(v, str)]
 
 
 def _get(record: dict, path: tuple) -> str:
@@ -49,6 +64,29 @@ def _set(record: dict, path: tuple, text: str) -> None:
     for p in path[:-1]:
         target = target[p]
     target[path[-1]] = text
+
+
+def names_step(records: list[dict], rejects: list[dict], files: dict[str, dict], scrubber: pii.Scrubber
+               ) -> dict[str, str]:
+    """Rename sources that hold personal data in records, rejects and ``files`` (in place); scrub
+    the rejects' reasons. Returns original -> new name for the sources renamed."""
+    names: dict[str, str] = {}
+
+    def rename(source: object) -> str:
+        key = str(source)
+        if key not in names:
+            names[key] = scrubber.scrub_field(key, tag=True)
+        return names[key]
+
+    for r in records + rejects:
+        if r.get("source") is not None:
+            r["source"] = rename(r["source"])
+    for r in rejects:
+        r["reason"] = scrubber.scrub_field(r["reason"])
+    renamed = {rename(k): v for k, v in files.items()}
+    files.clear()
+    files.update(renamed)
+    return {k: v for k, v in names.items() if k != v}
 
 
 def clean_step(records: list[dict], recipe: CurationRecipe) -> tuple[list[dict], list[dict], dict]:
@@ -150,6 +188,7 @@ def curate(records: list[dict], read_rejects: list[dict], files: dict[str, dict]
               "notes": f"files in, records out; {sum(f['status'] == 'rejected' for f in files.values())} file(s) rejected, "
                        f"{len(read_rejects)} reject(s)"}]
     rejects = list(read_rejects)
+    names = names_step(records + list(previous or []), rejects, files, scrubber)
     on_event(Event("data.curate", message=f"cleaning {len(records)} record(s)"))
     n = len(records)
     records, rej, info = clean_step(records, recipe)
@@ -201,7 +240,7 @@ def curate(records: list[dict], read_rejects: list[dict], files: dict[str, dict]
         "split": split_info,
         "kinds": dict(Counter(r["kind"] for r in train + evals)),
     }
-    return Curated(train, evals, rejects, rep)
+    return Curated(train, evals, rejects, rep, names)
 
 
 def _account(files: dict[str, dict], kept: list[dict], rejects: list[dict]) -> None:

@@ -30,11 +30,13 @@ from appliance.data.curate import Curated, curate
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.readers import (
     DOCUMENT_SUFFIXES,
+    MAX_UNCOMPRESSED_BYTES,
     UnreadableDocument,
     expand_paths,
     load_bytes,
     parse_bytes,
     ticket_from_mapping,
+    uncompressed_limit,
 )
 from appliance.data.recipe import CurationRecipe
 from appliance.data.report import render_table
@@ -143,8 +145,8 @@ def _read_jsonl_file(path: Path, records: list[dict], rejects: list[dict]) -> st
     return digest.hexdigest()
 
 
-def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink = ignore
-                ) -> tuple[list[dict], list[dict], dict[str, dict], dict[str, str]]:
+def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink = ignore,
+                max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> tuple[list[dict], list[dict], dict[str, dict], dict[str, str]]:
     """Records and read rejects from every file, each file's outcome (for the report) and the
     sha256 of each file read (for the manifest's lineage)."""
     records: list[dict] = []
@@ -166,7 +168,7 @@ def read_inputs(files: list[Path], recipe: CurationRecipe, on_event: EventSink =
         elif suffix in DOCUMENT_SUFFIXES:
             try:
                 raw = load_bytes(path, max_bytes)
-                docs = parse_bytes(raw, path)
+                docs = parse_bytes(raw, path, max_uncompressed)
                 hashes[str(path)] = hashlib.sha256(raw).hexdigest()
             except UnreadableDocument as exc:
                 rejects.append({"source": str(path), "line": None, "step": "read", "reason": str(exc)})
@@ -199,7 +201,7 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
     check_dataset_name(name)
     recipe = recipe or CurationRecipe()
     files = list(expand_paths(paths))
-    records, read_rejects, outcome, hashes = read_inputs(files, recipe, on_event)
+    records, read_rejects, outcome, hashes = read_inputs(files, recipe, on_event, uncompressed_limit(ws))
     previous, previous_ref = [], None
     if append and (ws.datasets / name).is_dir() and finished_artefacts(ws.datasets / name):
         previous_ref = resolve_dataset(ws, name)
@@ -255,7 +257,7 @@ def store_version(ws: Workspace, name: str, curated: Curated, sources: dict[str,
             atomic_write_jsonl(tmp / "rejects.jsonl", rejects)
             atomic_write_json(tmp / "report.json", report)
             atomic_write_text(tmp / "report.txt", render_table(report))
-            inputs = dict(sources)
+            inputs = {curated.names.get(k, k): v for k, v in dict(sources).items()}  # sources with PII renamed
             if parent is not None:
                 inputs[parent.id] = read_json(parent.path / "manifest.json").get("content_sha256")
             inputs.update(extra_inputs or {})

@@ -25,9 +25,9 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from appliance.data.recipe import PIIConfig
+from appliance.workspace import private_dirs
 
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b")
 CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
@@ -41,10 +41,16 @@ PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}
 DATE_INSIDE = re.compile(r"\b(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.](?:19|20)\d{2}\b")
 DATE_LIKE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 NAME = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+TITLE_CUES = ("Mr", "Mrs", "Ms", "Miss", "Mx", "Dr", "Prof")
+GREETING_CUES = ("Dear", "Hi", "Hello")
+LABEL_CUES = tuple(w for word in ("Name", "Contact", "Requester", "Reported by", "Assignee", "Employee", "Customer contact")
+                   for w in (word, word[0].lower() + word[1:]))
+PERSON_CUES = TITLE_CUES + GREETING_CUES + LABEL_CUES
+"""Every person match begins with one of these (the streaming filter holds text back only from a cue)."""
 PERSON = re.compile(
-    rf"\b(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?P<a>{NAME}(?:\s+{NAME})?)"
-    rf"|(?:Dear|Hi|Hello)\s+(?P<b>{NAME}(?:\s+{NAME})?)(?=\s*[,\n])"
-    rf"|(?:[Nn]ame|[Cc]ontact|[Rr]equester|[Rr]eported by|[Aa]ssignee|[Ee]mployee|[Cc]ustomer contact)"
+    rf"\b(?:(?:{'|'.join(TITLE_CUES)})\.?\s+(?P<a>{NAME}(?:\s+{NAME})?)"
+    rf"|(?:{'|'.join(GREETING_CUES)})\s+(?P<b>{NAME}(?:\s+{NAME})?)(?=\s*[,\n])"
+    rf"|(?:{'|'.join(LABEL_CUES)})"
     rf"\s*:\s*(?P<c>{NAME}\s+{NAME}))")
 PERSON_STOP = {"Team", "Support", "Customer", "Sir", "Madam", "All", "Everyone", "There", "Colleagues", "Service"}
 
@@ -96,30 +102,57 @@ class Match:
     value: str
 
 
-def _finditer(kind: str, text: str) -> list[Match]:
+@dataclass(frozen=True)
+class Shape:
+    """What a detector's pattern can consume, for readers of text that arrives in pieces (the
+    output filter's streams): every character of a match (and of what its lookaheads skip) is one
+    of ``chars``, and a match is at most ``longest`` characters (None: unbounded)."""
+    pattern: re.Pattern
+    chars: re.Pattern
+    longest: int | None
+
+
+SHAPES = {
+    "email": Shape(EMAIL, re.compile(r"[A-Za-z0-9._%+@-]"), None),  # the domain is unbounded
+    "iban": Shape(IBAN, re.compile(r"[A-Z\d ]"), 44),
+    "credit_card": Shape(CARD, re.compile(r"[\d -]"), 37),
+    "us_ssn": Shape(US_SSN, re.compile(r"[\d-]"), 11),
+    "uk_nino": Shape(UK_NINO, re.compile(r"[A-Z\d ]"), 13),
+    "ipv6": Shape(IPV6, re.compile(r"[0-9A-Fa-f:]"), 39),
+    "ipv4": Shape(IPV4, re.compile(r"[\d.]"), 15),
+    "phone": Shape(PHONE, re.compile(r"[\d+() .-]"), 42),
+    "person": Shape(PERSON, re.compile(r"[A-Za-z.:'\s-]"), None),  # whitespace runs and names are unbounded
+}
+PERSON_GROUPS = 6
+"""A person match (cue, colon, two names, the lookahead's comma) spans fewer whitespace-separated groups."""
+LOOKAHEAD = 2
+"""Characters a pattern may examine after its match (``(?!\\.?\\d)``; the others look at one)."""
+
+
+def _finditer(kind: str, text: str, pos: int = 0) -> list[Match]:
     found = []
     if kind == "email":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in EMAIL.finditer(text)]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in EMAIL.finditer(text, pos)]
     elif kind == "credit_card":
-        for m in CARD.finditer(text):
+        for m in CARD.finditer(text, pos):
             digits = re.sub(r"\D", "", m.group())
             if 13 <= len(digits) <= 19 and luhn_ok(digits):
                 found.append(Match(kind, m.start(), m.end(), m.group()))
     elif kind == "iban":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in IBAN.finditer(text) if iban_ok(m.group())]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IBAN.finditer(text, pos) if iban_ok(m.group())]
     elif kind == "us_ssn":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in US_SSN.finditer(text)]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in US_SSN.finditer(text, pos)]
     elif kind == "uk_nino":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in UK_NINO.finditer(text)]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in UK_NINO.finditer(text, pos)]
     elif kind == "ipv4":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV4.finditer(text) if _ip_ok(m.group(), 4)]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV4.finditer(text, pos) if _ip_ok(m.group(), 4)]
     elif kind == "ipv6":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV6.finditer(text)
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in IPV6.finditer(text, pos)
                  if m.group().count(":") >= 2 and _ip_ok(m.group(), 6)]
     elif kind == "phone":
-        found = [Match(kind, m.start(), m.end(), m.group()) for m in PHONE.finditer(text) if _phone_ok(m.group())]
+        found = [Match(kind, m.start(), m.end(), m.group()) for m in PHONE.finditer(text, pos) if _phone_ok(m.group())]
     elif kind == "person":
-        for m in PERSON.finditer(text):
+        for m in PERSON.finditer(text, pos):
             group = next(g for g in ("a", "b", "c") if m.group(g))
             name = m.group(group)
             if name.split()[0] not in PERSON_STOP:
@@ -127,13 +160,15 @@ def _finditer(kind: str, text: str) -> list[Match]:
     return found
 
 
-def detect(text: str, kinds: list[str] | tuple[str, ...] = PRIORITY) -> list[Match]:
-    """Non-overlapping matches, higher-priority detectors first (an IBAN is not also a phone)."""
+def detect(text: str, kinds: list[str] | tuple[str, ...] = PRIORITY, pos: int = 0) -> list[Match]:
+    """Non-overlapping matches, higher-priority detectors first (an IBAN is not also a phone).
+
+    ``pos``: scan from there, as in ``Pattern.finditer(text, pos)`` (lookbehinds still see before it)."""
     taken: list[Match] = []
     for kind in PRIORITY:
         if kind not in kinds:
             continue
-        for m in _finditer(kind, text):
+        for m in _finditer(kind, text, pos):
             if all(m.end <= t.start or m.start >= t.end for t in taken):
                 taken.append(m)
     return sorted(taken, key=lambda m: m.start)
@@ -146,7 +181,7 @@ def load_key(path: Path) -> bytes:
     temp file and hard-links it into place, so the key appears complete and exactly one wins."""
     path = Path(path)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -205,6 +240,34 @@ class Scrubber:
         digest = hmac.new(self.key, f"{kind}:{norm}".encode(), hashlib.sha256).hexdigest()[:8]
         return f"[{LABELS[kind]}_{digest}]"
 
+    def scrub_field(self, value: str, tag: bool = False) -> str:
+        """A name or label from the site's documents (a file path, title, heading, reason) with its
+        personal data replaced as in text, ``drop`` redacting (a label is not a record to drop).
+
+        With ``tag``, a changed value gains ``#`` and a keyed digest of the original (HMAC with the
+        site key, so not guessable from a list of addresses), e.g. ``/docs/[EMAIL].md#3fa9c2d1e0``:
+        two files whose names differ only in what was redacted stay apart, and provenance is stable."""
+        if not self.config.enabled or not value:
+            return value
+        matches = [m for m in detect(value, self.config.detectors) if not self.allowed(m)]
+        out = value
+        for m in reversed(matches):
+            self.found[m.kind] += 1
+            mode = self.mode(m.kind)
+            out = out[:m.start] + self._replacement(m, "redact" if mode == "drop" else mode) + out[m.end:]
+        if tag and out != value:
+            out += "#" + hmac.new(self.key, f"name:{value}".encode(), hashlib.sha256).hexdigest()[:10]
+        return out
+
+    def _replacement(self, m: Match, mode: str) -> str:
+        if mode == "mask":
+            return _mask(m.kind, m.value)
+        if mode == "pseudonymise":
+            return self.pseudonym(m.kind, m.value)
+        if mode == "keep":
+            return m.value
+        return f"[{LABELS[m.kind]}]"
+
     def scrub(self, text: str, counts: Counter | None = None) -> tuple[str, list[str]]:
         """The text with PII replaced, and the kinds whose mode is ``drop`` that were found."""
         if not self.config.enabled or not text:
@@ -219,11 +282,5 @@ class Scrubber:
             if mode == "drop":
                 drops.append(m.kind)
                 continue
-            replacement: Callable[[], str] = {
-                "redact": lambda: f"[{LABELS[m.kind]}]",
-                "mask": lambda: _mask(m.kind, m.value),
-                "pseudonymise": lambda: self.pseudonym(m.kind, m.value),
-                "keep": lambda: m.value,
-            }[mode]
-            text = text[:m.start] + replacement() + text[m.end:]
+            text = text[:m.start] + self._replacement(m, mode) + text[m.end:]
         return text, sorted(set(drops))

@@ -8,20 +8,36 @@ inscriptis, .pdf via pypdf, .docx via python-docx, .eml via the standard ``email
 .csv via the standard ``csv`` module (support-ticket exports become one document per row).
 Empty, binary, undecodable, oversized and unreadable files raise :class:`UnreadableDocument`
 with the reason; nothing here crashes on bad input.
+
+Decompression bombs are refused the same way: a document may inflate to at most
+``max_uncompressed`` bytes in all (``[data] max_uncompressed_bytes`` in site.toml, read by
+:func:`uncompressed_limit`; default :data:`MAX_UNCOMPRESSED_BYTES`). A .docx's zip members are
+inflated with a byte counter that stops at the limit before python-docx sees them (the sizes the
+zip declares are checked too, never trusted alone); a PDF's streams are decoded through pypdf with
+each one capped at what is left of the limit, images and attachments aside (text extraction never
+decodes them). The other formats are not compressed, and no XML or HTML parser here expands
+entities (python-docx parses with ``resolve_entities=False``; lxml's HTML parser has no DTDs).
 """
 from __future__ import annotations
 
 import csv
 import io
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from appliance.site import positive_number
+from appliance.workspace import Workspace
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".log"}
 HTML_SUFFIXES = {".html", ".htm"}
 DOCUMENT_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx", ".eml", ".csv"}
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
+MAX_UNCOMPRESSED_BYTES = 100 * 1024 * 1024
+"""The default of ``[data] max_uncompressed_bytes``: the most one document may inflate to."""
+INFLATE_CHUNK = 1 << 20
 PAGE_BREAK = "\f"  # pypdf pages are joined with a form feed so cleaning can find running headers
 
 # column / key names that make a CSV row or JSONL object a support ticket
@@ -45,15 +61,22 @@ class Document:
     meta: dict = field(default_factory=dict)
 
 
-def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> str:
+def uncompressed_limit(ws: Workspace | Path) -> int:
+    """``[data] max_uncompressed_bytes`` of the workspace's site.toml (default :data:`MAX_UNCOMPRESSED_BYTES`)."""
+    return int(positive_number(ws, "data", "max_uncompressed_bytes", MAX_UNCOMPRESSED_BYTES))
+
+
+def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES,
+                  max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> str:
     """The whole text of one file (several tickets of a CSV are joined by blank lines)."""
-    docs = read_file(path, max_bytes)
+    docs = read_file(path, max_bytes, max_uncompressed)
     return "\n\n".join(d.text for d in docs).replace(PAGE_BREAK, "\n\n")
 
 
-def read_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Document]:
+def read_file(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES,
+              max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     """One or more documents from a file, or :class:`UnreadableDocument` saying why not."""
-    return parse_bytes(load_bytes(path, max_bytes), path)
+    return parse_bytes(load_bytes(path, max_bytes), path, max_uncompressed)
 
 
 def load_bytes(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
@@ -77,13 +100,14 @@ def load_bytes(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
     return raw
 
 
-def parse_bytes(raw: bytes, path: Path) -> list[Document]:
-    """The documents in ``raw``, read as the format of ``path``'s suffix, or why not."""
+def parse_bytes(raw: bytes, path: Path, max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
+    """The documents in ``raw``, read as the format of ``path``'s suffix, or why not (a document
+    that would inflate to more than ``max_uncompressed`` bytes is refused as a decompression bomb)."""
     path = Path(path)
     suffix = path.suffix.lower()
     reader = _READERS.get(suffix, _read_text)
     try:
-        docs = reader(raw, path)
+        docs = reader(raw, path, max_uncompressed)
     except UnreadableDocument:
         raise
     except Exception as exc:  # a library choking on a corrupt file must not stop the run
@@ -136,7 +160,7 @@ def _plain(text: str) -> str:
 
 
 # readers, one per format ------------------------------------------------------------------------
-def _read_text(raw: bytes, path: Path) -> list[Document]:
+def _read_text(raw: bytes, path: Path, _limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     text, encoding = decode_bytes(raw)
     if _control_ratio(text) > 0.02:
         raise UnreadableDocument("binary content (control characters) in a text file")
@@ -150,34 +174,112 @@ def html_to_text(html: str) -> str:
     return _plain(get_text(html))
 
 
-def _read_html(raw: bytes, path: Path) -> list[Document]:
+def _read_html(raw: bytes, path: Path, _limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     text, encoding = decode_bytes(raw)
     title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
     return [Document(html_to_text(text), _plain(title.group(1)) if title else path.stem, "html", {"encoding": encoding})]
 
 
-def _read_pdf(raw: bytes, path: Path) -> list[Document]:
-    from pypdf import PdfReader
+# decompression bombs ----------------------------------------------------------------------------
+def _bomb(what: str, limit: int) -> UnreadableDocument:
+    return UnreadableDocument(f"decompression bomb: the {what} inflates to more than {limit} bytes "
+                              "(the limit is [data] max_uncompressed_bytes in site.toml)")
 
-    reader = PdfReader(io.BytesIO(raw))
-    if reader.is_encrypted:
-        try:
-            if not reader.decrypt(""):
-                raise UnreadableDocument("encrypted PDF (a password is needed)")
-        except UnreadableDocument:
-            raise
-        except Exception:
-            raise UnreadableDocument("encrypted PDF (a password is needed)") from None
-    pages = [_plain(page.extract_text() or "") for page in reader.pages]
+
+def check_zip(raw: bytes, limit: int, what: str = "zip archive") -> None:
+    """Refuse a zip whose members together inflate to more than ``limit`` bytes.
+
+    The declared sizes are summed first (cheap), then every member is really inflated, a chunk at a
+    time with a byte counter, since a header can lie; nothing is kept, so memory stays one chunk."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UnreadableDocument(f"corrupt {what} (not a readable zip archive: {exc})"[:300]) from None
+    with archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > limit:
+            raise _bomb(what, limit)
+        total = 0
+        for member in members:
+            with archive.open(member) as handle:
+                while chunk := handle.read(INFLATE_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise _bomb(what, limit)
+
+
+_PDF_OUTPUT_CAPS = ("zlib_maximum_output_length", "lzw_maximum_output_length", "run_length_maximum_output_length",
+                    "array_based_stream_maximum_output_length", "brotli_maximum_output_length",
+                    "jbig2_maximum_output_length", "stream_decoding_work_maximum_length")
+_PDF_NEVER_DECODED = {"/Image", "/EmbeddedFile"}  # text extraction never inflates these
+
+
+def _pdf_caps(budget: int) -> dict[str, int]:
+    """pypdf's per-stream output limits, none above ``budget`` (pypdf's own defaults are 75-300 MB)."""
+    from pypdf import get_configuration
+
+    current = get_configuration()
+    return {name: max(1, min(getattr(current, name), budget)) for name in _PDF_OUTPUT_CAPS
+            if hasattr(current, name)}
+
+
+def _inflate_pdf_streams(reader, limit: int) -> None:
+    """Decode every stream text extraction may use, each capped at what is left of ``limit``.
+
+    pypdf keeps a decoded stream with its object, so extraction reuses these and the document's
+    decoded bytes never exceed ``limit`` in all, however many streams it has."""
+    from pypdf import apply_configuration
+    from pypdf.errors import LimitReachedError
+    from pypdf.generic import EncodedStreamObject, IndirectObject
+
+    left = limit
+    for generation, objects in list(reader.xref.items()):
+        for idnum in list(objects):
+            try:
+                with apply_configuration(**_pdf_caps(left + 1)):
+                    obj = IndirectObject(idnum, generation, reader).get_object()
+                    if not isinstance(obj, EncodedStreamObject) or obj.decoded_self is not None:
+                        continue
+                    if obj.get("/Subtype") in _PDF_NEVER_DECODED or obj.get("/Type") in _PDF_NEVER_DECODED:
+                        continue
+                    left -= len(obj.get_data())
+            except LimitReachedError:
+                raise _bomb("PDF", limit) from None
+            except Exception:  # noqa: BLE001 - a broken object is extraction's to skip or report, as before
+                continue
+            if left < 0:
+                raise _bomb("PDF", limit)
+
+
+def _read_pdf(raw: bytes, path: Path, limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError
+
+    try:
+        with apply_configuration(**_pdf_caps(limit)):  # object streams, and whatever the walk below misses
+            reader = PdfReader(io.BytesIO(raw))
+            if reader.is_encrypted:
+                try:
+                    if not reader.decrypt(""):
+                        raise UnreadableDocument("encrypted PDF (a password is needed)")
+                except UnreadableDocument:
+                    raise
+                except Exception:
+                    raise UnreadableDocument("encrypted PDF (a password is needed)") from None
+            _inflate_pdf_streams(reader, limit)
+            pages = [_plain(page.extract_text() or "") for page in reader.pages]
+            title = (reader.metadata.title if reader.metadata and reader.metadata.title else None) or path.stem
+    except LimitReachedError:
+        raise _bomb("PDF", limit) from None
     if not any(pages):
         raise UnreadableDocument(f"no extractable text in {len(pages)} PDF page(s) (scanned? OCR is not included)")
-    title = (reader.metadata.title if reader.metadata and reader.metadata.title else None) or path.stem
     return [Document(PAGE_BREAK.join(pages), str(title), "pdf", {"pages": len(pages)})]
 
 
-def _read_docx(raw: bytes, path: Path) -> list[Document]:
+def _read_docx(raw: bytes, path: Path, limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     import docx
 
+    check_zip(raw, limit, "DOCX")  # before python-docx, which reads every part whole
     document = docx.Document(io.BytesIO(raw))
     lines: list[str] = []
     for para in document.paragraphs:
@@ -201,7 +303,7 @@ def _read_docx(raw: bytes, path: Path) -> list[Document]:
     return [Document(_plain("\n".join(lines)), title, "docx", {})]
 
 
-def _read_eml(raw: bytes, path: Path) -> list[Document]:
+def _read_eml(raw: bytes, path: Path, _limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     from email import policy
     from email.parser import BytesParser
 
@@ -222,7 +324,7 @@ def _read_eml(raw: bytes, path: Path) -> list[Document]:
     return [Document(text, subject or path.stem, "email", {"attachments": sum(1 for _ in message.iter_attachments())})]
 
 
-def _read_csv(raw: bytes, path: Path) -> list[Document]:
+def _read_csv(raw: bytes, path: Path, _limit: int = MAX_UNCOMPRESSED_BYTES) -> list[Document]:
     text, encoding = decode_bytes(raw)
     try:
         dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")

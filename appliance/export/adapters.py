@@ -6,8 +6,10 @@
 
 An adapter is trained against a base model folder; served, it is applied on top of that base's
 GGUF. ``adapters/ad-ID/`` holds ``adapter.gguf`` (llama.cpp's ``convert_lora_to_gguf.py``, f32)
-and a manifest recording the base version and the sha256 of that version's f16 GGUF. Serving
-refuses an adapter whose recorded base is not the version being served.
+and a manifest recording the base version and the sha256 of that version's f16 GGUF; the same two
+are written into the GGUF's metadata (``appliance.base.version``, ``appliance.base.f16_sha256``),
+so a bare copy of the file carries them too. Serving refuses an adapter whose recorded base is not
+the version being served (appliance/export/adapter_fit.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from appliance.artefacts import AdapterRef, ModelVersion, load_run, load_version
 from appliance.events import Event, EventSink, ignore
 from appliance.export import gguf, tokenizer_fit
+from appliance.export.adapter_fit import BASE_SHA256_KEY, BASE_VERSION_KEY, RUN_KEY
+from appliance.export.gguf_header import add_metadata
 from appliance.export.parity import ParityError
 from appliance.export.pipeline import check_chat_metadata
 from appliance.train.common import base_fingerprint, resolve_base
@@ -77,12 +81,18 @@ def export_adapter(ws: Workspace, run_id: str, base_version: str | None = None,
         return AdapterRef(adapter_id, final, created=False)
     with ws.staging(final) as tmp:
         on_event(Event("export", step=0, total=1, message=f"converting {run_id}'s LoRA adapter to GGUF for {version.id}"))
-        gguf.convert_lora_to_gguf(run.adapter, run_base, tmp / "adapter.gguf", pre_tokenizer=pre_tokenizer_override(run_base))
+        raw = tmp / "adapter.converted.gguf"
+        gguf.convert_lora_to_gguf(run.adapter, run_base, raw, pre_tokenizer=pre_tokenizer_override(run_base))
+        # the base's identity inside the file itself: a bare copy of it is still refused on another base
+        add_metadata(raw, tmp / "adapter.gguf", {BASE_VERSION_KEY: version.id, BASE_SHA256_KEY: base_sha,
+                                                 RUN_KEY: run_id})
+        raw.unlink()
         write_manifest(
             tmp, "adapter", adapter_id,
             {"run": run_id, "adapter_sha256": adapter_sha, "base_version": version.id,
              "base_f16_sha256": base_sha},
-            {"format": "gguf lora f32 (convert_lora_to_gguf.py)"},
+            {"format": "gguf lora f32 (convert_lora_to_gguf.py)",
+             "gguf_identity_keys": [BASE_VERSION_KEY, BASE_SHA256_KEY, RUN_KEY]},
         )
         on_event(Event("export", step=1, total=1))
     return AdapterRef(adapter_id, final)

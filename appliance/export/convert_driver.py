@@ -21,7 +21,7 @@ about 10 s a process on a busy machine, so converting many models one process ea
 
 The converter asks transformers for ``trust_remote_code=True`` for several families (Qwen v1,
 ChatGLM, InternLM2, DeepSeek...), so this process forbids model code before the converter is
-imported (``appliance.train.model_folder.forbid_remote_code``) and checks every folder it is given
+imported (``appliance.model_folder.forbid_remote_code``) and checks every folder it is given
 (``model_folder.check``): a refusal is one ``error:`` line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from appliance.train import model_folder
+from appliance import model_folder
 
 REFUSED = 2  # the exit status of a refused model folder (appliance.export.gguf reads it)
 _fallback: dict[str, str | None] = {"name": None}

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from appliance.export.convert_driver import REFUSED
-from appliance.train.model_folder import UnsafeModelFolder
+from appliance.model_folder import UnsafeModelFolder
 from appliance.workspace import WorkspaceError
 
 QUANT_TYPES = {

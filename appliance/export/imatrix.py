@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.export.gguf import tools_dir
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 
 IMATRIX_QUANTS = ("q5_k_m", "q4_k_m")
 MAX_TOKENS_PER_TEXT = 512

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from appliance.train.model_folder import check, forbid_remote_code
+from appliance.model_folder import check, forbid_remote_code
 from appliance.train.pocket import PRE_TOKENIZER_MARKER
 
 MERGE_LORA = "lora merged into the full-precision base (merge_and_unload)"

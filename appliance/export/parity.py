@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.export.gguf import end_of_generation
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 from appliance.workspace import WorkspaceError
 
 NEAR_TIE = 0.01

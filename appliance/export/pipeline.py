@@ -25,7 +25,7 @@ from appliance.events import Event, EventSink, ignore
 from appliance.export import gguf, parity, quant_report, tokenizer_fit
 from appliance.export import imatrix as importance
 from appliance.export.merge import merge_adapter
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 from appliance.train.pocket import pre_tokenizer_override
 from appliance.workspace import (
     Workspace,

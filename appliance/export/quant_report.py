@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 
 GEN_TOKENS = 32
 

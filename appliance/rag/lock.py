@@ -55,7 +55,7 @@ def sync_lock(ws: Workspace, wait: float | None = None, on_event: EventSink = ig
     seconds; a refusal raises :class:`SyncBusy` naming the holder. Yields the holder record written.
     """
     path = lock_path(ws)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if not _try_lock(fd):
             holder = _describe(_read(fd))

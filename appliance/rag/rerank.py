@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from appliance import model_folder
 from appliance.rag import RagError
 
 ENV_VAR = "APPLIANCE_RAG_RERANKER"
@@ -30,6 +31,10 @@ def configured_reranker(path: Path | str | None = None) -> Path | None:
     folder = Path(value).expanduser().resolve()
     if not (folder / "config.json").is_file():
         raise RagError(f"the reranker {folder} is not a cross-encoder model folder (no config.json)")
+    try:
+        model_folder.check(folder)  # data, never code: no auto_map, *.py, pickle-only weights or links out
+    except model_folder.UnsafeModelFolder as exc:
+        raise RagError(f"refusing the reranker folder: {exc}") from None
     return folder
 
 
@@ -46,6 +51,7 @@ def rerank(query: str, hits: list, folder: Path) -> list:
 @functools.lru_cache(maxsize=2)
 def load_cross_encoder(folder: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_folder.forbid_remote_code()
     from sentence_transformers import CrossEncoder
 
     try:

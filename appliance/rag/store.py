@@ -30,7 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from appliance.data.readers import UnreadableDocument, expand_paths, read_document
+from appliance.data.readers import (MAX_UNCOMPRESSED_BYTES, UnreadableDocument, expand_paths, read_document,
+                                    uncompressed_limit)
 from appliance.events import Event, EventSink, ignore
 from appliance.rag import RagError
 from appliance.rag.chunk import (Chunk, TokenCounter, chunk_document, chunking_label, load_token_counter,
@@ -41,7 +42,7 @@ from appliance.rag.lock import SyncBusy, sync_lock  # noqa: F401 - SyncBusy is p
 from appliance.rag.recipe import RagRecipe
 from appliance.rag.rerank import configured_reranker, rerank
 from appliance.rag.vindex import ensure_vector_index, tune
-from appliance.workspace import Workspace, atomic_write_json, read_json, sha256_text
+from appliance.workspace import Workspace, atomic_write_json, make_private, read_json, sha256_text
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # before lancedb is imported: its Rust warnings go to stderr
 
@@ -97,7 +98,10 @@ def index_documents(ws: Workspace, paths: list[Path], on_event: EventSink = igno
     identity = model_identity(model_path)
     tokens = load_token_counter(Path(identity["path"]))
     with sync_lock(ws, wait=wait, on_event=on_event):
-        return _index_locked(ws, paths, on_event, model_path, identity, tokens, recipe)
+        try:
+            return _index_locked(ws, paths, on_event, model_path, identity, tokens, recipe)
+        finally:  # LanceDB writes its files with the process umask: the store holds site data
+            make_private(ws.rag)
 
 
 def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_path: Path | None,
@@ -116,6 +120,7 @@ def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_p
     result = IndexResult()
     files, scopes = _collect(paths, result.rejected)
     stored = _stored_documents(table)
+    max_uncompressed = uncompressed_limit(ws)
     seen: set[str] = set()
     batch: list[Chunk] = []
     pending: list[tuple[Chunk, np.ndarray]] = []
@@ -123,7 +128,7 @@ def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_p
     changed = False
     for step, (path, department) in enumerate(files, 1):
         source = str(path)
-        status, chunks, reason = _prepare(source, stored, department, chunking, tokens)
+        status, chunks, reason = _prepare(source, stored, department, chunking, tokens, max_uncompressed)
         if status == "rejected":
             result.rejected.append((source, reason))
         else:
@@ -157,14 +162,14 @@ def _index_locked(ws: Workspace, paths: list[Path], on_event: EventSink, model_p
 
 
 def _prepare(source: str, stored: dict[str, set[tuple[str, str, str]]], department: str, chunking: dict[str, int],
-             tokens: TokenCounter) -> tuple[str, list[Chunk], str]:
+             tokens: TokenCounter, max_uncompressed: int = MAX_UNCOMPRESSED_BYTES) -> tuple[str, list[Chunk], str]:
     """Read one document: ``("changed", chunks, "")``, ``("unchanged", [], "")`` or ``("rejected", [], why)``.
 
     A document is unchanged when its content hash, department and chunk sizes are those stored.
     """
     path = Path(source)
     try:
-        text = read_document(path)
+        text = read_document(path, max_uncompressed=max_uncompressed)
         mtime = path.stat().st_mtime
     except (UnreadableDocument, OSError) as exc:
         return "rejected", [], str(exc)

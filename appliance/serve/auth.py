@@ -1,6 +1,6 @@
 """API keys for the server: created once, stored hashed in the workspace, checked per request.
 
-    appliance keys create NAME [--adapters legal,hr] [--no-output-filter]   # prints the secret once
+    appliance keys create NAME [--adapters legal,hr] [--no-output-filter] [--admin]   # prints the secret once
     appliance keys list
     appliance keys revoke NAME_OR_ID
 
@@ -12,8 +12,10 @@ every request can be verified without a cache.
 
 Per key: ``adapters`` (None = every served model; a list = the base model plus only those
 adapters) and ``output_filter`` (PII redaction of completions, on unless created with
-``--no-output-filter``). The server re-reads the file when it changes, so a revoked key stops
-working without a restart.
+``--no-output-filter``) and ``admin`` (off unless created with ``--admin``): only an admin key may
+use the administration routes (add or remove adapters, reload the model) once keys are in use; a
+key that may serve is not a key that may administer. The server re-reads the file when it
+changes, so a revoked key stops working without a restart.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class ApiKey:
     adapters: list[str] | None = None
     output_filter: bool = True
     revoked: str | None = None
+    admin: bool = False
+    """May use /v1/admin/* (keys written before this field existed load as False)."""
 
     def allows(self, adapter: str | None) -> bool:
         """Whether this key may use ``adapter`` (None = the base model, always allowed)."""
@@ -60,7 +64,7 @@ class ApiKey:
 
     def public(self) -> dict:
         return {"id": self.id, "name": self.name, "created": self.created, "adapters": self.adapters,
-                "output_filter": self.output_filter, "revoked": self.revoked}
+                "output_filter": self.output_filter, "admin": self.admin, "revoked": self.revoked}
 
 
 def keys_path(ws: Workspace) -> Path:
@@ -85,7 +89,7 @@ def _save(path: Path, keys: list[ApiKey]) -> None:
 
 
 def create_key(ws: Workspace, name: str, adapters: list[str] | None = None,
-               output_filter: bool = True) -> tuple[ApiKey, str]:
+               output_filter: bool = True, admin: bool = False) -> tuple[ApiKey, str]:
     """A new key named ``name``; returns it and the full secret (shown once, never stored)."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise WorkspaceError(f"key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
@@ -96,10 +100,11 @@ def create_key(ws: Workspace, name: str, adapters: list[str] | None = None,
             raise WorkspaceError(f"--adapters must be a comma list of adapter names, got {bad or 'nothing'}")
     path = keys_path(ws)
     with _keys_locked(path):  # read-modify-write: two concurrent `keys create` must both land
-        return _add_key(path, name, adapters, output_filter)
+        return _add_key(path, name, adapters, output_filter, admin)
 
 
-def _add_key(path: Path, name: str, adapters: list[str] | None, output_filter: bool) -> tuple[ApiKey, str]:
+def _add_key(path: Path, name: str, adapters: list[str] | None, output_filter: bool,
+             admin: bool) -> tuple[ApiKey, str]:
     keys = load_keys(path)
     if any(k.name == name and not k.revoked for k in keys):
         raise WorkspaceError(f"an active key named '{name}' exists already: revoke it first or pick another name")
@@ -110,7 +115,7 @@ def _add_key(path: Path, name: str, adapters: list[str] | None, output_filter: b
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
     salt = os.urandom(16).hex()
     key = ApiKey(id=key_id, name=name, salt=salt, hash=_digest(salt, secret), created=now_iso(),
-                 adapters=adapters, output_filter=output_filter)
+                 adapters=adapters, output_filter=output_filter, admin=bool(admin))
     _save(path, keys + [key])
     return key, f"{PREFIX}{key_id}-{secret}"
 

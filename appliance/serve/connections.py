@@ -1,6 +1,6 @@
 """Connection limits under uvicorn: a deadline to receive each request, a bound on open connections.
 
-    appliance serve --read-timeout 30 --max-connections 256
+    appliance serve --read-timeout 30 --max-connections 256 [--max-connections-per-address 64]
 
 uvicorn 0.54 has neither: a client that sends one byte every few seconds holds its connection
 (and a file descriptor) for ever, and enough of them exhaust the process's descriptors, after
@@ -9,7 +9,10 @@ with both limits added:
 
 - a request (headers and body) must arrive within ``read_timeout_s`` of its first byte (or of the
   connection opening); past that the client gets ``408`` and the connection is closed;
-- beyond ``max_connections`` open connections a new one gets ``503`` and is closed at once.
+- beyond ``max_connections`` open connections a new one gets ``503`` and is closed at once;
+- so does one from an address that already holds ``max_connections_per_address`` of them
+  (default a quarter of ``max_connections``), so that one client cannot take every connection
+  and lock the others out.
 
 Idle keep-alive connections are still closed by uvicorn's own ``timeout_keep_alive``. Each kind
 of refusal is logged as one line, and at most one more line per ten seconds under a flood.
@@ -38,6 +41,19 @@ class ConnectionLimits:
     """Seconds a client has to send a whole request (headers and body) once it starts; 408 after."""
     max_connections: int = 256
     """Open connections at once; one more is answered 503 and closed."""
+    max_connections_per_address: int | None = None
+    """Open connections from one client address (None: a quarter of ``max_connections``)."""
+
+    @property
+    def per_address(self) -> int:
+        if self.max_connections_per_address is not None:
+            return self.max_connections_per_address
+        return default_per_address(self.max_connections)
+
+
+def default_per_address(max_connections: int) -> int:
+    """A quarter of the global bound, at least one."""
+    return max(1, max_connections // 4)
 
 
 class ThrottledLog:
@@ -69,23 +85,38 @@ def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
 
 def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol with ``limits`` enforced (pass it as ``uvicorn.Config(http=...)``)."""
-    slow_log, full_log = ThrottledLog(), ThrottledLog()
+    slow_log, full_log, greedy_log = ThrottledLog(), ThrottledLog(), ThrottledLog()
+    per_address: dict[str, int] = {}  # open connections by client host (one event loop: no lock needed)
 
     class LimitedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _reading = False
+        _address: str | None = None  # set while this connection counts against its address
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            host = self.client[0] if self.client else ""
             if len(self.connections) > limits.max_connections:
-                self.connections.discard(self)
-                full_log.warn(f"refused a connection from {_peer(self.client)}: {len(self.connections)} open, "
-                              f"the limit is {limits.max_connections} (serve --max-connections)")
-                transport.write(raw_error(503, "Service Unavailable", "the server has too many open connections; "
-                                          "retry later", "too_many_connections"))
-                transport.close()
+                self._refuse(transport, full_log, f"{len(self.connections) - 1} open, the limit is "
+                             f"{limits.max_connections} (serve --max-connections)", "the server has too many "
+                             "open connections; retry later", "too_many_connections")
                 return
+            if per_address.get(host, 0) >= limits.per_address:
+                self._refuse(transport, greedy_log, f"{per_address[host]} open from that address, the limit is "
+                             f"{limits.per_address} (serve --max-connections-per-address)", "this address has "
+                             "too many open connections; close some or retry later",
+                             "too_many_connections_from_address")
+                return
+            per_address[host] = per_address.get(host, 0) + 1
+            self._address = host
             self._start_reading()
+
+        def _refuse(self, transport: asyncio.Transport, log: ThrottledLog, why: str, message: str,
+                    code: str) -> None:
+            self.connections.discard(self)
+            log.warn(f"refused a connection from {_peer(self.client)}: {why}")
+            transport.write(raw_error(503, "Service Unavailable", message, code))
+            transport.close()
 
         def data_received(self, data: bytes) -> None:
             if not self._reading:
@@ -96,6 +127,13 @@ def protocol_class(limits: ConnectionLimits) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_reading()
+            if self._address is not None:
+                left = per_address.get(self._address, 1) - 1
+                if left > 0:
+                    per_address[self._address] = left
+                else:
+                    per_address.pop(self._address, None)
+                self._address = None
             super().connection_lost(exc)
 
         def _start_reading(self) -> None:

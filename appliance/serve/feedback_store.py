@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.workspace import now_iso
+from appliance.workspace import now_iso, open_private_append, private_dirs
 
 REMEMBER = 10_000
 
@@ -61,7 +61,7 @@ class FeedbackLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.path.parent)
         self._lock = threading.Lock()
 
     def add(self, response_id: str, served: Served, rating: str, correction: str | None) -> dict:
@@ -69,7 +69,7 @@ class FeedbackLog:
                "model": served.model, "rating": rating, "correction": correction,
                "messages": served.messages, "completion": served.completion, "key_id": served.key_id}
         line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+        with self._lock, open_private_append(self.path) as handle:  # feedback holds prompts: 0600
             handle.write(line)
             handle.flush()
         return row

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -64,7 +65,9 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
     deadline = ctx.started + server.settings.limits.timeout_s
     pump = Pump(asyncio.get_running_loop(), start)
     asyncio.get_running_loop().run_in_executor(server.pool, pump.run)
-    stream = FilteredStream(pump, server.pii.stream() if server.filtered_for(key) else None, chat, deadline, ctx)
+    filtered = server.filtered_for(key)
+    # a stream is filtered as it goes; a whole answer is redacted at once below (nothing to hold back)
+    stream = FilteredStream(pump, server.pii.stream() if filtered and body.stream else None, chat, deadline, ctx)
     try:
         first = await stream.first()  # errors before the first token become HTTP errors
     except BaseException:
@@ -77,6 +80,8 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
         finally:
             pump.stop()
             release()
+        if filtered:
+            _redact_result(server, ctx, result, chat)
         result.update(extra)
         text = result["choices"][0]["message"]["content"] if chat else result["choices"][0]["text"]
         _remember(server, ctx, key, result, messages, text)
@@ -84,6 +89,18 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     events = _sse(server, ctx, key, stream, first, release, pump, messages, extra, include_usage)
     return StreamingResponse(events, media_type="text/event-stream")
+
+
+def _redact_result(server: ServerContext, ctx: RequestContext, result: dict, chat: bool) -> None:
+    """Redact a whole answer's text at once; the types found join the request's log line."""
+    counts = Counter(ctx.record.get("redaction_counts") or {})
+    choice = result["choices"][0]
+    if chat:
+        choice["message"]["content"] = server.pii.redact(choice["message"]["content"] or "", counts)
+    else:
+        choice["text"] = server.pii.redact(choice["text"] or "", counts)
+    if counts:
+        ctx.record["redaction_counts"] = dict(counts)
 
 
 def _remember(server: ServerContext, ctx: RequestContext, key: ApiKey | None, result: dict,

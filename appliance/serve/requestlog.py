@@ -19,15 +19,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance.workspace import now_iso
+from appliance.workspace import now_iso, open_private_append
 
 
 class RequestLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the server's life
+        self._handle = open_private_append(self.path)  # 0600, in 0700 folders; open for the server's life
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps({"time": now_iso(), **record}, ensure_ascii=False, default=str) + "\n"

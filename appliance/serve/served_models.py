@@ -2,14 +2,18 @@
 
     appliance serve --model VERSION --adapter legal=ad-XXXX     # serves VERSION and VERSION:legal
     curl -s localhost:8080/v1/models
-    curl -s localhost:8080/v1/admin/adapters -d '{"name": "hr", "adapter": "ad-YYYY"}'   # loopback only
+    curl -s localhost:8080/v1/admin/adapters -H "Authorization: Bearer $ADMIN_KEY" \
+         -d '{"name": "hr", "adapter": "ad-YYYY"}'       # loopback only; an admin key when keys are in use
     curl -s localhost:8080/v1/admin/reload -d '{"version": "mv-..."}'
 
 :class:`ServedModels` is the one owner of what is served. It holds the engine (through an
 :class:`~appliance.serve.hotswap.EngineHolder`, so requests in flight finish on the engine they
 started on), resolves a requested ``model`` (``BASE`` or ``BASE:ADAPTER``) against what is served
 and what an API key may use, lists ``/v1/models``, and does what the administration routes ask:
-add or remove an adapter, reload or follow the promoted version. Built over a bare engine
+add or remove an adapter, reload or follow the promoted version. Every adapter is checked against
+the base before llama.cpp loads it (export/adapter_fit.py), and an adapter file added over HTTP
+must lie inside the workspace or a folder of ``[serve] adapter_dirs`` (:func:`adapter_roots`).
+Built over a bare engine
 (``ServedModels(EngineHolder(engine))``) it serves that engine and answers no administration.
 """
 from __future__ import annotations
@@ -20,11 +24,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.artefacts import load_version, promoted, resolve_adapter, served_name, split_served_name
+from appliance import site
+from appliance.artefacts import (
+    ModelVersion, load_version, promoted, resolve_adapter, served_name, split_served_name,
+)
+from appliance.export.adapter_fit import BaseIdentity, check_fit
+from appliance.export.gguf_header import GGUFHeader, read_header
 from appliance.serve.auth import ApiKey
 from appliance.serve.engine import Engine
 from appliance.serve.hotswap import EngineHolder, PromotionWatcher
-from appliance.workspace import Workspace, WorkspaceError
+from appliance.workspace import MANIFEST, Workspace, WorkspaceError
 
 
 class ModelNotFound(LookupError):
@@ -126,9 +135,13 @@ class ServedModels:
         return self.ws is not None
 
     def add_adapter(self, name: str, ref: str) -> str:
-        """Serve adapter ``ref`` (``ad-...`` or a .gguf path) as ``BASE:name``; returns that name."""
-        current = load_version(self._workspace(), self.base)
-        self.holder.current.add_adapter(name, resolve_adapter(self._workspace(), ref, current))
+        """Serve adapter ``ref`` (``ad-...`` or a .gguf path inside :func:`adapter_roots`) as
+        ``BASE:name``; returns that name. Asked over HTTP, so a path must lie where the site allows."""
+        ws = self._workspace()
+        check_admin_path(ws, ref)
+        current = load_version(ws, self.base)
+        engine = self.holder.current
+        engine.add_adapter(name, fitting_adapter(ws, ref, current, engine.model_path))
         self.adapters[name] = ref
         return served_name(current.id, name)
 
@@ -166,13 +179,54 @@ def build_engine(ws: Workspace, options: EngineOptions, adapters: dict[str, str]
                  quant: str | None, strict: bool = False) -> Engine:
     """An engine for ``version`` with every adapter of ``adapters`` that fits it (``strict``: all must)."""
     model = load_version(ws, version)
+    gguf = model.gguf(quant)
+    base_header = read_header(gguf) if adapters else None
     paths: dict[str, Path] = {}
     for name, ref in adapters.items():
         try:
-            paths[name] = resolve_adapter(ws, ref, model)
+            paths[name] = fitting_adapter(ws, ref, model, gguf, base_header)
         except WorkspaceError as exc:
             if strict:  # at start-up a wrong pair is an error; after a swap the new base just lacks it
-                raise
+                raise type(exc)(f"adapter {name}: {exc}") from exc
             print(f"warning: not serving adapter {name} on {model.id}: {exc}", file=sys.stderr, flush=True)
-    return Engine(model.gguf(quant), model.id, n_ctx=options.n_ctx, n_threads=options.threads,
-                  adapters=paths, slots=options.slots)
+    try:
+        return Engine(gguf, model.id, n_ctx=options.n_ctx, n_threads=options.threads, adapters=paths,
+                      slots=options.slots)
+    except ValueError as exc:  # llama.cpp refused the model or an adapter: one line, not a traceback
+        raise WorkspaceError(str(exc)) from exc
+
+
+def fitting_adapter(ws: Workspace, ref: str, model: ModelVersion, gguf: Path,
+                    base_header: GGUFHeader | None = None) -> Path:
+    """The GGUF of adapter ``ref`` once it is known to belong on ``model`` (served from ``gguf``):
+    an ``ad-...`` by its manifest, any adapter by its own GGUF header (export/adapter_fit.py)."""
+    path = resolve_adapter(ws, ref, model)
+    f16 = (model.manifest.get("files") or {}).get("model-f16.gguf") or {}
+    fit = check_fit(path, gguf, BaseIdentity(model.id, f16.get("sha256")), base_header)
+    if not fit.verified_identity and not (ws.adapters / ref / MANIFEST).is_file():
+        print(f"warning: {path.name} does not say which base it was made for (not exported by `appliance "
+              f"export --adapter`): checked against {model.id} for type, architecture and tensor shapes only",
+              file=sys.stderr, flush=True)
+    return path
+
+
+def adapter_roots(ws: Workspace) -> list[Path]:
+    """Where an adapter file added over HTTP may lie: the workspace, and the folders listed in
+    ``[serve] adapter_dirs`` of site.toml (absolute paths)."""
+    listed = site.section(ws, "serve").get("adapter_dirs", [])
+    if not isinstance(listed, list) or not all(isinstance(p, str) and Path(p).is_absolute() for p in listed):
+        raise WorkspaceError(f"{site.site_path(ws)}: [serve] adapter_dirs must be a list of absolute paths, "
+                             f"not {listed!r}")
+    return [ws.root.resolve(), *(Path(p).resolve() for p in listed)]
+
+
+def check_admin_path(ws: Workspace, ref: str) -> None:
+    """Refuse an adapter file (after links) outside :func:`adapter_roots`; ``ad-...`` ids pass."""
+    path = Path(ref).expanduser()
+    if path.suffix != ".gguf" and "/" not in ref:
+        return  # an adapter id: resolve_adapter keeps it inside WORKSPACE/adapters
+    real = path.resolve()
+    roots = adapter_roots(ws)
+    if not any(real.is_relative_to(root) for root in roots):
+        raise WorkspaceError(f"{ref} is outside the workspace and [serve] adapter_dirs of site.toml: an adapter "
+                             "added over HTTP must lie in one of " + ", ".join(str(r) for r in roots))

@@ -5,6 +5,7 @@
                     [--max-concurrent N --max-queue 64 --max-prompt-tokens N --timeout 300]
                     [--graceful-timeout 30] [--require-keys] [--no-output-filter]
                     [--max-body-bytes 4194304 --read-timeout 30 --max-connections 256]
+                    [--max-connections-per-address 64]
 
 While it runs, ``serve.json`` in the workspace says where it listens, so ``appliance ask`` and
 ``appliance tui`` find it. API keys (``appliance keys create``) are required whenever the server
@@ -20,9 +21,10 @@ up to ``--graceful-timeout`` seconds before the engine is closed.
 
 A hostile client is bounded: a body over ``--max-body-bytes`` gets 413 before it is read
 (body.py), a request that does not arrive within ``--read-timeout`` seconds gets 408, and beyond
-``--max-connections`` open connections a new one gets 503 (connections.py). Each of these three
-defaults to ``[serve] max_body_bytes / read_timeout_s / max_connections`` in site.toml, then to
-4 MiB, 30 s and 256.
+``--max-connections`` open connections, or beyond ``--max-connections-per-address`` from one
+client address, a new one gets 503 (connections.py). Each of these defaults to ``[serve]
+max_body_bytes / read_timeout_s / max_connections / max_connections_per_address`` in site.toml,
+then to 4 MiB, 30 s, 256 and a quarter of the connection limit.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from appliance import site
 from appliance.artefacts import ADAPTER_SEPARATOR, promoted
 from appliance.serve.api import create_app
 from appliance.serve.auth import LOOPBACK, KeyRing, keys_path, require_keys_from_site
-from appliance.serve.connections import ConnectionLimits, ensure_descriptors, protocol_class
+from appliance.serve.connections import ConnectionLimits, default_per_address, ensure_descriptors, protocol_class
 from appliance.serve.context import ServeSettings
 from appliance.serve.hotswap import PromotionWatcher
 from appliance.serve.limits import Limits
@@ -72,6 +74,9 @@ class ServeOptions:
     """Seconds to receive a whole request (None: site.toml [serve] read_timeout_s, else 30)."""
     max_connections: int | None = None
     """Open connections at once (None: site.toml [serve] max_connections, else 256)."""
+    max_connections_per_address: int | None = None
+    """Open connections from one client address (None: site.toml [serve] max_connections_per_address,
+    else a quarter of ``max_connections``)."""
 
 
 SITE_LIMITS = {"max_body_bytes": (int, Limits.max_body_bytes),
@@ -81,11 +86,15 @@ SITE_LIMITS = {"max_body_bytes": (int, Limits.max_body_bytes),
 
 
 def client_limits(ws: Workspace, options: ServeOptions) -> dict[str, Any]:
-    """``max_body_bytes``, ``read_timeout_s``, ``max_connections``: the option, else site.toml, else default."""
+    """``max_body_bytes``, ``read_timeout_s``, ``max_connections``, ``max_connections_per_address``:
+    the option, else site.toml, else default (per address: a quarter of the connection limit)."""
     out: dict[str, Any] = {}
     for name, (kind, default) in SITE_LIMITS.items():
         value = getattr(options, name)
         out[name] = site.positive_number(ws, "serve", name, default, kind) if value is None else value
+    per_address = options.max_connections_per_address
+    out["max_connections_per_address"] = per_address if per_address is not None else site.positive_number(
+        ws, "serve", "max_connections_per_address", default_per_address(out["max_connections"]))
     return out
 
 
@@ -137,7 +146,8 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     path = engine.model_path
     bounds = client_limits(ws, options)
     connection_limits = ConnectionLimits(read_timeout_s=bounds["read_timeout_s"],
-                                         max_connections=bounds["max_connections"])
+                                         max_connections=bounds["max_connections"],
+                                         max_connections_per_address=bounds["max_connections_per_address"])
     try:
         ensure_descriptors(connection_limits)
     except ValueError as exc:
@@ -166,7 +176,7 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
         print(f"serving {names} ({path.name}) at {info['url']}; {options.parallel} slot(s), "
               f"{limits.max_concurrent} concurrent + {limits.max_queue} queued; bodies up to "
               f"{limits.max_body_bytes:,} bytes, requests read within {connection_limits.read_timeout_s:g} s, "
-              f"{connection_limits.max_connections} connections; API keys "
+              f"{connection_limits.max_connections} connections ({connection_limits.per_address} per address); API keys "
               f"{'required' if required else 'optional'}; output filter "
               f"{'on' if options.output_filter else 'off'} by default", file=sys.stderr, flush=True)
 

@@ -6,7 +6,8 @@ The engine yields OpenAI-shaped chunks from a blocking iterator. :class:`Pump` d
 iterator in one worker thread (which also closes it, so the engine frees the sequence's slot in
 the thread that owns it) and hands the chunks to an asyncio queue. :class:`FilteredStream` reads
 that queue against the request's deadline, turns engine exceptions into API errors, applies the
-streaming output filter (text it holds back yields no chunk) and can collect a whole response.
+streaming output filter (text it holds back yields no chunk) and can collect a whole response
+(unfiltered: a whole answer is redacted at once, by generation.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,6 +68,7 @@ class FilteredStream:
     def __init__(self, pump: Pump, stream_filter, chat: bool, deadline: float, ctx: RequestContext) -> None:
         self.pump, self.filter, self.chat, self.deadline, self.ctx = pump, stream_filter, chat, deadline, ctx
         self.ended = False
+        self._counted = Counter(ctx.record.get("redaction_counts") or {})  # e.g. from RAG citations
 
     async def _raw(self) -> dict | None:
         if self.ended:
@@ -104,7 +107,7 @@ class FilteredStream:
                 if finished:
                     text += self.filter.flush()
                 if self.filter.counts:
-                    self.ctx.record["redaction_counts"] = dict(self.filter.counts)
+                    self.ctx.record["redaction_counts"] = dict(self._counted + self.filter.counts)
                 _set_chunk_text(chunk, text)
                 delta = chunk["choices"][0].get("delta") or {}
                 if not text and not finished and "role" not in delta:

@@ -26,7 +26,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from appliance.train.model_folder import forbid_remote_code
+from appliance.model_folder import forbid_remote_code
 from appliance.workspace import WorkspaceError
 
 BACKENDS = ("auto", "hf", "unsloth")

@@ -7,20 +7,23 @@ import time
 from pathlib import Path
 
 from appliance.events import Event, EventSink
-from appliance.train import model_folder
+from appliance import model_folder
 from appliance.train.backends import precision_args
 from appliance.train.pocket import ensure_pocket
 from appliance.workspace import Workspace, WorkspaceError, sha256_file
 
 
 def resolve_base(ws: Workspace, base: str, on_event: EventSink) -> Path:
-    """``pocket`` (built on first use) or a local Hugging Face model folder."""
+    """``pocket`` (built on first use), a base id in ``ws.bases`` (``appliance models import``) or a
+    local Hugging Face model folder."""
     if base == "pocket":
         return ensure_pocket(ws, on_event=on_event)
+    if base and "/" not in base and base not in (".", "..") and (ws.bases / base / "manifest.json").is_file():
+        return model_folder.check(ws.bases / base)
     path = Path(base).expanduser()
     if not (path / "config.json").is_file():
         raise WorkspaceError(
-            f"base model '{base}' is neither 'pocket' nor a local Hugging Face model folder "
+            f"base model '{base}' is neither 'pocket', an imported base id, nor a local Hugging Face model folder "
             f"(no config.json in {path}); nothing is downloaded, point --base at a folder"
         )
     return model_folder.check(path)

@@ -28,7 +28,7 @@ from pathlib import Path
 from appliance.artefacts import DatasetRef, RunRef
 from appliance.config import DPORecipe
 from appliance.events import Event, EventSink, ignore
-from appliance.train import model_folder
+from appliance import model_folder
 from appliance.train.backends import preference_model, quantization, select_backend
 from appliance.train.common import (
     load_tokenizer,

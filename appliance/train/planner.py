@@ -25,6 +25,17 @@ every Linear layer's shape for any architecture transformers knows. Peak memory 
 The parameter and optimizer part is checked against real allocations of a tiny model on CPU
 (tests/unit/test_planner.py); the activation and logits parts are checked on a GPU by
 ``scripts/gpu_check.sh``. The largest sequence that fits is found by bisection.
+
+When the asked-for plan does not fit, :func:`proposals` lists the configurations that do, best
+first: every combination of ``--4bit``, ``--grad-checkpointing`` and ``--backend unsloth`` added
+to the request, each at the asked sequence and batch when that fits, else at the largest smaller
+batch (gradient accumulation keeps the effective batch), else at the largest shorter sequence.
+"Best" is the cheapest set of changes, in this order of cost (:data:`CHANGE_COST`): a smaller
+batch (same result, fewer tokens per step), the unsloth backend (same result, needs CUDA and
+unsloth), gradient checkpointing (~30% slower), 4-bit (QLoRA: trains against NF4 weights), a
+shorter sequence (longer examples get truncated); ties go to the lower peak. On a GPU, ``train sft``
+applies the best proposal that keeps the sequence (:func:`memory_safe`) when the recipe does not fit
+and the recipe's file or options did not pin the memory settings.
 """
 from __future__ import annotations
 
@@ -103,8 +114,9 @@ def shape_of(config) -> Shape:
     )
 
 
-def load_shape(base: str) -> Shape:
-    """``pocket`` (its default config, without building it) or a local model folder / config.json."""
+def load_shape(base: str, bases: Path | None = None) -> Shape:
+    """``pocket`` (its default config, without building it), a base id in the workspace's ``bases``
+    folder (``appliance models import``) or a local model folder / config.json."""
     if base == "pocket":
         from transformers import LlamaConfig
 
@@ -117,6 +129,8 @@ def load_shape(base: str) -> Shape:
         shape.name = "pocket"
         return shape
     path = Path(base).expanduser()
+    if bases is not None and "/" not in base and (bases / base / "config.json").is_file():
+        path = bases / base
     config_file = path / "config.json" if path.is_dir() else path
     if not config_file.is_file():
         raise WorkspaceError(f"base '{base}' is neither 'pocket' nor a model folder with config.json")
@@ -174,8 +188,10 @@ class Plan:
             lines.append("no GPU detected and no --gpu-mem given: cannot say whether it fits")
         else:
             verdict = "fits" if self.fits else "does NOT fit"
+            fixed = sum(self.parts[k] for k in ("weights", "lora", "gradients", "optimizer"))
+            why = "none (the weights alone do not fit)" if fixed > self.budget else "none"
             lines.append(f"{verdict} in {self.budget / GiB:.1f} GiB; largest sequence that fits at batch "
-                         f"{self.batch}: {self.max_seq or 'none (the weights alone do not fit)'}")
+                         f"{self.batch}: {self.max_seq or why}")
         return "\n".join(lines)
 
 
@@ -233,6 +249,137 @@ def plan(shape: Shape, budget: int | None = None, **kwargs) -> Plan:
     return Plan(shape, kwargs.get("seq", 2048), kwargs.get("batch", 1), kwargs.get("lora_r", 16),
                 kwargs.get("four_bit", False), kwargs.get("grad_checkpointing", False), kwargs.get("dtype", "bf16"),
                 kwargs.get("backend", "hf"), parts, total, budget, max_seq)
+
+
+CHANGE_COST = {"batch": 1, "unsloth": 1, "grad_checkpointing": 2, "four_bit": 3, "seq": 5}
+MIN_PROPOSED_SEQ = 128  # below this a "fitting" plan is not worth proposing
+
+
+@dataclass
+class Proposal:
+    """A configuration that fits: what it changes from the request, and its plan."""
+
+    changes: list[str]          # keys of CHANGE_COST, in that order
+    plan: Plan
+
+    @property
+    def cost(self) -> int:
+        return sum(CHANGE_COST[c] for c in self.changes)
+
+    def flags(self) -> str:
+        p = self.plan
+        out = []
+        if "four_bit" in self.changes:
+            out.append("--4bit")
+        if "grad_checkpointing" in self.changes:
+            out.append("--grad-checkpointing")
+        if "unsloth" in self.changes:
+            out.append("--backend unsloth")
+        if "batch" in self.changes:
+            out.append(f"--batch {p.batch}")
+        if "seq" in self.changes:
+            out.append(f"--seq {p.seq}")
+        return " ".join(out)
+
+    def as_dict(self) -> dict:
+        p = self.plan
+        return {"changes": self.changes, "flags": self.flags(), "seq": p.seq, "batch": p.batch,
+                "four_bit": p.four_bit, "grad_checkpointing": p.grad_checkpointing, "backend": p.backend,
+                "total": p.total, "max_seq": p.max_seq}
+
+
+def _settings(result: Plan) -> dict:
+    return dict(seq=result.seq, batch=result.batch, lora_r=result.lora_r, four_bit=result.four_bit,
+                grad_checkpointing=result.grad_checkpointing, dtype=result.dtype, backend=result.backend)
+
+
+def proposals(asked: Plan, targets: list[str] | None = None, gpu: bool = True,
+              allow: tuple[str, ...] = tuple(CHANGE_COST)) -> list[Proposal]:
+    """The configurations that fit ``asked.budget``, best first (see the module docstring); empty
+    when the asked plan fits or there is no budget. ``allow`` limits which changes may be made."""
+    if asked.budget is None or asked.fits:
+        return []
+    base = _settings(asked)
+    toggles = [t for t in ("unsloth", "grad_checkpointing", "four_bit") if t in allow and not (
+        (t == "four_bit" and asked.four_bit) or (t == "grad_checkpointing" and asked.grad_checkpointing)
+        or (t == "unsloth" and (asked.backend == "unsloth" or not gpu)))]
+    found: list[Proposal] = []
+    for mask in range(1 << len(toggles)):
+        chosen = [t for n, t in enumerate(toggles) if mask >> n & 1]
+        settings = {**base, "targets": targets, "gpu": gpu}
+        for t in chosen:
+            settings.update({"four_bit": True} if t == "four_bit" else {"grad_checkpointing": True}
+                            if t == "grad_checkpointing" else {"backend": "unsloth"})
+        candidate = _fitting(asked.shape, asked.budget, settings, allow)
+        if candidate is not None:
+            result, extra = candidate
+            found.append(Proposal([c for c in CHANGE_COST if c in chosen or c in extra], result))
+    return sorted(found, key=lambda p: (p.cost, p.plan.total))
+
+
+def _fitting(shape: Shape, budget: int, settings: dict, allow) -> tuple[Plan, list[str]] | None:
+    """These settings as asked, else at the largest smaller batch, else at the largest shorter sequence."""
+    result = plan(shape, budget, **settings)
+    if result.fits:
+        return result, []
+    if "batch" in allow:
+        for batch in range(settings["batch"] - 1, 0, -1):
+            smaller = plan(shape, budget, **{**settings, "batch": batch})
+            if smaller.fits:
+                return smaller, ["batch"]
+    if "seq" in allow:
+        for batch in dict.fromkeys((settings["batch"], 1)):
+            if batch != settings["batch"] and "batch" not in allow:
+                continue
+            probe = plan(shape, budget, **{**settings, "batch": batch})
+            if probe.max_seq and probe.max_seq >= MIN_PROPOSED_SEQ:
+                shorter = plan(shape, budget, **{**settings, "batch": batch, "seq": probe.max_seq})
+                return shorter, ["seq"] + (["batch"] if batch != settings["batch"] else [])
+    return None
+
+
+def proposals_report(found: list[Proposal], limit: int = 8) -> str:
+    if not found:
+        return "no configuration within the planner's options fits this budget"
+    lines = ["configurations that fit, best first (peak; largest sequence at that batch):"]
+    for n, p in enumerate(found[:limit], 1):
+        lines.append(f"  {n}. {p.flags():<52} {p.plan.total / GiB:6.2f} GiB  "
+                     f"(seq {p.plan.seq} x batch {p.plan.batch}; up to seq {p.plan.max_seq})")
+    if len(found) > limit:
+        lines.append(f"  ... {len(found) - limit} more (--json lists them all)")
+    return "\n".join(lines)
+
+
+def memory_safe(shape: Shape, budget: int, recipe, pinned: set[str], backend: str) -> tuple[dict, str] | None:
+    """The recipe field changes that make a GPU run fit ``budget`` when its recipe does not, or None
+    when it fits (or nothing unpinned helps). Only changes that keep the sequence and the result's
+    meaning per example are made on the user's behalf: 4-bit, gradient checkpointing, a smaller batch
+    (with more accumulation). ``pinned``: recipe fields the user set (file or option) and so keeps;
+    ``backend``: the one the run will use (hf trains a full-precision base in float32, unsloth in bf16)."""
+    settings = dict(seq=recipe.max_seq_length, batch=recipe.batch_size, lora_r=recipe.lora_r,
+                    four_bit=recipe.load_in_4bit, grad_checkpointing=recipe.gradient_checkpointing,
+                    dtype="bf16" if backend == "unsloth" else "fp32", backend=backend)
+    asked = plan(shape, budget, targets=list(recipe.target_modules), **settings)
+    if asked.fits:
+        return None
+    allow = tuple(c for c, field in (("four_bit", "load_in_4bit"), ("grad_checkpointing", "gradient_checkpointing"),
+                                     ("batch", "batch_size")) if field not in pinned)
+    found = proposals(asked, targets=list(recipe.target_modules), allow=allow)
+    if not found:
+        return None
+    best = found[0].plan
+    updates: dict = {}
+    if best.four_bit != recipe.load_in_4bit:
+        updates["load_in_4bit"] = True
+    if best.grad_checkpointing != recipe.gradient_checkpointing:
+        updates["gradient_checkpointing"] = True
+    if best.batch != recipe.batch_size:
+        updates["batch_size"] = best.batch
+        updates["grad_accum"] = recipe.grad_accum * -(-recipe.batch_size // best.batch)
+    message = (f"the recipe's plan needs {asked.total / GiB:.2f} GiB, more than this GPU's {budget / GiB:.1f} GiB; "
+               f"training memory-safe instead ({found[0].flags()}: {best.total / GiB:.2f} GiB planned). "
+               f"Set these fields in the recipe to choose otherwise.")
+    return updates, message
 
 
 def detected_gpu_memory() -> int | None:

@@ -36,6 +36,25 @@ def tracking_callback(tracker: Tracker):
     return _Track()
 
 
+def mean_train_loss(log_history: list[dict], global_step: int, fallback: float) -> float:
+    """The mean loss over every step of the run, from the logged history (``fallback`` without one).
+
+    transformers' own ``training_loss`` sums only the losses of this process (the steps after a
+    resume) and divides by every step: a resumed run would report too low a value. The history is
+    restored with the checkpoint, so it covers all steps; each logged ``loss`` is the mean of the
+    steps since the one logged before it, hence the weights."""
+    total, previous = 0.0, 0
+    for entry in log_history:
+        step = entry.get("step")
+        if "loss" not in entry or not isinstance(step, int) or step <= previous:
+            continue
+        total += entry["loss"] * (step - previous)
+        previous = step
+    if previous != global_step or global_step <= 0:
+        return fallback  # a history that does not cover the run (logging_steps > 1 at the end): keep theirs
+    return total / global_step
+
+
 def history_of(trainer) -> list[dict]:
     """Every logged step, including those before a resume (transformers restores log_history)."""
     return [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history]
@@ -64,6 +83,8 @@ def execute(ws: Workspace, *, run_id: str, stage: str, request: dict, tags: dict
             else:
                 on_event(Event(event_stage, message=f"run {run_id} started in {folder}"))
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            result = result._replace(training_loss=mean_train_loss(trainer.state.log_history, result.global_step,
+                                                                   result.training_loss))
             out = folder / "out"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()

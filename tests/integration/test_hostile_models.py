@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_transformers_never_imports_model_code_once_forbidden_even_when_asked_to
     """The mechanism under the up-front check: trust_remote_code=True cannot load the folder's code."""
     from transformers import AutoTokenizer
 
-    from appliance.train.model_folder import UnsafeModelFolder, forbid_remote_code
+    from appliance.model_folder import UnsafeModelFolder, forbid_remote_code
 
     marker = tmp_path / "MARKER"
     folder = with_remote_code(tiny_base, tmp_path / "evil", marker)
@@ -160,7 +161,7 @@ def test_a_symlink_out_of_the_folder_is_refused_by_train_and_export(tiny_base, t
 
 
 def test_a_hub_cache_snapshot_may_link_into_its_own_blobs(tiny_base, tmp_path):
-    from appliance.train.model_folder import check
+    from appliance.model_folder import check
 
     repo = tmp_path / "hub" / "models--site--tiny"
     snapshot, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
@@ -174,7 +175,7 @@ def test_a_hub_cache_snapshot_may_link_into_its_own_blobs(tiny_base, tmp_path):
 
 def test_truncated_or_inconsistent_safetensors_and_an_index_pointing_outside_are_refused(tiny_base, tmp_path):
     from appliance.export.adapters import export_base
-    from appliance.train.model_folder import UnsafeModelFolder, check
+    from appliance.model_folder import UnsafeModelFolder, check
 
     truncated = copy_base(tiny_base, tmp_path / "truncated")
     weights = truncated / "model.safetensors"
@@ -263,3 +264,51 @@ def test_an_adapter_gguf_that_changed_after_export_is_refused(base_version, tmp_
     (folder / "adapter.gguf").write_bytes(b"GGUF" + bytes(59) + b"\x01")
     with pytest.raises(WorkspaceError, match="adapter ad-test's adapter.gguf does not match its manifest"):
         resolve_adapter(ws, "ad-test", version)
+
+
+# the RAG embedding model (and reranker) folders ------------------------------------------------------
+def as_sentence_transformer(folder: Path, module_type: str = "sentence_transformers.models.Transformer") -> Path:
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": module_type},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64,
+                                                                  "pooling_mode_mean_tokens": True}))
+    return folder
+
+
+def test_rag_refuses_a_hostile_embedding_model_folder_with_one_line_and_runs_none_of_it(tiny_base, tmp_path):
+    from appliance.rag import RagError
+    from appliance.rag.embed import EmbeddingModelError, load_embedder
+    from appliance.rag.rerank import configured_reranker
+    from appliance.rag.store import index_documents
+
+    marker = tmp_path / "MARKER"
+    linked = as_sentence_transformer(copy_base(tiny_base, tmp_path / "linked"))
+    (tmp_path / "elsewhere").mkdir()
+    (linked / "model.safetensors").rename(tmp_path / "elsewhere" / "model.safetensors")
+    (linked / "model.safetensors").symlink_to(tmp_path / "elsewhere" / "model.safetensors")
+    hostile = {
+        "ships code (tokenization_evil.py via auto_map in tokenizer_config.json)":
+            as_sentence_transformer(with_remote_code(tiny_base, tmp_path / "code", marker)),
+        "has only pickle weights (pytorch_model.bin)": as_sentence_transformer(pickle_only(tiny_base, tmp_path / "pkl")),
+        "model.safetensors is a symlink to": linked,
+        "names modules that are not sentence-transformers' own (os.system)":
+            as_sentence_transformer(copy_base(tiny_base, tmp_path / "foreign"), "os.system"),
+    }
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Vaults\n\nVault A opens with code 100.\n")
+    ws = Workspace.open(tmp_path / "ws")
+    for why, folder in hostile.items():
+        for load in (lambda: index_documents(ws, [docs], model_path=folder), lambda: load_embedder(folder)):
+            with pytest.raises(EmbeddingModelError) as refused:
+                load()
+            message = str(refused.value)
+            assert message.startswith("refusing the embedding model folder: ") and why in message, message
+            assert "\n" not in message
+        if why.startswith(("ships", "has only", "model.")):
+            with pytest.raises(RagError, match=f"refusing the reranker folder: .*{re.escape(why[:20])}"):
+                configured_reranker(folder)
+    assert not marker.exists()
+    assert not (ws.rag / "chunks.lance").exists()

@@ -103,6 +103,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_base):
     assert manifest["resumed_from"].startswith("checkpoint-")
     assert int(manifest["resumed_from"].split("-")[1]) >= int(seen.name.split("-")[1])
     assert manifest["metrics"]["steps"] == whole.manifest["metrics"]["steps"] == 30
+    assert manifest["metrics"]["train_loss"] == pytest.approx(whole.manifest["metrics"]["train_loss"], rel=1e-6)
     assert partial_runs(ws_b) == [] and not list(ws_b.runs.glob(".partial-*"))
 
     a = load_file(whole.adapter / "adapter_model.safetensors")
@@ -154,3 +155,11 @@ def test_rerunning_the_same_call_resumes_from_the_last_checkpoint(tmp_path, tiny
     a, b = load_file(whole.adapter / "adapter_model.safetensors"), load_file(again.adapter / "adapter_model.safetensors")
     # both runs in this one process, same thread count: bit-identical (see the module docstring)
     assert all(torch.equal(a[k], b[k]) for k in a), max(float((a[k] - b[k]).abs().max()) for k in a)
+    # train_loss is the mean over all 6 steps, also for the run that trained only steps 3-6 itself
+    # (issue 13: it summed the resumed steps only and divided by all of them)
+    whole_metrics, resumed_metrics = whole.manifest["metrics"], again.manifest["metrics"]
+    losses = [h["loss"] for h in whole.manifest["history"] if "loss" in h]
+    assert len(losses) == whole_metrics["steps"] == resumed_metrics["steps"] == 6
+    assert whole_metrics["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-9)
+    assert resumed_metrics["train_loss"] == pytest.approx(whole_metrics["train_loss"], rel=1e-6), \
+        (resumed_metrics["train_loss"], whole_metrics["train_loss"])

@@ -42,7 +42,9 @@ def hostile(trained, tmp_path_factory):
     (root / "models").mkdir(parents=True)
     (root / "models" / trained.version.id).symlink_to(trained.version.path)
     (root / "site.toml").write_text(f"[serve]\nmax_body_bytes = {BODY_LIMIT}\nread_timeout_s = {READ_TIMEOUT}\n"
-                                    f"max_connections = {MAX_CONNECTIONS}\n")
+                                    f"max_connections = {MAX_CONNECTIONS}\n"
+                                    # one address may take them all here (test_admin_rights.py tests the cap)
+                                    f"max_connections_per_address = {MAX_CONNECTIONS}\n")
     port = free_port()
     log_path = root / "serve.log"
     log = open(log_path, "w")  # noqa: SIM115 - open while the server runs
@@ -280,10 +282,14 @@ def test_client_limits_come_from_the_option_then_site_toml(tmp_path):
 
     ws = Workspace.open(tmp_path / "ws")
     assert client_limits(ws, ServeOptions()) == {"max_body_bytes": 4 * 1024 * 1024, "read_timeout_s": 30.0,
-                                                  "max_connections": 256}
-    (ws.root / "site.toml").write_text("[serve]\nmax_body_bytes = 1000\nread_timeout_s = 5\n")
+                                                  "max_connections": 256, "max_connections_per_address": 64}
+    (ws.root / "site.toml").write_text("[serve]\nmax_body_bytes = 1000\nread_timeout_s = 5\nmax_connections = 40\n")
     assert client_limits(ws, ServeOptions(read_timeout_s=1.5)) == {"max_body_bytes": 1000, "read_timeout_s": 1.5,
-                                                                    "max_connections": 256}
+                                                                    "max_connections": 40,
+                                                                    "max_connections_per_address": 10}
+    (ws.root / "site.toml").write_text("[serve]\nmax_connections_per_address = 3\n")
+    assert client_limits(ws, ServeOptions())["max_connections_per_address"] == 3
+    assert client_limits(ws, ServeOptions(max_connections_per_address=5))["max_connections_per_address"] == 5
     (ws.root / "site.toml").write_text('[serve]\nmax_connections = "many"\n')
     with pytest.raises(WorkspaceError, match="max_connections must be a positive number"):
         client_limits(ws, ServeOptions())

@@ -18,7 +18,7 @@ from appliance.serve.api import ServeSettings, create_app
 from appliance.serve.auth import KeyRing, create_key, keys_path
 from appliance.serve.engine import PromptTooLong, SamplingParams, UnknownModel
 from appliance.serve.limits import Limits
-from appliance.serve.output_filter import HOLD, OutputFilter
+from appliance.serve.output_filter import OutputFilter
 from appliance.workspace import Workspace
 
 BASE = "mv-test"
@@ -235,7 +235,7 @@ def test_stream_filter_matches_whole_text_filter_for_any_chunking():
     for _ in range(200):
         s, out, i = f.stream(), [], 0
         while i < len(text):
-            n = rng.randint(1, 2 * HOLD)
+            n = rng.randint(1, 96)
             out.append(s.push(text[i:i + n]))
             i += n
         out.append(s.flush())

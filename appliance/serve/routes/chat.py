@@ -5,10 +5,12 @@
 
 With ``rag: true`` the last user message is answered from the workspace's RAG store: the model
 gets the retrieved passages (appliance.rag.answer's prompt) and the response carries
-``citations`` (``[n]`` in the answer = ``citations[n-1]``).
+``citations`` (``[n]`` in the answer = ``citations[n-1]``). With the output filter on for the
+request's key, the citations' text, source, title and section are redacted like the answer.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -20,6 +22,7 @@ from appliance.rag.answer import build_messages
 from appliance.rag.store import search
 from appliance.serve.context import server_of
 from appliance.serve.generation import check_prompt, generate, sampling_params
+from appliance.serve.output_filter import CITATION_FIELDS
 from appliance.serve.protocol import ApiError, ChatCompletionRequest
 from appliance.workspace import Workspace
 
@@ -40,6 +43,11 @@ async def chat_completions(request: Request):
     if body.rag:
         messages, citations = await run_in_threadpool(rag_messages, server.ws, messages,
                                                       body.rag_k or server.settings.rag_k_default)
+        if server.filtered_for(key):  # passages quote the site's documents: redacted like the answer
+            counts: Counter = Counter()
+            citations = [server.pii.redact_fields(c, CITATION_FIELDS, counts) for c in citations]
+            if counts:
+                ctx.record["redaction_counts"] = dict(counts)
         extra["citations"] = citations
     await check_prompt(server, "\n".join(m.get("content") or "" for m in messages))
     start = server.models.leased(lambda engine: engine.chat_stream(messages, params, model=model))
