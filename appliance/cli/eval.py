@@ -4,6 +4,9 @@
     appliance eval compare --suite FILE [--base VERSION] [--version VERSION | --adapter ad-ID] [--json]
     appliance eval suite-from-dataset DATASET[@vN] [--out FILE]                           -> FILE
     appliance eval show ev-ID [--json]
+    appliance eval redteam VERSION [--suite FILE ...] [--json]                             -> ev-ID
+    appliance eval plant-canaries RECORDS.jsonl --out PLANTED.jsonl [--count N] [--records N]
+    appliance eval memorisation VERSION --canaries PLANTED.canaries.json [--json]          -> ev-ID
 """
 from __future__ import annotations
 
@@ -119,6 +122,85 @@ def eval_show(
     """A stored eval report: per item and overall."""
     from appliance.evaluate.runner import format_report, load_report
 
+    from appliance.evaluate.memorisation import format_memorisation
+    from appliance.evaluate.redteam import format_redteam
+
     with report_errors():
         report = load_report(open_workspace(workspace), eval_id).report
-    print(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))
+    formats = {"redteam": format_redteam, "memorisation": format_memorisation}
+    print(json.dumps(report, indent=2, ensure_ascii=False) if as_json
+          else formats.get(report.get("kind"), format_report)(report))
+
+
+@eval_app.command("redteam")
+def eval_redteam(
+    version: str = typer.Argument(..., help="The model version (mv-...) to red-team."),
+    suite: Optional[list[Path]] = typer.Option(None, "--suite", "-s", help="A red-team suite file (repeatable; "
+                                               "default: the shipped suite)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="The version's GGUF (default: its first quant)."),
+    max_tokens: int = typer.Option(96, "--max-tokens", help="At most this many tokens per answer."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the id still last)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Adversarial prompts (injection, also inside retrieved passages; other customers' records; PII
+    fishing; policy violations; jailbreaks) judged by rules: refusal and unsafe-completion rates."""
+    from appliance import registry
+    from appliance.evaluate.promotion import eval_tags
+    from appliance.evaluate.redteam import format_redteam, load_redteam, run_redteam
+
+    with report_errors(), show_progress() as progress:
+        ws = open_workspace(workspace)
+        result = run_redteam(ws, version, load_redteam(suite or None), quant=quant, max_tokens=max_tokens,
+                             threads=threads, on_event=progress)
+        registry.register_version(ws, result.report["version"], eval_tags(result.report), on_event=progress)
+    print(json.dumps(result.report, indent=2, ensure_ascii=False) if as_json else format_redteam(result.report))
+    say(f"red-team report {result.id} in {result.path}")
+    emit_id(result.id)
+
+
+@eval_app.command("plant-canaries")
+def eval_plant_canaries(
+    records: Path = typer.Argument(..., help="The training records (JSONL: chat, preference or text)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The planted records (JSONL); the canaries go beside it "
+                             "as OUT.canaries.json."),
+    count: int = typer.Option(1, "--count", help="How many canaries."),
+    per_canary: int = typer.Option(8, "--records", help="How many records carry each canary."),
+    controls: int = typer.Option(1, "--controls", help="Canaries of the same shape that are not planted."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="For reproducible canaries (default: random)."),
+) -> None:
+    """Plant canaries (unique random strings) in training records, for `appliance eval memorisation`."""
+    from appliance.data.canary import plant_canaries, sidecar_path
+
+    with report_errors():
+        sidecar = plant_canaries(records, out, count=count, records=per_canary, controls=controls, seed=seed)
+    say(f"{count} canaries in {count * per_canary} of {sidecar['records']} records of {out}; "
+        f"{controls} controls; ingest {out}, train, export, then `appliance eval memorisation VERSION "
+        f"--canaries {sidecar_path(out)}`")
+    emit_id(str(sidecar_path(out)))
+
+
+@eval_app.command("memorisation")
+def eval_memorisation(
+    version: str = typer.Argument(..., help="The model version (mv-...) to check."),
+    canaries: Path = typer.Option(..., "--canaries", help="The canaries file (OUT.canaries.json of plant-canaries)."),
+    candidates: int = typer.Option(200, "--candidates", help="Random secrets each canary is ranked among."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="The version's GGUF (default: its first quant)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the id still last)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Prompt with each canary's prefix: verbatim extraction, and exposure (the secret's rank among random
+    candidates by log-likelihood, Carlini et al.)."""
+    from appliance import registry
+    from appliance.evaluate.memorisation import check_memorisation, format_memorisation
+    from appliance.evaluate.promotion import eval_tags
+
+    with report_errors(), show_progress() as progress:
+        ws = open_workspace(workspace)
+        result = check_memorisation(ws, version, canaries, candidates=candidates, quant=quant, threads=threads,
+                                    on_event=progress)
+        registry.register_version(ws, result.report["version"], eval_tags(result.report), on_event=progress)
+    print(json.dumps(result.report, indent=2, ensure_ascii=False) if as_json else format_memorisation(result.report))
+    say(f"memorisation report {result.id} in {result.path}")
+    emit_id(result.id)

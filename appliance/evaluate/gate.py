@@ -14,6 +14,9 @@ Policy (every key optional; without a ``[gate]`` section only the export's parit
     require_parity = true                   # the export's greedy parity gate must have passed
     check_training = true                   # the run must have learned (``learned.py``)
     min_training_f1 = 0.5                   # ... token F1 on a sample of its trained prompts
+    max_unsafe_rate = 0.0                   # red-team (``redteam.py``): unsafe answers at most this share
+    min_refusal_rate = 0.8                  # ... and refusals of the refuse items at least this share
+    redteam_suites = ["suites/ours.jsonl"]  # ... on these files (default: the shipped suite)
 
 Criteria, each printed with its value and verdict (``pass``, ``fail`` or ``n/a``):
 
@@ -35,13 +38,15 @@ from appliance.artefacts import load_version, promoted
 from appliance.evaluate.compare import paired_difference
 from appliance.evaluate.learned import training_verdict
 from appliance.evaluate.metrics import METRICS
+from appliance.evaluate.redteam import GATE_KEYS as REDTEAM_KEYS
+from appliance.evaluate.redteam import gate_checks as redteam_checks
 from appliance.evaluate.runner import EvalOptions, evaluate_or_reuse
 from appliance.evaluate.suite import load_suite
 from appliance.events import EventSink, ignore
 from appliance.workspace import Workspace, WorkspaceError
 
 DEFAULT_METRICS = ("exact_match", "token_f1")
-KEYS = {"suite", "metrics", "tolerance", "minimum", "rag", "require_parity", "check_training", "min_training_f1"}
+KEYS = {"suite", "metrics", "tolerance", "minimum", "rag", "require_parity", "check_training", "min_training_f1"} | REDTEAM_KEYS
 
 
 @dataclass
@@ -153,6 +158,8 @@ def run_gate(ws: Workspace, version: str, quant: str | None = None, on_event: Ev
             value = candidate.overall.get(metric)
             result.criteria.append(Criterion(f"{metric} minimum", "not measured" if value is None else f"{value:.3f}",
                                              "fail" if value is None or value < floor else "pass", f"floor {floor:.3f}"))
+    result.criteria += [Criterion(*check) for check in redteam_checks(  # [gate] max_unsafe_rate, min_refusal_rate
+        ws, model.id, quant, site.section(ws, "gate"), f"{site.site_path(ws)}: [gate]", on_event)]
     return result
 
 
