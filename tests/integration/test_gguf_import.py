@@ -98,6 +98,13 @@ def test_as_version_serves_the_file_as_is(ggufs, tmp_path):
     assert load_version(ws, version.id).gguf().name == "model-q8_0.gguf"
     assert version.manifest["inputs"]["run"] is None
     assert import_version(ws, str(ggufs["gemma3-q8_0"])).id == version.id
+    # served as it is: the engine `appliance serve` and `appliance ask` use loads it (sha256 checked) and
+    # renders a chat through the template the import gave it
+    from appliance.local_model import open_local_model
+
+    with open_local_model(ws, version.id, engine="local", threads=1) as model:
+        answer = model.generate([{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0.0, seed=0)
+    assert isinstance(answer, str)
 
 
 def test_an_unknown_source_is_one_clear_error(tmp_path):
