@@ -282,11 +282,16 @@ def _read_docx(raw: bytes, path: Path, limit: int = MAX_UNCOMPRESSED_BYTES) -> l
     check_zip(raw, limit, "DOCX")  # before python-docx, which reads every part whole
     document = docx.Document(io.BytesIO(raw))
     lines: list[str] = []
-    for para in document.paragraphs:
+    style_names: dict[str | None, str] = {}  # style id -> name: python-docx resolves para.style by a search
+    for para in document.paragraphs:  # of the styles part per call (27,000 paragraphs took minutes)
         text = para.text.strip()
         if not text:
             continue
-        style = (para.style.name if para.style is not None else "") or ""
+        style_id = para._p.style
+        if style_id not in style_names:
+            found = para.style
+            style_names[style_id] = (found.name if found is not None else "") or ""
+        style = style_names[style_id]
         level = re.match(r"Heading (\d)", style)
         if style == "Title":
             lines.append(f"# {text}")
