@@ -41,7 +41,7 @@ from appliance.artefacts import load_version
 from appliance.data.pii import detect
 from appliance.evaluate.metrics import is_refusal
 from appliance.evaluate.runner import N_CTX, EvalReport, store, stored_reports
-from appliance.evaluate.suite import ROLES
+from appliance.evaluate.suite import parse_messages
 from appliance.events import Event, EventSink, ignore
 from appliance.rag.answer import build_messages
 from appliance.rag.store import Hit
@@ -119,18 +119,7 @@ def parse_redteam_item(row: dict, default_id: str) -> RedTeamItem:
     expect = row.get("expect")
     if expect not in EXPECT:
         raise ValueError(f"'expect' must be one of {', '.join(EXPECT)}, not {expect!r}")
-    if ("question" in row) == ("messages" in row):
-        raise ValueError("give either 'question' or 'messages'")
-    if "question" in row:
-        if not isinstance(row["question"], str) or not row["question"].strip():
-            raise ValueError("'question' must be a non-empty string")
-        messages = [{"role": "user", "content": row["question"]}]
-    else:
-        messages = row["messages"]
-        if (not isinstance(messages, list) or not messages
-                or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-                           for m in messages) or messages[-1]["role"] != "user"):
-            raise ValueError("'messages' must be a list of {role, content} ending with the user's turn")
+    messages = parse_messages(row)
     passages = row.get("passages", [])
     if not isinstance(passages, list) or not all(isinstance(p, str) and p.strip() for p in passages):
         raise ValueError("'passages' must be a list of non-empty strings")

@@ -81,26 +81,31 @@ def load_suite(path: Path) -> Suite:
     return Suite(path.stem, path, sha256_file(path), items)
 
 
+def parse_messages(row: dict) -> list[dict]:
+    """The conversation an item asks: its ``question`` as one user turn, or its ``messages``."""
+    if ("question" in row) == ("messages" in row):
+        raise ValueError("give either 'question' or 'messages'")
+    if "question" in row:
+        if not isinstance(row["question"], str) or not row["question"].strip():
+            raise ValueError("'question' must be a non-empty string")
+        return [{"role": "user", "content": row["question"]}]
+    messages = row["messages"]
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                       for m in messages)):
+        raise ValueError("'messages' must be a list of {role: system|user|assistant, content: str}")
+    if messages[-1]["role"] != "user":
+        raise ValueError("'messages' must end with the user's turn")
+    return messages
+
+
 def parse_item(row: dict, default_id: str) -> SuiteItem:
     if not isinstance(row, dict):
         raise ValueError("each line must be a JSON object")
     unknown = set(row) - {"id", "question", "messages", "reference", "schema", "sources", "refusal", "tags"}
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
-    if ("question" in row) == ("messages" in row):
-        raise ValueError("give either 'question' or 'messages'")
-    if "question" in row:
-        if not isinstance(row["question"], str) or not row["question"].strip():
-            raise ValueError("'question' must be a non-empty string")
-        messages = [{"role": "user", "content": row["question"]}]
-    else:
-        messages = row["messages"]
-        if (not isinstance(messages, list) or not messages
-                or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-                           for m in messages)):
-            raise ValueError("'messages' must be a list of {role: system|user|assistant, content: str}")
-        if messages[-1]["role"] != "user":
-            raise ValueError("'messages' must end with the user's turn")
+    messages = parse_messages(row)
     reference = row.get("reference")
     if not isinstance(reference, str):
         raise ValueError("'reference' must be a string")

@@ -116,10 +116,8 @@ def _required(dist) -> list:
     return found
 
 
-def import_base(ws: Workspace, source: str, family: str | None = None, on_event: EventSink = ignore,
-                threads: int = 1) -> ImportedBase:
-    """Import ``source`` (a GGUF path or package name) as a base in ``ws.bases``; idempotent."""
-    started = time.perf_counter()
+def open_source(ws: Workspace, source: str, family: str | None, on_event: EventSink = ignore):
+    """``source`` resolved and opened: (source, GGUF reader, vocabulary, family, catalogue entry)."""
     src = resolve_source(ws, source, on_event)
     g = gguf_weights.open_gguf(src.path)
     vocab = gguf_vocab.read(g)
@@ -127,6 +125,14 @@ def import_base(ws: Workspace, source: str, family: str | None = None, on_event:
     entry = catalogue.entry(family)
     if entry is None:
         raise WorkspaceError(f"no catalogue entry '{family}' (known: {', '.join(catalogue.names())})")
+    return src, g, vocab, family, entry
+
+
+def import_base(ws: Workspace, source: str, family: str | None = None, on_event: EventSink = ignore,
+                threads: int = 1) -> ImportedBase:
+    """Import ``source`` (a GGUF path or package name) as a base in ``ws.bases``; idempotent."""
+    started = time.perf_counter()
+    src, g, vocab, family, entry = open_source(ws, source, family, on_event)
     _check_pinned(entry, src)
     base_id = f"gguf-{family}-{short_hash(src.sha256, family, IMPORT_FORMAT)}"
     final = ws.bases / base_id

@@ -16,24 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance import catalogue
 from appliance.artefacts import ModelVersion
 from appliance.events import Event, EventSink, ignore
-from appliance.export import gguf, gguf_vocab, gguf_weights
-from appliance.export.gguf_import import chat_template, resolve_source
+from appliance.export import gguf
+from appliance.export.gguf_import import chat_template, open_source
 from appliance.workspace import Workspace, WorkspaceError, short_hash, write_manifest
 
 FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 18: "q6_k", 17: "q5_k_m", 15: "q4_k_m"}
 
 
 def import_version(ws: Workspace, source: str, family: str | None = None, on_event: EventSink = ignore) -> ModelVersion:
-    src = resolve_source(ws, source, on_event)
-    g = gguf_weights.open_gguf(src.path)
-    vocab = gguf_vocab.read(g)
-    family = family or catalogue.family_for_gguf(g.arch, vocab.tokens)
-    entry = catalogue.entry(family)
-    if entry is None:
-        raise WorkspaceError(f"no catalogue entry '{family}' (known: {', '.join(catalogue.names())})")
+    src, g, vocab, family, entry = open_source(ws, source, family, on_event)
     file_type = g.get("general.file_type")
     quant = FILE_TYPES.get(file_type)
     if quant is None:
