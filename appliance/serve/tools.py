@@ -45,6 +45,9 @@ from appliance.serve.json_grammar import JsonGrammar
 
 _DECODER = json.JSONDecoder()
 ID_ALPHABET = string.ascii_letters + string.digits
+MAX_CALLS = 8
+"""Most calls a forced (``required``) answer may make at once: a sampled model can otherwise keep
+adding calls until ``max_tokens`` cuts the last one in half."""
 
 
 class ToolError(ValueError):
@@ -61,7 +64,10 @@ class ToolRequest:
     """OpenAI tool objects ``{"type": "function", "function": {name, description, parameters}}``."""
     choice: str
     """``auto``, ``none``, ``required``, or the name of the one function the model must call."""
-    parallel: bool = True
+    parallel: bool = False
+    """Whether a forced answer may make several calls: only when the request says
+    ``parallel_tool_calls: true`` (llama-server's default, not OpenAI's: a small model forced into
+    a list keeps adding calls). Calls a model writes unforced are all answered either way."""
 
     @property
     def names(self) -> list[str]:
@@ -101,7 +107,7 @@ def tool_request(tools: list[dict] | None, tool_choice: str | dict | None,
         if params is not None and not isinstance(params, dict):
             raise ToolError(f"tools: the parameters of {tool['function']['name']} must be a JSON schema object",
                             "tools")
-    return ToolRequest(tuple(tools), choice, parallel_tool_calls is not False)
+    return ToolRequest(tuple(tools), choice, parallel_tool_calls is True)
 
 
 # -- families ----------------------------------------------------------------------------------
@@ -185,7 +191,7 @@ def with_tool_prompt(messages: list[dict], request: ToolRequest, family: Family)
     """``messages`` with the tools described in the system message (for templates that ignore tools)."""
     if request.choice == "none":
         return messages
-    listing = json.dumps([t["function"] for t in request.tools], ensure_ascii=False, indent=2)
+    listing = json.dumps([t["function"] for t in request.tools], ensure_ascii=False)
     if request.parallel and family.parallel:
         form = ('{"tool_calls": [{"name": "<function name>", "arguments": {...}}, ...]}')
     else:
@@ -221,16 +227,17 @@ def call_grammar(request: ToolRequest, family: Family, takes_tools: bool) -> str
     many = request.parallel and family.parallel and request.choice == "required"
     if fmt == "hermes":
         one = g.literal("<tool_call>\n") + " call " + g.literal("\n</tool_call>")
-        root = f"{one} ( {g.literal(chr(10))} {one} )*" if many else one
+        root = f"{one} ( {g.literal(chr(10))} {one} ){{0,{MAX_CALLS - 1}}}" if many else one
     elif fmt == "mistral":
-        calls = f'call ( {g.literal(", ")} call )*' if many else "call"
+        calls = f'call ( {g.literal(", ")} call ){{0,{MAX_CALLS - 1}}}' if many else "call"
         root = f'{g.literal("[TOOL_CALLS][")} {calls} {g.literal("]")}'
     elif fmt == "llama3":
         root = "call"
     elif fmt == "gemma":
-        root = "call ( call )*" if many else "call"
+        root = f"call ( call ){{0,{MAX_CALLS - 1}}}" if many else "call"
     elif many:
-        root = f'{g.literal(chr(123) + chr(34) + "tool_calls" + chr(34) + ": [")} call ( {g.literal(", ")} call )* ' \
+        root = f'{g.literal(chr(123) + chr(34) + "tool_calls" + chr(34) + ": [")} call ( {g.literal(", ")} call )' \
+               f'{{0,{MAX_CALLS - 1}}} ' \
                f'{g.literal("]}")}'
     else:
         root = f'{g.literal(chr(123) + chr(34) + "tool_call" + chr(34) + ": ")} call {g.literal("}")}'
@@ -487,7 +494,7 @@ def tool_chunks(chunks: Iterator[dict], request: ToolRequest, family: Family) ->
             head = {"role": delta["role"]} if "role" in delta else {}
             deltas = ([{**head, "content": content}] if content else []) + \
                      [{"tool_calls": [{"index": n, **call}]} for n, call in
-                      enumerate(calls if request.parallel else calls[:1])]
+                      enumerate(calls)]
             for i, part in enumerate(deltas):
                 yield {"id": chunk["id"], "object": chunk["object"], "created": chunk["created"],
                        "model": chunk["model"],

@@ -241,10 +241,21 @@ def test_forced_tool_calls_round_trip_with_the_openai_client(server, clean_log):
                                                  {"role": "tool", "tool_call_id": call.id, "content": "100"}],
                                        tool_choice="none")
     assert follow.choices[0].finish_reason in ("stop", "length") and follow.choices[0].message.tool_calls is None
-    required = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL],
-                                         tool_choice="required", temperature=1.0, seed=5, max_tokens=300)
-    calls = required.choices[0].message.tool_calls
-    assert calls and all(tc.function.name in ("vault_code", "open_gate") for tc in calls)
+    for seed in range(3):  # sampled: any function, valid arguments
+        required = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL],
+                                             tool_choice="required", temperature=1.0, seed=seed, max_tokens=300)
+        assert required.choices[0].finish_reason == "tool_calls"
+        assert len(required.choices[0].message.tool_calls) == 1
+        for tc in required.choices[0].message.tool_calls:
+            tool = {"vault_code": VAULT_TOOL, "open_gate": GATE_TOOL}[tc.function.name]
+            jsonschema.validate(json.loads(tc.function.arguments), tool["function"]["parameters"])
+    # several calls only when asked for (the tiny model's 1,024-token context holds 8 short ones)
+    short = {"type": "function", "function": {"name": "vault_code", "parameters": {
+        "type": "object", "properties": {"vault": {"enum": ["A", "B", "C"]}}, "required": ["vault"]}}}
+    parallel = c.chat.completions.create(model="", messages=messages, tools=[short], tool_choice="required",
+                                         parallel_tool_calls=True, temperature=1.0, seed=1, max_tokens=600)
+    calls = parallel.choices[0].message.tool_calls
+    assert parallel.choices[0].finish_reason == "tool_calls" and 1 <= len(calls) <= 8
     assert len({tc.id for tc in calls}) == len(calls)
     # streamed: the same call arrives as tool_calls deltas
     stream = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL], temperature=0,
