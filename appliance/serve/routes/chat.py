@@ -71,6 +71,10 @@ async def chat_completions(request: Request):
                            f"({type(exc).__name__}: {exc})", param="tools") from exc
     params = sampling_params(server, body, body.max_completion_tokens or body.max_tokens,
                              logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar)
+    if tools is not None and tools.choice != "none":
+        # the markers some families write as control tokens ([TOOL_CALLS], <|python_tag|>, Gemma 4's
+        # <|tool_call>) must reach the parser, as llama-server keeps them
+        params.special_tokens = True
     extra: dict[str, Any] = {}
     ctx.record.update(stream=body.stream, rag=body.rag)
     if body.rag:
