@@ -6,6 +6,7 @@
 Public functions (routes/chat.py uses them; so can any other API front end):
 
 - :func:`tool_request` checks ``tools`` / ``tool_choice`` / ``parallel_tool_calls`` -> :class:`ToolRequest`;
+- :func:`plan` does the steps below for one request -> :class:`ToolPlan` (what routes/chat.py uses);
 - :func:`family_of` names the call format a chat template's model writes (:data:`FAMILIES`);
 - :func:`template_kwargs` / :func:`with_tool_prompt`: the tools go to a template that renders them
   (Hugging Face templates take ``tools``); a template that ignores them gets them in a system
@@ -201,6 +202,39 @@ def with_tool_prompt(messages: list[dict], request: ToolRequest, family: Family)
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+@dataclass
+class ToolPlan:
+    """Everything a front end needs to serve one tools request (see :func:`plan`)."""
+
+    request: ToolRequest
+    family: Family
+    """The call format to force and to read."""
+    messages: list[dict]
+    """The messages to render (with the tools in the system message when the template ignores them)."""
+    template_kwargs: dict
+    """Extra arguments for the chat template (``tools``, ``tool_choice``)."""
+    grammar: str | None
+    """The GBNF grammar a forced call is sampled under (None: free output)."""
+
+
+def plan(request: ToolRequest, messages: list[dict], template: str, render) -> ToolPlan:
+    """How to serve ``request`` with a model whose chat template is ``template`` (``render``: the
+    engine's ``render(messages, **kwargs) -> str``). Blocking (it may render the template once);
+    a function schema the grammar converter cannot take raises ToolError naming ``tools``. Sample
+    with ``grammar`` and ``special_tokens`` on (unless ``choice`` is ``none``), then read the output
+    with :func:`tool_chunks` or :func:`parse_tool_calls`."""
+    takes_tools = renders_tools(template, render)
+    family = output_family(template, takes_tools)
+    if not takes_tools:
+        messages = with_tool_prompt(messages, request, family)
+    try:
+        grammar = call_grammar(request, family, takes_tools)
+    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
+        raise ToolError(f"tools: a function's parameters cannot be turned into a grammar "
+                        f"({type(exc).__name__}: {exc})", "tools") from exc
+    return ToolPlan(request, family, messages, template_kwargs(request, takes_tools), grammar)
 
 
 # -- forcing a call ----------------------------------------------------------------------------
