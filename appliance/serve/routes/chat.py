@@ -7,6 +7,9 @@ With ``rag: true`` the last user message is answered from the workspace's RAG st
 gets the retrieved passages (appliance.rag.answer's prompt) and the response carries
 ``citations`` (``[n]`` in the answer = ``citations[n-1]``). With the output filter on for the
 request's key, the citations' text, source, title and section are redacted like the answer.
+With ``tools`` the request is served as tools.py's :func:`~appliance.serve.tools.plan` says (the
+model's template and call format; a grammar when a call is forced) and its output read into
+``tool_calls``; ``n`` choices are generated one after another (generation.choices).
 """
 from __future__ import annotations
 
