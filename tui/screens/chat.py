@@ -248,6 +248,8 @@ class ChatScreen(Screen):
     @on(ModelsListed)
     def _models_listed(self, message: ModelsListed) -> None:
         before = self.model_id
+        if message.served.models and not self.served.models and self.conversation.query(Notice):
+            self.conversation.mount(Notice(f"connected: {message.served.url} serves {message.served.base}"))
         self.served = message.served
         if message.served.models and self.adapter is not None and self.model_id == message.served.base:
             self.notify(f"adapter {self.adapter} is not served any more: asking {self.model_id}", severity="warning")
