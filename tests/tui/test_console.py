@@ -116,3 +116,59 @@ async def test_url_with_the_server_down_at_start_up_recovers(pocket, serve_facto
         assert "…" not in screen.header_text()
         assert (await reply_to(pilot, "What is the code of vault B?")).text
         assert app.is_running
+
+
+@pytest.mark.asyncio
+async def test_adapter_picker_and_base_vs_fine_tuned_side_by_side(adapter_set):
+    """A server with the unmodified base and two LoRA adapters: Ctrl+O lists them from /v1/models,
+    a picked adapter answers, and Ctrl+B asks the base and the adapter the same question side by side;
+    each answer is what the server itself answers for that model."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import free_port, wait_until_healthy
+    from tests.tui.test_models import choose
+
+    ws = adapter_set.ws
+    port = free_port()
+    log_path = ws.root.parent / "serve-adapters.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--model", adapter_set.base.id,
+             "--adapter", f"facts={adapter_set.facts}", "--adapter", f"alt={adapter_set.alt}", "--port", str(port),
+             "--threads", "1", "--parallel", "1", "--workspace", str(ws.root)], stdout=log, stderr=log)
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
+        base_url = f"http://127.0.0.1:{port}/v1"
+        question = "What is the code of vault C?"
+
+        def answer(model: str) -> str:
+            body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
+                    "max_tokens": MAX_TOKENS}
+            return httpx.post(f"{base_url}/chat/completions", json=body, timeout=120).json()[
+                "choices"][0]["message"]["content"]
+
+        base, tuned = adapter_set.base.id, f"{adapter_set.base.id}:facts"
+        expected = {base: answer(base), tuned: answer(tuned)}
+        app = ApplianceApp(workspace=ws.root, max_tokens=MAX_TOKENS)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = chat(app)
+            await wait_until(pilot, lambda: len(screen.served.models) == 3, "the three served models")
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            await choose(pilot, tuned)
+            assert screen.adapter == "facts" and screen.model_id == tuned
+            reply = await reply_to(pilot, question)
+            assert (reply.model, reply.text) == (tuned, expected[tuned])
+
+            await pilot.press("ctrl+b")  # the last question, to the base and to the adapter
+            await wait_until(pilot, lambda: not screen._compare, "both side-by-side answers")
+            row = screen.query(".compare").last()
+            shown = {r.model: r.text for r in row.query(AssistantMessage)}
+            assert shown == expected, shown
+            assert expected[base] != expected[tuned], "the fine-tune answers differently from its base"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
