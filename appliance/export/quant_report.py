@@ -181,3 +181,18 @@ def format_table(report: dict) -> str:
     for cells in [headers, *rows]:
         lines.append(" ".join(f"{cell:{align}{width}}" for cell, (_, align, _, width) in zip(cells, COLUMNS)))
     return "\n".join(lines)
+
+
+def missing_reason(manifest: dict) -> str:
+    """Why a model version has no quant report, from its manifest: a base export or an imported GGUF
+    has none by design (no fine-tune to compare, no eval data); a merged export from before the report
+    existed should be exported again."""
+    inputs = manifest.get("inputs") or {}
+    version = manifest.get("id", "this version")
+    if inputs.get("run") is None and "gguf_sha256" in inputs:
+        return f"no quant report: {version} is an imported GGUF served as it is (one quant, nothing to compare it with)"
+    if inputs.get("run") is None:
+        base = f" {inputs['base']}" if inputs.get("base") else ""
+        return (f"no quant report: {version} is an export of the unmodified base{base} (`export --base`): quant "
+                "reports measure a fine-tune's exports on its dataset's eval split, and a base has none")
+    return f"no quant report: {version} was exported before quant reports existed; export it again"

@@ -1,4 +1,5 @@
 """Small widgets shared by the TUI's screens."""
-from .messages import AssistantMessage, ErrorLine, Notice, UserMessage
+from .messages import AssistantMessage, Citations, ErrorLine, Notice, UserMessage
+from .prompt import PromptArea
 
-__all__ = ["AssistantMessage", "ErrorLine", "Notice", "UserMessage"]
+__all__ = ["AssistantMessage", "Citations", "ErrorLine", "Notice", "PromptArea", "UserMessage"]
