@@ -27,7 +27,7 @@ from appliance.artefacts import DatasetRef, check_dataset_name, dataset_versions
 from appliance.events import Event
 from appliance.workspace import Workspace
 
-from ..widgets import Problem, TitleBar
+from ..widgets import workspace_of, Problem, TitleBar
 
 VERSION_COLUMNS = ("dataset", "records", "rejected", "kinds")
 NO_DATASETS = "No dataset yet: type a folder and a name above, then Enter"
@@ -71,6 +71,7 @@ class DataScreen(Screen):
         self.busy = False
         self.last_ingest: str | None = None  # dataset id of the last successful ingest
         self.progress_seen: list[tuple[int, int]] = []  # (files read, files found) as the bar showed them
+        self.rejected: list[str] = []  # the last ingest's "rejected FILE:LINE: reason" messages
 
     def compose(self) -> ComposeResult:
         yield TitleBar("SLM Appliance · data", id="data-title")
@@ -92,6 +93,7 @@ class DataScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.workspace = workspace_of(self, self.workspace)
         self.query_one("#ingest-progress").display = False
         self.reload()
 
@@ -105,6 +107,12 @@ class DataScreen(Screen):
 
     def text_of(self, selector: str) -> str:
         return str(self.query_one(selector, Static).render())
+
+    def palette_commands(self):
+        """Commands for the app's palette (Ctrl+P): (title, help, callback)."""
+        return [("Data: ingest the folder in the form", "Read, clean, scrub PII, deduplicate into a dataset version",
+                 self.action_ingest),
+                ("Data: reload the dataset versions", "Read the workspace's datasets again", self.action_reload)]
 
     # the list ----------------------------------------------------------------
     def action_reload(self) -> None:
@@ -180,7 +188,7 @@ class DataScreen(Screen):
             return
         problem.show(None)
         self.busy = True
-        self.progress_seen = []
+        self.progress_seen, self.rejected = [], []
         bar = self.query_one("#ingest-progress", ProgressBar)
         bar.display = True
         bar.update(total=None, progress=0)
@@ -209,6 +217,8 @@ class DataScreen(Screen):
             self.progress_seen.append((done, e.total))
             self.query_one("#ingest-log", Static).update(f"reading file {e.step} of {e.total}")
         elif e.message:
+            if e.message.startswith("rejected "):
+                self.rejected.append(e.message)
             self.query_one("#ingest-log", Static).update(f"{e.stage}: {e.message}"[:200])
         elif e.total:
             self.query_one("#ingest-log", Static).update(f"{e.stage}: {e.step} of {e.total}")
@@ -221,7 +231,8 @@ class DataScreen(Screen):
         if message.error:
             bar.display = False
             log.update("")
-            self.query_one("#data-problem", Problem).show(message.error)
+            first = f" (first: {self.rejected[0]})" if self.rejected else ""
+            self.query_one("#data-problem", Problem).show(message.error + first)
             return
         total = bar.total or 1
         bar.update(total=total, progress=total)

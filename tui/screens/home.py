@@ -28,7 +28,7 @@ from appliance.serve.client import ChatClient, ChatError, server_from_workspace
 from appliance.workspace import Workspace
 
 from .. import system
-from ..widgets import Problem, TitleBar, human_bytes
+from ..widgets import Problem, TitleBar, server_url_of, workspace_of, human_bytes
 
 REFRESH_S = 5.0
 NOT_MEASURED = "not measured (no drift monitor in this build)"
@@ -198,19 +198,24 @@ class HomeScreen(Screen):
     def on_screen_resume(self) -> None:
         self.reload()
 
+    def palette_commands(self):
+        """Commands for the app's palette (Ctrl+P): (title, help, callback)."""
+        return [("Home: reload", "Read the workspace, the server and the machine again", self.action_reload)]
+
     def action_reload(self) -> None:
         """Read everything again now."""
         self.reload()
 
     def reload(self) -> None:
-        self._gather()
+        self.workspace = workspace_of(self, self.workspace)
+        self._gather(self.workspace, server_url_of(self, self.base_url))
 
     @work(thread=True, exclusive=True, group="home", exit_on_error=False)
-    def _gather(self) -> None:
+    def _gather(self, workspace, base_url: str | None) -> None:
         try:
-            self.post_message(HomeGathered(gather(self.workspace, self.base_url)))
+            self.post_message(HomeGathered(gather(workspace, base_url)))
         except Exception as exc:
-            self.post_message(HomeGathered(None, f"cannot read the workspace {self.workspace or ''}: {exc}"))
+            self.post_message(HomeGathered(None, f"cannot read the workspace {workspace or ''}: {exc}"))
 
     @on(HomeGathered)
     def _gathered(self, message: HomeGathered) -> None:

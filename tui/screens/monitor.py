@@ -27,7 +27,7 @@ from appliance.serve.metrics import summarise
 from appliance.serve.requestlog import tail
 from appliance.workspace import Workspace
 
-from ..widgets import Problem, TitleBar, human_seconds
+from ..widgets import Problem, TitleBar, server_url_of, workspace_of, human_seconds
 
 REFRESH_S = 2.0
 TAIL = 200
@@ -119,6 +119,11 @@ class MonitorScreen(Screen):
         if not self.paused:
             self.reload()
 
+    def palette_commands(self):
+        """Commands for the app's palette (Ctrl+P): (title, help, callback)."""
+        return [("Monitor: reload", "Read /metrics and the request log now", self.action_reload),
+                ("Monitor: pause or resume the live tail", "Stop refreshing to read the tail", self.action_pause)]
+
     def action_reload(self) -> None:
         """Read /metrics and the request log now."""
         self.reload()
@@ -129,14 +134,15 @@ class MonitorScreen(Screen):
         self.notify("live tail paused" if self.paused else "live tail resumed", timeout=2)
 
     def reload(self) -> None:
-        self._read()
+        self.workspace = workspace_of(self, self.workspace)
+        self._read(self.workspace, server_url_of(self, self.base_url))
 
     @work(thread=True, exclusive=True, group="monitor", exit_on_error=False)
-    def _read(self) -> None:
+    def _read(self, workspace, base_url: str | None) -> None:
         try:
-            self.post_message(MonitorRead(read(self.workspace, self.base_url)))
+            self.post_message(MonitorRead(read(workspace, base_url)))
         except Exception as exc:
-            self.post_message(MonitorRead(None, f"cannot read the workspace {self.workspace or ''}: {exc}"))
+            self.post_message(MonitorRead(None, f"cannot read the workspace {workspace or ''}: {exc}"))
 
     @on(MonitorRead)
     def _shown(self, message: MonitorRead) -> None:

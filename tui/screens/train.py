@@ -32,7 +32,7 @@ from appliance.events import Cancelled, Event, cancellable
 from appliance.workspace import Workspace
 
 from .. import system
-from ..widgets import LossCurve, Problem, TitleBar, human_bytes, human_seconds
+from ..widgets import workspace_of, LossCurve, Problem, TitleBar, human_bytes, human_seconds
 
 # (input id, recipe field, label); "lora_r" applies to SFT only
 NUMBER_FIELDS = (
@@ -131,6 +131,7 @@ class TrainScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.workspace = workspace_of(self, self.workspace)
         self.reload()
         self.query_one("#train-dataset", Input).focus()
 
@@ -144,6 +145,13 @@ class TrainScreen(Screen):
     @property
     def curve(self) -> LossCurve:
         return self.query_one("#train-curve", LossCurve)
+
+    def palette_commands(self):
+        """Commands for the app's palette (Ctrl+P): (title, help, callback)."""
+        return [("Train: start the run in the form", "Validate, ask the memory planner, train", self.action_start),
+                ("Train: memory planner's verdict", "Will the form's run fit? (nothing starts)", self.action_plan),
+                ("Train: cancel the run", "Stop at the next step; checkpoints stay for resume", self.action_cancel),
+                ("Train: resume an interrupted run", "Go on from the last sealed checkpoint", self.action_resume)]
 
     # past runs ---------------------------------------------------------------
     def reload(self, select: str | None = None) -> None:

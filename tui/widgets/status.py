@@ -68,3 +68,27 @@ def human_seconds(s: float | None) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+def workspace_of(screen, given):
+    """The workspace a screen works on: the one it was given, else the app's (``app.workspace_root``),
+    else None (``APPLIANCE_HOME`` or ./workspace, as ``Workspace.open`` decides). Call it on the UI
+    thread and hand the result to workers."""
+    if given is not None:
+        return given
+    try:
+        return getattr(screen.app, "workspace_root", None)
+    except Exception:  # not mounted in an app
+        return None
+
+
+def server_url_of(screen, given):
+    """The base URL (``.../v1``) a screen talks to: the one it was given, else the app's server
+    (``app.server.base_url`` when the app has one), else None (read ``serve.json``)."""
+    if given is not None:
+        return given
+    try:
+        server = getattr(screen.app, "server", None)
+    except Exception:
+        return None
+    return getattr(server, "base_url", None) if server is not None else None
