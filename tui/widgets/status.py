@@ -12,8 +12,8 @@ class TitleBar(Static):
         dock: top;
         height: 1;
         padding: 0 1;
-        background: $primary;
-        color: $text;
+        background: $primary-darken-2;
+        color: $foreground;
         text-style: bold;
     }
     """
