@@ -64,8 +64,48 @@ class WorkspaceError(Exception):
     """A problem with the workspace or an artefact in it, phrased for the operator."""
 
 
+class CorruptFile(WorkspaceError, ValueError):
+    """A workspace file that is not what it should be (not JSON, not UTF-8): the message names it.
+
+    A ValueError too, so that callers that caught ``json.JSONDecodeError`` still catch it."""
+
+
 def default_home() -> Path:
     return Path(os.environ.get("APPLIANCE_HOME", "workspace")).expanduser()
+
+
+# What a workspace holds once any verb has used it (``check_workspace`` looks for one of them).
+WORKSPACE_ENTRIES = ("datasets", "runs", "models", "adapters", "bases", "rag", "logs", "secrets", "feedback",
+                     "serve.json", "site.toml", "mlflow.db")
+
+
+def check_workspace(root: Path | str | None = None, *, create: bool = False) -> Path:
+    """``root`` (default ``APPLIANCE_HOME`` or ``./workspace``) if it is a workspace, else an error
+    that names the folder, so that a mistyped path does not silently become an empty workspace.
+
+    A workspace is a folder holding at least one of :data:`WORKSPACE_ENTRIES`. With ``create`` a
+    missing or empty folder is made a new workspace (opened with :meth:`Workspace.open`); a folder
+    that holds other things is refused even then (opening one makes everything under it private).
+    Nothing is created, and no mode is changed, before the checks pass."""
+    path = (Path(root).expanduser() if root else default_home()).absolute()
+    what = f"{path} (from APPLIANCE_HOME)" if not root and os.environ.get("APPLIANCE_HOME") else str(path)
+    if path.exists() and not path.is_dir():
+        raise WorkspaceError(f"{what} is not a folder, so it cannot be a workspace")
+    found = path.is_dir() and any((path / name).exists() for name in WORKSPACE_ENTRIES)
+    if found:
+        return path
+    empty = not path.exists() or not any(path.iterdir())
+    if not create:
+        state = "does not exist" if not path.exists() else ("is empty" if empty else "holds no workspace")
+        raise WorkspaceError(f"{what} {state}: it is not a workspace (none of datasets/, models/, runs/, "
+                             "serve.json, ... in it); check the path or APPLIANCE_HOME, or pass --create "
+                             "to make a new workspace there")
+    if not empty:
+        raise WorkspaceError(f"{what} holds other files but no workspace: refusing to make it one (opening a "
+                             "workspace makes everything under it private); give the workspace a folder of its own")
+    ws = Workspace.open(path)
+    ws.model_versions  # noqa: B018 - one entry, so the new workspace is found as one next time
+    return ws.root
 
 
 # owner-only modes -------------------------------------------------------------------------------
@@ -320,9 +360,20 @@ def inside(parent: Path, name: str, what: str = "name") -> Path:
 
 
 def finished_artefacts(folder: Path) -> list[Path]:
-    """Artefact folders that hold a manifest, oldest first by their creation time."""
+    """Artefact folders that hold a manifest, oldest first by their creation time.
+
+    A manifest that cannot be read sorts first (as if created at the epoch) instead of hiding every
+    other artefact: whoever reads that one gets the error that names it."""
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: (read_json(p / MANIFEST).get("created", ""), p.name))
+    return sorted(found, key=lambda p: (_created(p / MANIFEST), p.name))
+
+
+def _created(manifest: Path) -> str:
+    try:
+        created = read_json(manifest).get("created", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return created if isinstance(created, str) else ""
 
 
 # atomic writes ----------------------------------------------------------------
@@ -365,7 +416,15 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON in ``path``; a file that is not JSON raises :class:`CorruptFile` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CorruptFile(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
+                          "the file is damaged; restore it or remove its folder") from exc
+    except UnicodeDecodeError as exc:
+        raise CorruptFile(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): the file is damaged; "
+                          "restore it or remove its folder") from exc
 
 
 def read_jsonl(path: Path) -> list[dict]:

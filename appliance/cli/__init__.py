@@ -55,10 +55,17 @@ app.command("ask")(ask_cmd)
 @app.command("tui")
 def tui_cmd(
     url: Optional[str] = typer.Option(None, "--url", help="Base URL of the API (default: from serve.json)."),
+    create: bool = typer.Option(False, "--create", help="Make a new workspace if the folder is not one yet "
+                                "(without it, a folder that is not a workspace is refused)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """The operators' terminal UI: F1 chat with the served model, F2 model versions and quant reports."""
+    """The operators' terminal UI: every screen by key (F4 models, F5 chat, ...), Ctrl+P commands, ? help."""
     from importlib.metadata import entry_points
+
+    from appliance.workspace import check_workspace
+
+    with report_errors():  # before the TUI starts: a mistyped APPLIANCE_HOME is an error, not a new workspace
+        root = check_workspace(workspace, create=create)
 
     # the TUI registers itself (pyproject: slm_appliance.frontends); the library never imports it
     frontends = entry_points(group="slm_appliance.frontends", name="tui")
@@ -66,7 +73,7 @@ def tui_cmd(
         fail("the terminal UI is not installed (no 'tui' entry point in slm_appliance.frontends): "
              "install the slm-appliance package, e.g. with `make venv`")
     tui_main = next(iter(frontends)).load()
-    tui_main(base_url=url, workspace=workspace)
+    tui_main(base_url=url, workspace=root)
 
 
 @app.command("demo")

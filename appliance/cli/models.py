@@ -136,11 +136,22 @@ def models_diff(
 
 @models_app.command("list")
 def models_list(workspace: Optional[Path] = WorkspaceOption) -> None:
-    """Model versions, oldest first: VERSION, RUN (None for a base export), QUANTS, CREATED, tab-separated."""
+    """Model versions, oldest first: VERSION, RUN (None for a base export), QUANTS, CREATED, tab-separated.
+
+    A version whose manifest cannot be read is reported on standard error (naming the file) and the
+    others are still listed; the exit status is then 1."""
     from appliance.export.versions import summaries
 
-    for version in summaries(open_workspace(workspace)):
-        print(f"{version.id}\t{version.run}\t{','.join(version.quants)}\t{version.created}")
+    with report_errors():
+        versions = summaries(open_workspace(workspace))
+    broken = [v for v in versions if v.error]
+    for version in versions:
+        if not version.error:
+            print(f"{version.id}\t{version.run}\t{','.join(version.quants)}\t{version.created}")
+    for version in broken:
+        say(f"error: model version {version.id}: {version.error}")
+    if broken:
+        raise typer.Exit(1)
 
 
 @models_app.command("report")
@@ -156,7 +167,9 @@ def models_report(
     with report_errors():
         report = load_version(open_workspace(workspace), version).manifest.get("quant_report")
     if report is None:
-        fail("this model version was exported before quant reports existed; export it again")
+        from appliance.export.quant_report import missing_reason
+
+        fail(missing_reason(load_version(open_workspace(workspace), version).manifest))
     print(json.dumps(report, indent=2) if as_json else format_table(report))
 
 

@@ -181,3 +181,19 @@ def format_table(report: dict) -> str:
     for cells in [headers, *rows]:
         lines.append(" ".join(f"{cell:{align}{width}}" for cell, (_, align, _, width) in zip(cells, COLUMNS)))
     return "\n".join(lines)
+
+
+def missing_reason(manifest: dict) -> str:
+    """Why a model version has no quant report, from its manifest: a base export or an imported GGUF
+    has none by design (no fine-tune to compare, no eval data); a merged export from before the report
+    existed should be exported again."""
+    inputs = manifest.get("inputs") or {}
+    if inputs.get("run") is None and "gguf_sha256" in inputs:
+        return (f"no quant report: {manifest.get('id', 'this version')} is an imported GGUF served as it is "
+                "(one quant, nothing to compare it with)")
+    if inputs.get("run") is None:
+        return (f"no quant report: {manifest.get('id', 'this version')} is an export of the unmodified base "
+                f"{inputs.get('base') or ''} (`export --base`): quant reports measure a fine-tune's exports on "
+                "its dataset's eval split, and a base has none").replace("  ", " ")
+    return (f"no quant report: {manifest.get('id', 'this version')} was exported before quant reports existed; "
+            "export it again")

@@ -44,6 +44,13 @@ class VersionSummary:
     parity: Parity | None  # None: a base export (no adapter merged, no gate) or an old manifest
     tokenizer_fit: dict | None  # checked, mismatched, multi_turn_mismatched, add_space_prefix, override
     quant_report: dict | None
+    error: str | None = None  # the manifest could not be read (the message names the file); nothing else is known
+    lineage: dict | None = None  # the manifest's ``inputs`` (run, base, datasets, ...)
+
+    @property
+    def is_base_export(self) -> bool:
+        """An export of an unmodified base (``export --base``): no run, no quant report by design."""
+        return self.run is None and self.error is None
 
     @property
     def source(self) -> str:
@@ -68,13 +75,34 @@ def summarize(path: Path, manifest: dict | None = None, promotion: dict | None =
         quants=list(manifest.get("quants") or []), created=str(manifest.get("created", "")),
         promoted=is_promoted, promoted_quant=promotion.get("quant") if is_promoted else None,
         merge=manifest.get("merge"), parity=parity, tokenizer_fit=fit, quant_report=manifest.get("quant_report"),
+        lineage=inputs if isinstance(inputs, dict) else None,
     )
 
 
+def unreadable(path: Path, error: Exception) -> VersionSummary:
+    """The summary of a version whose manifest cannot be read: only its id and the error."""
+    return VersionSummary(id=path.name, path=path, run=None, base=None, quants=[], created="", promoted=False,
+                          promoted_quant=None, merge=None, parity=None, tokenizer_fit=None, quant_report=None,
+                          error=str(error))
+
+
 def summaries(ws: Workspace) -> list[VersionSummary]:
-    """Every finished model version of ``ws``, oldest first (``finished_artefacts``'s order)."""
-    promotion = promoted(ws)
-    return [summarize(path, promotion=promotion) for path in finished_artefacts(ws.model_versions)]
+    """Every finished model version of ``ws``, oldest first (``finished_artefacts``'s order).
+
+    A version whose manifest cannot be read is listed with ``error`` set (naming the file) instead
+    of hiding every other version; so is an unreadable promotion record (no version is marked
+    promoted then: ``promoted(ws)`` raises the error that names the file)."""
+    try:
+        promotion = promoted(ws)
+    except (OSError, ValueError):
+        promotion = None
+    out = []
+    for path in finished_artefacts(ws.model_versions):
+        try:
+            out.append(summarize(path, promotion=promotion))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            out.append(unreadable(path, exc))
+    return out
 
 
 def summary(ws: Workspace, version: str | None = None) -> VersionSummary:
@@ -108,3 +136,32 @@ def describe_tokenizer_fit(fit: dict | None) -> str:
     if fit.get("multi_turn_mismatched"):
         text += ", multi-turn chats tokenised differently"
     return text
+
+
+def lineage(ws: Workspace, version: VersionSummary) -> str:
+    """``dpo-… on prefs@v1 <- sft-… on facts@v1 <- base pocket-…``: the runs a version came from
+    (newest first), read from their manifests; a run that cannot be read ends the chain with why."""
+    from appliance.artefacts import load_run
+    from appliance.workspace import CorruptFile, WorkspaceError
+
+    if version.run is None:
+        return f"base {version.base or '?'} (no fine-tune)"
+    parts, run_id, base = [], version.run, version.base
+    while run_id and len(parts) < 10:
+        try:
+            inputs = load_run(ws, run_id).manifest.get("inputs") or {}
+        except CorruptFile as exc:
+            parts.append(f"{run_id} (unreadable: {exc})")
+            break
+        except (WorkspaceError, OSError):
+            parts.append(f"{run_id} (not in this workspace)")
+            break
+        dataset = inputs.get("dataset")
+        parts.append(f"{run_id} on {dataset}" if dataset else run_id)
+        base = inputs.get("base", base)
+        run_id = inputs.get("parent_run")
+    if isinstance(base, dict):
+        base = base.get("name") or base.get("path") or base.get("id")
+    if base:
+        parts.append(f"base {Path(str(base)).name}")
+    return " <- ".join(parts)

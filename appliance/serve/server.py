@@ -137,7 +137,8 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     def announce(model_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             if read_json(ws.serve_file).get("pid") == os.getpid():
-                atomic_write_json(ws.serve_file, serve_info(host, port, model_id, os.getpid()))
+                atomic_write_json(ws.serve_file, serve_info(host, port, model_id, os.getpid(),
+                                                             models.current.model_path.name))
         print(f"now serving {', '.join(models.names())}", file=sys.stderr, flush=True)
 
     engine_options = EngineOptions(n_ctx=options.n_ctx, threads=options.threads, slots=options.parallel)
@@ -158,7 +159,7 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
     settings = ServeSettings(limits=limits, require_keys=required, output_filter=options.output_filter,
                              max_tokens_default=options.max_tokens_default)
     app = create_app(models, ws, settings, keys)
-    info = serve_info(host, port, engine.model_id, os.getpid())
+    info = serve_info(host, port, engine.model_id, os.getpid(), path.name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=options.graceful_timeout_s,
                             http=protocol_class(connection_limits))
@@ -197,9 +198,10 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
         _forget(ws)
 
 
-def serve_info(host: str, port: int, model_id: str, pid: int) -> dict[str, Any]:
-    """What ``serve.json`` says: where the server listens and what it serves."""
-    return {"host": host, "port": port, "model": model_id, "pid": pid, "url": f"http://{host}:{port}/v1"}
+def serve_info(host: str, port: int, model_id: str, pid: int, gguf: str | None = None) -> dict[str, Any]:
+    """What ``serve.json`` says: where the server listens, what it serves (the version and its GGUF file)."""
+    return {"host": host, "port": port, "model": model_id, "pid": pid, "url": f"http://{host}:{port}/v1",
+            "gguf": gguf}
 
 
 def _forget(ws: Workspace) -> None:

@@ -56,17 +56,17 @@ def screen_text(app: App) -> str:
 def check_snapshot(name: str, text: str, masks: list[tuple[str, str]] = (), update: bool = False) -> None:
     """Compare ``text`` (after ``masks``: (regex, replacement)) with ``snapshots/NAME.txt``.
 
-    Set SNAPSHOT_UPDATE=1 to (re)write the baseline; a missing baseline is a failure, not a pass."""
+    Set UPDATE_SNAPSHOTS=1 to (re)write the baseline; a missing baseline is a failure, not a pass."""
     import os
 
     for pattern, replacement in masks:
         text = re.sub(pattern, replacement, text)
     text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
     path = SNAPSHOTS / f"{name}.txt"
-    if update or os.environ.get("SNAPSHOT_UPDATE") == "1":
+    if update or os.environ.get("UPDATE_SNAPSHOTS"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         return
-    assert path.is_file(), f"no baseline {path}: run with SNAPSHOT_UPDATE=1 once and commit it"
+    assert path.is_file(), f"no baseline {path}: run with UPDATE_SNAPSHOTS=1 once and commit it"
     expected = path.read_text(encoding="utf-8")
     assert text == expected, f"{name} differs from {path}:\n--- now ---\n{text}--- baseline ---\n{expected}"

@@ -22,7 +22,8 @@ from appliance.export.versions import describe_parity, summary
 from appliance.workspace import Workspace, read_json
 from tui.app import ApplianceApp
 from tui.screens import ChatScreen, ModelsScreen
-from tui.screens.models import NO_QUANT_REPORT, NO_VERSIONS, PROMOTED_MARK
+from appliance.export.quant_report import missing_reason
+from tui.screens.models import NO_VERSIONS, PROMOTED_MARK
 
 SIZE = (120, 40)
 
@@ -33,7 +34,7 @@ def models_screen(app: ApplianceApp) -> ModelsScreen:
 
 
 async def open_models(pilot) -> ModelsScreen:
-    await pilot.press("f2")
+    await pilot.press("f4")
     await pilot.pause()
     return models_screen(pilot.app)
 
@@ -108,7 +109,8 @@ async def test_promoted_mark_missing_report_reload_and_switching(trained, tmp_pa
         assert f"promoted {trained.version.id}" in screen.text_of("#models-info")
 
         # the newest, an old manifest: no quant report, no prompt source, no tokenizer fit
-        assert screen.text_of("#quant-title") == NO_QUANT_REPORT.format(version="mv-legacy")
+        assert screen.text_of("#quant-title") == missing_reason(read_json(legacy / "manifest.json"))
+        assert "exported before quant reports existed" in screen.text_of("#quant-title")
         assert not screen.quants_table.display
         info = screen.text_of("#version-info")
         assert "prompt source not recorded" in info and "tokenizer fit: not recorded" in info
@@ -126,10 +128,10 @@ async def test_promoted_mark_missing_report_reload_and_switching(trained, tmp_pa
         assert [r[1] for r in rows(screen.versions_table)] == [trained.version.id]
         assert screen.highlighted.id == trained.version.id  # the highlighted version stays highlighted
 
-        await pilot.press("f1")
+        await pilot.press("f5")
         await pilot.pause()
         assert app.screen is chat  # the chat keeps its state across switches
-        await pilot.press("f2")
+        await pilot.press("f4")
         await pilot.pause()
         assert app.screen is screen
 
@@ -147,7 +149,96 @@ async def test_empty_workspace_says_there_is_no_model_version(tmp_path: Path):
         await pilot.press("r")  # reloading an empty workspace is no error
         await pilot.pause()
         assert screen.text_of("#models-message") == NO_VERSIONS.format(models=models)
-        await pilot.press("f1")
+        await pilot.press("f5")
         await pilot.pause()
         assert isinstance(app.screen, ChatScreen)
         assert app.is_running
+
+
+async def choose(pilot, label_part: str) -> None:
+    """In the open ChoiceDialog, highlight the option whose label contains ``label_part`` and choose it."""
+    from textual.widgets import OptionList
+
+    options = pilot.app.screen.query_one(OptionList)
+    labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+    options.highlighted = next(i for i, label in enumerate(labels) if label_part in label)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def wait_action(pilot, screen: ModelsScreen) -> str:
+    from tests.tui.test_chat import wait_until
+
+    await wait_until(pilot, lambda: screen.running is None and bool(screen.last_result), "the action to finish",
+                     timeout=120)
+    result, screen.last_result = screen.last_result, ""
+    return result
+
+
+@pytest.mark.asyncio
+async def test_promote_through_the_gate_roll_back_and_a_failure_that_changes_nothing(pocket):
+    import os
+
+    from appliance.artefacts import promoted
+    from appliance.workspace import atomic_write_json
+
+    ws = Workspace.open(pocket.root)
+    atomic_write_json(ws.serve_file, {"host": "127.0.0.1", "port": 9, "model": pocket.version, "pid": os.getpid(),
+                                      "gguf": "model-q8_0.gguf"})  # what the running server says it serves
+    app = ApplianceApp(base_url="http://127.0.0.1:9/v1", workspace=ws.root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_models(pilot)
+        marks = {r[1]: r[0] for r in rows(screen.versions_table)}
+        assert marks[pocket.version] == "▶" and marks[pocket.other] == "", marks
+        assert f"serving {pocket.version} (q8_0)" in screen.text_of("#models-info")
+
+        for version in (pocket.version, pocket.other):
+            ids = [v.id for v in screen.versions]
+            screen.versions_table.move_cursor(row=ids.index(version))
+            await pilot.press("p")
+            await pilot.pause()
+            await choose(pilot, "q8_0")
+            await pilot.press("y")  # confirm
+            result = await wait_action(pilot, screen)
+            assert result.startswith(f"✓ promoted {version} (q8_0)"), result
+            assert "parity" in result and "verdict: PASS" in result  # every criterion of the gate is shown
+            assert promoted(ws)["version"] == version
+        assert f"promoted {pocket.other} (q8_0)" in screen.text_of("#models-info")
+
+        await pilot.press("b")
+        await pilot.pause()
+        await pilot.press("y")
+        result = await wait_action(pilot, screen)
+        assert result.startswith(f"✓ rolled back to {pocket.version}"), result
+        assert promoted(ws)["version"] == pocket.version
+        assert {r[1]: r[0] for r in rows(screen.versions_table)}[pocket.version] == PROMOTED_MARK + "▶"
+
+        record = ws.model_versions / "promoted.json"
+        record.write_text('{"version": ', encoding="utf-8")  # damaged by hand
+        before = record.read_bytes()
+        await pilot.press("p")
+        await pilot.pause()
+        await choose(pilot, "q8_0")
+        await pilot.press("y")
+        result = await wait_action(pilot, screen)
+        assert result.startswith("✗ not promoted") and str(record) in result, result
+        assert record.read_bytes() == before, "a failed promotion leaves the workspace as it was"
+        assert app.is_running
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_manifest_shows_its_error_and_the_other_versions(pocket):
+    ws = Workspace.open(pocket.root)
+    broken = ws.model_versions / "mv-broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{", encoding="utf-8")
+    app = ApplianceApp(base_url="http://127.0.0.1:9/v1", workspace=ws.root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_models(pilot)
+        listed = rows(screen.versions_table)
+        assert {r[1] for r in listed} == {pocket.version, pocket.other, "mv-broken"}
+        assert str(broken / "manifest.json") in screen.text_of("#models-message")
+        ids = [v.id for v in screen.versions]
+        screen.versions_table.move_cursor(row=ids.index("mv-broken"))
+        await pilot.pause()
+        assert "not valid JSON" in screen.text_of("#version-info")

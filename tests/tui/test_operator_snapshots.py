@@ -1,7 +1,7 @@
 """Snapshots of the home, data, train and monitor screens at 80x24 and 120x40.
 
     pytest tests/tui/test_operator_snapshots.py -q
-    SNAPSHOT_UPDATE=1 pytest tests/tui/test_operator_snapshots.py -q    # after a deliberate change
+    UPDATE_SNAPSHOTS=1 pytest tests/tui/test_operator_snapshots.py -q    # after a deliberate change
 
 Each screen is rendered as plain text (``operator_app.screen_text``) and compared with
 ``tests/tui/snapshots/NAME.txt``. The workspace lives in a folder whose name always has the same

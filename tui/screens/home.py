@@ -193,7 +193,11 @@ class HomeScreen(Screen):
     def on_mount(self) -> None:
         self.reload()
         if self.refresh_s:
-            self.set_interval(self.refresh_s, self.reload)
+            self.set_interval(self.refresh_s, self._tick)
+
+    def _tick(self) -> None:
+        if self.is_current:  # a screen in the background of another mode does not poll
+            self.reload()
 
     def on_screen_resume(self) -> None:
         self.reload()

@@ -116,7 +116,7 @@ class MonitorScreen(Screen):
         self.reload()
 
     def _tick(self) -> None:
-        if not self.paused:
+        if not self.paused and self.is_current:
             self.reload()
 
     def palette_commands(self):

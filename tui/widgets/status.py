@@ -83,12 +83,13 @@ def workspace_of(screen, given):
 
 
 def server_url_of(screen, given):
-    """The base URL (``.../v1``) a screen talks to: the one it was given, else the app's server
-    (``app.server.base_url`` when the app has one), else None (read ``serve.json``)."""
+    """The base URL (``.../v1``) a screen talks to: the one it was given, else where the app's
+    server watch says the server is now (``app.server.current()``: ``--url`` or ``serve.json``,
+    re-read when it changed), else None (the screen reads ``serve.json`` itself)."""
     if given is not None:
         return given
     try:
         server = getattr(screen.app, "server", None)
+        return server.current().base_url if server is not None else None
     except Exception:
         return None
-    return getattr(server, "base_url", None) if server is not None else None
