@@ -43,6 +43,7 @@ class HomeStatus:
     server_up: bool = False
     server_problem: str | None = None
     served: list[str] = field(default_factory=list)  # /v1/models ids: the base first, then BASE:ADAPTER
+    gguf: str | None = None  # the served GGUF's file name, as serve.json records it
     promoted: dict | None = None
     candidate: str | None = None
     versions: int = 0
@@ -92,8 +93,10 @@ def gather(workspace: Path | str | None, base_url: str | None = None) -> HomeSta
     """Read the workspace and ask the server; each part that fails is recorded, never raised."""
     ws = Workspace.open(workspace)
     status = HomeStatus(ws.root)
-    server = server_from_workspace(ws.root) if base_url is None else None
-    status.server_url = base_url or (server.base_url if server else None)
+    server = server_from_workspace(ws.root)
+    status.server_url = base_url or server.base_url
+    if server.base_url and server.base_url == status.server_url:
+        status.gguf = server.gguf
     if status.server_url:
         try:
             status.served = ChatClient(status.server_url, connect_timeout=2.0, read_timeout=5.0).models()
@@ -101,7 +104,7 @@ def gather(workspace: Path | str | None, base_url: str | None = None) -> HomeSta
         except ChatError as exc:
             status.server_problem = str(exc)
     else:
-        status.server_problem = server.problem if server else "no server"
+        status.server_problem = server.problem or "no server"
     try:
         versions = summaries(ws)
         status.versions = len(versions)
@@ -253,7 +256,9 @@ def facts(s: HomeStatus) -> list[tuple[str, str]]:
     if s.server_up:
         served = f"UP   {s.served_base}   at {s.server_url}"
         quant = "not recorded"
-        if s.promoted and s.promoted.get("version") == s.served_base:
+        if s.gguf:
+            quant = s.gguf.removeprefix("model-").removesuffix(".gguf")
+        elif s.promoted and s.promoted.get("version") == s.served_base:
             quant = s.promoted.get("quant") or "the version's default"
         served += f"\nquant {quant}   adapters {', '.join(s.adapters) or 'none'}"
     else:
