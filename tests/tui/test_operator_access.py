@@ -65,3 +65,40 @@ async def test_no_color_keeps_the_meaning(tmp_path: Path, monkeypatch):
         await wait_until(pilot, lambda: app.screen.loads >= 1, "the first reading")
         text = screen_text(app)
         assert "✗ No server running" in text  # a problem is marked by a sign, not by colour alone
+
+
+@pytest.mark.asyncio
+async def test_the_app_reaches_each_operator_screen_by_its_key(tmp_path: Path):
+    """In the real app (the registry in tui/app.py), F1/F2/F3/F6 open home, data, train and monitor,
+    which read the app's workspace and talk to the app's server (here an address where nothing
+    listens)."""
+    from appliance.data.ingest import ingest
+    from appliance.workspace import Workspace
+    from tests.conftest import chat_rows, write_jsonl
+    from tui.app import SCREENS, ApplianceApp
+
+    ws = Workspace.open(tmp_path / "ws")
+    stored = ingest(ws, [write_jsonl(tmp_path / "facts.jsonl", chat_rows()[:4])], "facts")
+    dead = "http://127.0.0.1:9/v1"
+    keys = {spec.name: spec.key for spec in SCREENS}
+    app = ApplianceApp(base_url=dead, workspace=ws.root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(keys["data"])
+        await pilot.pause()
+        assert isinstance(app.screen, DataScreen)
+        assert [d.id for d in app.screen.versions] == [stored.id]
+        await pilot.press(keys["home"])
+        home = app.screen
+        assert isinstance(home, HomeScreen)
+        await wait_until(pilot, lambda: home.loads >= 1, "the home screen's first reading")
+        assert home.fact("Served").startswith("DOWN") and dead in home.fact("Served")
+        assert home.fact("Artefacts").startswith("1 dataset versions")
+        await pilot.press(keys["train"])
+        await pilot.pause()
+        assert isinstance(app.screen, TrainScreen)
+        await pilot.press(keys["monitor"])
+        monitor = app.screen
+        assert isinstance(monitor, MonitorScreen)
+        await wait_until(pilot, lambda: monitor.loads >= 1, "the monitor's first reading")
+        assert monitor.reading.server_url == dead and "cannot reach the server" in monitor.reading.problem
+        await pilot.press("ctrl+q")

@@ -139,6 +139,9 @@ class TrainScreen(Screen):
         if not self.busy:
             self.reload()
 
+    def on_unmount(self) -> None:
+        self.cancel_requested.set()  # quitting mid-run stops it at the next step; Ctrl+R resumes it later
+
     def text_of(self, selector: str) -> str:
         return str(self.query_one(selector, Static).render())
 
