@@ -59,7 +59,8 @@ async def test_home_snapshot(root: Path, size):
 async def test_data_snapshot(root: Path, size):
     ws = Workspace.open(root / "ws")
     rows = chat_rows()[:8] + chat_rows()[:1]
-    rows.append({"messages": [{"role": "user", "content": "Mail?"}, {"role": "assistant", "content": "ops@example.com"}]})
+    rows.append({"messages": [{"role": "user", "content": "Who do I write to about the vaults?"},
+                          {"role": "assistant", "content": "Write to ops@example.com for access to the vault room."}]})
     src = write_jsonl(root / "pairs.jsonl", rows)
     with open(src, "a", encoding="utf-8") as handle:
         handle.write("{broken\n" + json.dumps({"messages": []}) + "\n")

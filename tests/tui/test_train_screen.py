@@ -33,7 +33,10 @@ def facts_workspace(root: Path) -> Workspace:
 
 async def fill_form(pilot, screen: TrainScreen, base: Path, **fields: str) -> None:
     """Type into the form as an operator would (Tab between fields)."""
-    screen.query_one("#train-dataset").focus()
+    dataset = screen.query_one("#train-dataset")
+    assert dataset.value == "facts"  # the newest dataset with chat pairs is suggested
+    dataset.value = ""
+    dataset.focus()
     await pilot.press(*"facts")
     await pilot.press("tab")
     source = screen.query_one("#train-source")
@@ -114,3 +117,31 @@ async def test_a_bad_field_is_refused_naming_it(tmp_path: Path):
         problem = screen.query_one("#train-problem").text
         assert str(tmp_path / "no-model") in problem
         assert [p for p in ws.runs.iterdir()] == [] and app.is_running
+
+
+@pytest.mark.asyncio
+async def test_dpo_from_the_form_on_an_sft_run(trained, tmp_path: Path):
+    """DPO chosen in the form, on the session's SFT run (linked read-only into this workspace)."""
+    from tests.conftest import preference_rows
+
+    ws = Workspace.open(tmp_path / "workspace")
+    (ws.runs / trained.sft_run.id).symlink_to(trained.sft_run.path)
+    ingest(ws, [write_jsonl(tmp_path / "prefs.jsonl", preference_rows())], "prefs")
+    app = OneScreenApp(lambda: TrainScreen(ws.root))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        screen.query_one("#train-stage").value = "dpo"
+        screen.query_one("#train-dataset").value = "prefs"
+        screen.query_one("#train-source").value = trained.sft_run.id
+        screen.query_one("#train-max-steps").value = "4"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: screen.last_done is not None, "the DPO run to finish", TRAIN_TIMEOUT_S)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.last_done.run_id, screen.query_one("#train-problem").text
+        run = load_run(ws, screen.last_done.run_id)
+        manifest = run.manifest
+        assert manifest["stage"] == "dpo" and manifest["inputs"]["parent_run"] == trained.sft_run.id
+        assert screen.curve.values == [h["loss"] for h in manifest["history"] if "loss" in h]
+        assert "fits in" in screen.text_of("#train-plan")
+        assert str(screen.query_one("#runs").get_row_at(0)[4]).startswith("reward acc ")

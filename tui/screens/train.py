@@ -26,7 +26,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
-from appliance.artefacts import finished_runs, load_run, resolve_dataset
+from appliance.artefacts import dataset_versions, finished_runs, load_run, resolve_dataset
 from appliance.config import DPORecipe, RecipeError, SFTRecipe, load_recipe
 from appliance.events import Cancelled, Event, cancellable
 from appliance.workspace import Workspace
@@ -133,7 +133,20 @@ class TrainScreen(Screen):
     def on_mount(self) -> None:
         self.workspace = workspace_of(self, self.workspace)
         self.reload()
+        self._suggest_dataset()
         self.query_one("#train-dataset", Input).focus()
+
+    def _suggest_dataset(self) -> None:
+        """An empty dataset field gets the newest dataset with chat pairs (what SFT trains on)."""
+        field = self.query_one("#train-dataset", Input)
+        if field.value:
+            return
+        try:
+            chat = [d for d in dataset_versions(Workspace.open(self.workspace)) if d.counts.get("chat")]
+        except Exception:
+            return  # the runs list already shows what is wrong with the workspace
+        if chat:
+            field.value = max(chat, key=lambda d: d.path.stat().st_mtime).name
 
     def on_screen_resume(self) -> None:
         if not self.busy:
