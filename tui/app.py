@@ -77,8 +77,8 @@ class ApplianceApp(App):
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
-        Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("f10", "help", "Help", show=False, priority=True),
+        Binding("question_mark", "help", "Help", show=False),
+        Binding("f10", "help", "Help", priority=True),
         Binding("escape", "close_keys", "Close keys", show=False, priority=True),
     ]
 

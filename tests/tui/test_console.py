@@ -46,7 +46,7 @@ async def reply_to(pilot, question: str) -> AssistantMessage:
 
 
 @pytest.mark.asyncio
-async def test_found_late_answers_with_citations_takes_feedback_and_follows_a_promotion(pocket, serve_factory):
+async def test_found_late_cites_takes_feedback_follows_a_promotion_and_a_restart(pocket, serve_factory):
     ws = Workspace.open(pocket.root)
     promote(ws, pocket.version, "q8_0")
     app = ApplianceApp(workspace=pocket.root, max_tokens=MAX_TOKENS)
@@ -92,13 +92,19 @@ async def test_found_late_answers_with_citations_takes_feedback_and_follows_a_pr
         assert second.model == pocket.other, "the answer came from the promoted version"
         assert screen.model_id == pocket.other
         assert f"model {pocket.other}" in screen.header_text()
+        shown_sources = len(screen.query(Citations))
         await pilot.press("ctrl+r")  # RAG off: a plain answer, no new sources
         await reply_to(pilot, "What is the code of vault A?")
-        assert len(screen.query(Citations)) == len(cites)
+        assert len(screen.query(Citations)) == shown_sources
+
+        server.stop()  # a restart, on another port: serve.json says where
+        serve_factory(pocket.root).start()
+        assert (await reply_to(pilot, "What is the code of vault B?")).text
+        assert screen.model_id == pocket.other and app.is_running
 
 
 @pytest.mark.asyncio
-async def test_url_with_the_server_down_recovers_and_survives_a_restart(pocket, serve_factory):
+async def test_url_with_the_server_down_at_start_up_recovers(pocket, serve_factory):
     server = serve_factory(pocket.root)
     app = ApplianceApp(base_url=f"{server.url}/v1", workspace=pocket.root, max_tokens=MAX_TOKENS)
     async with app.run_test(size=SMALL) as pilot:
@@ -109,8 +115,60 @@ async def test_url_with_the_server_down_recovers_and_survives_a_restart(pocket, 
         await wait_until(pilot, lambda: screen.model_id is not None, "the header to learn the model")
         assert "…" not in screen.header_text()
         assert (await reply_to(pilot, "What is the code of vault B?")).text
-
-        server.stop()
-        server.start()  # the same port, a new process
-        assert (await reply_to(pilot, "What is the code of vault C?")).text
         assert app.is_running
+
+
+@pytest.mark.asyncio
+async def test_adapter_picker_and_base_vs_fine_tuned_side_by_side(adapter_set):
+    """A server with the unmodified base and two LoRA adapters: Ctrl+O lists them from /v1/models,
+    a picked adapter answers, and Ctrl+B asks the base and the adapter the same question side by side;
+    each answer is what the server itself answers for that model."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import free_port, wait_until_healthy
+    from tests.tui.test_models import choose
+
+    ws = adapter_set.ws
+    port = free_port()
+    log_path = ws.root.parent / "serve-adapters.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--model", adapter_set.base.id,
+             "--adapter", f"facts={adapter_set.facts}", "--adapter", f"alt={adapter_set.alt}", "--port", str(port),
+             "--threads", "1", "--parallel", "1", "--workspace", str(ws.root)], stdout=log, stderr=log)
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log_path)
+        base_url = f"http://127.0.0.1:{port}/v1"
+        question = "What is the code of vault C?"
+
+        def answer(model: str) -> str:
+            body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
+                    "max_tokens": MAX_TOKENS}
+            return httpx.post(f"{base_url}/chat/completions", json=body, timeout=120).json()[
+                "choices"][0]["message"]["content"]
+
+        base, tuned = adapter_set.base.id, f"{adapter_set.base.id}:facts"
+        expected = {base: answer(base), tuned: answer(tuned)}
+        app = ApplianceApp(workspace=ws.root, max_tokens=MAX_TOKENS)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = chat(app)
+            await wait_until(pilot, lambda: len(screen.served.models) == 3, "the three served models")
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            await choose(pilot, tuned)
+            assert screen.adapter == "facts" and screen.model_id == tuned
+            reply = await reply_to(pilot, question)
+            assert (reply.model, reply.text) == (tuned, expected[tuned])
+
+            await pilot.press("ctrl+b")  # the last question, to the base and to the adapter
+            await wait_until(pilot, lambda: not screen._compare, "both side-by-side answers")
+            row = screen.query(".compare").last()
+            shown = {r.model: r.text for r in row.query(AssistantMessage)}
+            assert shown == expected, shown
+            assert expected[base] != expected[tuned], "the fine-tune answers differently from its base"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -162,9 +162,10 @@ async def test_quant_table_scrolls_sideways_at_60x20(trained, tmp_path: Path):
         assert quants.display and quants.size.width <= 60
         assert quants.max_scroll_x > 0, "the table is wider than the screen: it must scroll"
         quants.focus()
-        await pilot.press("end", "right", "right", "right", "right", "right", "right", "right", "right")
+        for _ in range(quants.max_scroll_x):  # the operator presses Right until the last column shows
+            await pilot.press("right")
         await pilot.pause()
-        assert quants.scroll_x == quants.max_scroll_x, "the right-hand columns can be reached"
+        assert quants.scroll_x == quants.max_scroll_x, "the right-hand columns can be reached with the keys"
 
 
 # help, palette, keys panel -----------------------------------------------------------------

@@ -242,3 +242,21 @@ async def test_a_corrupt_manifest_shows_its_error_and_the_other_versions(pocket)
         screen.versions_table.move_cursor(row=ids.index("mv-broken"))
         await pilot.pause()
         assert "not valid JSON" in screen.text_of("#version-info")
+
+
+@pytest.mark.asyncio
+async def test_export_a_quant_that_cannot_be_made_says_why_and_adds_nothing(pocket):
+    ws = Workspace.open(pocket.root)  # the version's run is not in this workspace: export must refuse
+    before = sorted(p.name for p in ws.model_versions.iterdir())
+    app = ApplianceApp(base_url="http://127.0.0.1:9/v1", workspace=ws.root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_models(pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        await choose(pilot, "q4_k_m")
+        await pilot.press("y")
+        result = await wait_action(pilot, screen)
+        run = screen.highlighted.run
+        assert result.startswith("✗ not exported") and run in result and str(ws.runs) in result, result
+        assert sorted(p.name for p in ws.model_versions.iterdir()) == before
+        assert app.is_running

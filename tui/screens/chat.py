@@ -114,15 +114,22 @@ class ChatScreen(Screen):
 
     HELP_TITLE = "Chat"
     BINDINGS = [
-        Binding("ctrl+l", "clear", "Clear", priority=True),
-        Binding("escape", "stop", "Stop reply"),
-        Binding("ctrl+r", "toggle_rag", "RAG on/off", priority=True),
-        Binding("ctrl+o", "pick_model", "Model", priority=True),
-        Binding("ctrl+s", "parameters", "Params", priority=True),
-        Binding("ctrl+b", "compare", "Base vs tuned", priority=True),
-        Binding("ctrl+t", "feedback('up')", "Good", priority=True),
-        Binding("ctrl+g", "feedback('down')", "Bad+fix", priority=True),
-        Binding("ctrl+n", "newline", "New line", show=False),
+        Binding("escape", "stop", "Stop", tooltip="Stop the reply being streamed"),
+        Binding("ctrl+r", "toggle_rag", "RAG", priority=True,
+                tooltip="RAG on/off: answer from the workspace's documents, with numbered sources"),
+        Binding("ctrl+o", "pick_model", "Model", priority=True,
+                tooltip="Pick the model: the served version or one of its adapters"),
+        Binding("ctrl+t", "feedback('up')", "Good", priority=True, tooltip="Thumbs up on the last reply"),
+        Binding("ctrl+g", "feedback('down')", "Bad+fix", priority=True,
+                tooltip="Thumbs down on the last reply, with an optional correction"),
+        Binding("ctrl+s", "parameters", "Params", priority=True, show=False,
+                tooltip="This chat's temperature, max tokens, top-p, RAG passages, system prompt"),
+        Binding("ctrl+b", "compare", "Base vs tuned", priority=True, show=False,
+                tooltip="The last question to the served version and an adapter, side by side"),
+        Binding("ctrl+l", "clear", "Clear", priority=True, show=False, tooltip="Clear the conversation"),
+        Binding("ctrl+n", "newline", "New line", show=False, tooltip="A new line in the prompt (Enter sends)"),
+        Binding("pageup,pagedown", "noop", "Scroll", show=False,
+                tooltip="Scroll the conversation (Home/End too while the prompt is empty)"),
     ]
 
     def __init__(self) -> None:
@@ -241,6 +248,8 @@ class ChatScreen(Screen):
     @on(ModelsListed)
     def _models_listed(self, message: ModelsListed) -> None:
         before = self.model_id
+        if message.served.models and not self.served.models and self.conversation.query(Notice):
+            self.conversation.mount(Notice(f"connected: {message.served.url} serves {message.served.base}"))
         self.served = message.served
         if message.served.models and self.adapter is not None and self.model_id == message.served.base:
             self.notify(f"adapter {self.adapter} is not served any more: asking {self.model_id}", severity="warning")
@@ -250,6 +259,9 @@ class ChatScreen(Screen):
         self._refresh_header()
 
     # asking -----------------------------------------------------------------
+    def action_noop(self) -> None:
+        """PageUp/PageDown are handled by the prompt (listed for the help screen)."""
+
     def action_newline(self) -> None:
         self.prompt.insert("\n")
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -21,7 +24,10 @@ GLOBAL_KEYS = [
 
 
 def _key(name: str) -> str:
-    return name.replace("question_mark", "?").upper() if name.startswith("f") and name[1:].isdigit() else name
+    """``f4`` -> ``F4``, ``question_mark`` -> ``?``; other key names as Textual writes them."""
+    if name.startswith("f") and name[1:].isdigit():
+        return name.upper()
+    return name.replace("question_mark", "?")
 
 
 class HelpScreen(ModalScreen):
@@ -39,18 +45,36 @@ class HelpScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
-            yield Static(self.help_text(), id="help-text", markup=False)
+            yield Static("SLM Appliance: keys (Escape closes)", classes="dialog-title", markup=False)
+            yield Static(self.table(), id="help-text")
 
-    def help_text(self) -> str:
-        lines = ["SLM Appliance: keys (Escape closes)", "", "Screens"]
-        for spec in self.specs:
-            lines.append(f"  {spec.key.upper():<7} {spec.label:<8} {spec.description}")
-        lines += ["", "Everywhere"] + [f"  {k:<7} {what}" for k, what in GLOBAL_KEYS]
-        own = [b for b in getattr(self.below, "BINDINGS", []) if isinstance(b, Binding)]
+    def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(heading, [(key, what it does)]) for every section of the help."""
+        screens = [(spec.key.upper(), f"{spec.label}: {spec.description}") for spec in self.specs]
+        out = [("Screens", screens), ("Everywhere", list(GLOBAL_KEYS))]
+        own = [b for b in getattr(self.below, "BINDINGS", []) if isinstance(b, Binding) and b.description]
         if own:
             name = getattr(self.below, "HELP_TITLE", type(self.below).__name__.removesuffix("Screen"))
-            lines += ["", f"On this screen ({name})"]
-            lines += [f"  {b.key_display or _key(b.key):<7} {b.description}" for b in own if b.description]
+            out.append((f"On this screen ({name})", [(b.key_display or _key(b.key), b.tooltip or b.description) for b in own]))
+        return out
+
+    def table(self) -> Group:
+        parts = []
+        for n, (heading, rows) in enumerate(self.sections()):
+            parts.append(Text(("\n" if n else "") + heading, style="bold underline"))
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True, style="bold", min_width=7)
+            grid.add_column(overflow="fold")
+            for key, what in rows:
+                grid.add_row(Text(key), Text(what))
+            parts.append(grid)
+        return Group(*parts)
+
+    def help_text(self) -> str:
+        """The help as plain lines (for tests)."""
+        lines = ["SLM Appliance: keys (Escape closes)"]
+        for heading, rows in self.sections():
+            lines += ["", heading] + [f"  {key:<8} {what}" for key, what in rows]
         return "\n".join(lines)
 
     def action_dismiss(self, result=None) -> None:

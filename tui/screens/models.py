@@ -66,10 +66,10 @@ class ModelsScreen(Screen):
 
     HELP_TITLE = "Models"
     BINDINGS = [
-        Binding("p", "promote", "Promote"),
-        Binding("b", "rollback", "Roll back"),
-        Binding("e", "export", "Export quant"),
-        Binding("r", "reload", "Reload"),
+        Binding("p", "promote", "Promote", tooltip="Promote the highlighted version: choose the quant, the gate runs"),
+        Binding("b", "rollback", "Roll back", tooltip="Back to the previous production version"),
+        Binding("e", "export", "Export quant", tooltip="Export another quant of the highlighted version's run"),
+        Binding("r", "reload", "Reload", tooltip="Read the model versions again"),
     ]
 
     def __init__(self, workspace: Path | str | None = None) -> None:
@@ -80,6 +80,7 @@ class ModelsScreen(Screen):
         self.error: str | None = None
         self.running: str | None = None  # the action in progress
         self.last_result: str = ""
+        self._serve_stamp: int | None = None
 
     # layout -----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -107,9 +108,16 @@ class ModelsScreen(Screen):
             self.reload()
 
     def _watch_server(self) -> None:
-        server = getattr(self.app, "server", None)
-        if server is not None and server.changed():
-            self.reload()
+        """Once a second: when serve.json changed (a server started, stopped or switched), reload."""
+        root = self._root()
+        try:
+            stamp = (Path(root) / "serve.json").stat().st_mtime_ns if root is not None else None
+        except OSError:
+            stamp = None
+        if stamp != self._serve_stamp:
+            self._serve_stamp = stamp
+            if self.running is None:
+                self.reload()
 
     @property
     def versions_table(self) -> DataTable:
@@ -139,9 +147,12 @@ class ModelsScreen(Screen):
         return getattr(self.app, "workspace_root", None)
 
     def serving(self) -> tuple[str | None, str | None]:
-        """(version, GGUF file) the workspace's running server serves, from its serve.json."""
-        server = getattr(self.app, "server", None)
-        info = server.current() if server is not None else None
+        """(version, GGUF file) the workspace's running server serves: its serve.json, which the server
+        rewrites on every switch (and removes when it stops); a dead server's stale file counts as none."""
+        from appliance.serve.client import read_serve_file
+
+        root = self._root()
+        info = read_serve_file(Path(root) / "serve.json") if root is not None else None
         if info is None or info.base_url is None:
             return None, None
         return info.model, info.gguf
@@ -171,10 +182,9 @@ class ModelsScreen(Screen):
         promoted_text = f"{promoted.id}" + (f" ({promoted.promoted_quant})" if promoted and promoted.promoted_quant
                                             else "") if promoted else "none"
         serving_text = f"{serving} ({_quant_of(gguf)})" if serving and gguf else (serving or "no server")
-        where = self.ws.root if self.ws else self._root()
         self.query_one("#models-info", Static).update(
             f"models  {PROMOTED_MARK} promoted {promoted_text}  {SERVING_MARK} serving {serving_text}  "
-            f"{len(self.versions)} version(s), newest first  workspace {where}")
+            f"{len(self.versions)} version(s), newest first")
         broken = [v for v in self.versions if v.error]
         try:
             from appliance.artefacts import promoted as promotion_record
