@@ -48,7 +48,7 @@ async def fill(pilot, screen: DataScreen, path: str, name: str) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("size", [(80, 24)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 async def test_ingest_a_folder_with_progress_reaching_100_percent(tmp_path: Path, size):
     folder = source_folder(tmp_path)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
