@@ -162,14 +162,13 @@ def models_report(
 ) -> None:
     """The quant report of a model version: size, speed, perplexity, KL and top-1 against f16."""
     from appliance.artefacts import load_version
-    from appliance.export.quant_report import format_table
+    from appliance.export.quant_report import format_table, missing_reason
 
     with report_errors():
-        report = load_version(open_workspace(workspace), version).manifest.get("quant_report")
+        manifest = load_version(open_workspace(workspace), version).manifest
+    report = manifest.get("quant_report")
     if report is None:
-        from appliance.export.quant_report import missing_reason
-
-        fail(missing_reason(load_version(open_workspace(workspace), version).manifest))
+        fail(missing_reason(manifest))
     print(json.dumps(report, indent=2) if as_json else format_table(report))
 
 

@@ -188,12 +188,11 @@ def missing_reason(manifest: dict) -> str:
     has none by design (no fine-tune to compare, no eval data); a merged export from before the report
     existed should be exported again."""
     inputs = manifest.get("inputs") or {}
+    version = manifest.get("id", "this version")
     if inputs.get("run") is None and "gguf_sha256" in inputs:
-        return (f"no quant report: {manifest.get('id', 'this version')} is an imported GGUF served as it is "
-                "(one quant, nothing to compare it with)")
+        return f"no quant report: {version} is an imported GGUF served as it is (one quant, nothing to compare it with)"
     if inputs.get("run") is None:
-        return (f"no quant report: {manifest.get('id', 'this version')} is an export of the unmodified base "
-                f"{inputs.get('base') or ''} (`export --base`): quant reports measure a fine-tune's exports on "
-                "its dataset's eval split, and a base has none").replace("  ", " ")
-    return (f"no quant report: {manifest.get('id', 'this version')} was exported before quant reports existed; "
-            "export it again")
+        base = f" {inputs['base']}" if inputs.get("base") else ""
+        return (f"no quant report: {version} is an export of the unmodified base{base} (`export --base`): quant "
+                "reports measure a fine-tune's exports on its dataset's eval split, and a base has none")
+    return f"no quant report: {version} was exported before quant reports existed; export it again"

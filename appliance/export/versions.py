@@ -48,11 +48,6 @@ class VersionSummary:
     lineage: dict | None = None  # the manifest's ``inputs`` (run, base, datasets, ...)
 
     @property
-    def is_base_export(self) -> bool:
-        """An export of an unmodified base (``export --base``): no run, no quant report by design."""
-        return self.run is None and self.error is None
-
-    @property
     def source(self) -> str:
         """The run it came from, else ``base NAME``."""
         return self.run if self.run else f"base {self.base or '?'}"
