@@ -129,7 +129,7 @@ def gather(workspace: Path | str | None, base_url: str | None = None) -> HomeSta
     status.memory = system.memory()
     status.gpus = system.gpus()
     if importlib.util.find_spec("appliance.monitor") is not None:
-        status.drift = "not measured (open the Monitor screen)"
+        status.drift = "not measured here (it embeds recent prompts): run `appliance monitor drift`"
     return status
 
 
