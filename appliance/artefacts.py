@@ -111,6 +111,20 @@ def resolve_dataset(ws: Workspace, ref: str) -> DatasetRef:
     return DatasetRef(name, manifest["version"], path, manifest.get("counts", {}), manifest.get("rejected", 0), created=False)
 
 
+def dataset_versions(ws: Workspace) -> list[DatasetRef]:
+    """Every finished dataset version, by name then version (a folder with a bad manifest is skipped)."""
+    found = []
+    for folder in sorted(p for p in ws.datasets.iterdir() if p.is_dir() and DATASET_NAME_PATTERN.fullmatch(p.name)):
+        for path in finished_artefacts(folder):
+            try:
+                manifest = read_json(path / MANIFEST)
+                found.append(DatasetRef(folder.name, int(manifest["version"]), path, manifest.get("counts", {}),
+                                        manifest.get("rejected", 0), created=False))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return sorted(found, key=lambda d: (d.name, d.version))
+
+
 # training runs ----------------------------------------------------------------------------------
 @dataclass
 class RunRef:
@@ -135,6 +149,17 @@ def load_run(ws: Workspace, run_id: str) -> RunRef:
         known = ", ".join(sorted(p.name for p in ws.runs.iterdir() if (p / MANIFEST).is_file()))
         raise WorkspaceError(f"no run '{run_id}' in {ws.runs} (known runs: {known or 'none'})")
     return RunRef(run_id, path, read_json(path / MANIFEST)["kind"], created=False)
+
+
+def finished_runs(ws: Workspace) -> list[RunRef]:
+    """Every finished training run, oldest first (a folder with a bad manifest is skipped)."""
+    found = []
+    for path in finished_artefacts(ws.runs):
+        try:
+            found.append(RunRef(path.name, path, read_json(path / MANIFEST)["kind"], created=False))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 # model versions ---------------------------------------------------------------------------------

@@ -29,6 +29,25 @@ def ignore(_: Event) -> None:
     """An event sink that drops everything (library calls and tests)."""
 
 
+class Cancelled(Exception):
+    """Raised by a :func:`cancellable` sink: the operator asked the stage to stop."""
+
+
+def cancellable(sink: EventSink, should_stop: Callable[[], bool]) -> EventSink:
+    """``sink``, except that each event first checks ``should_stop()`` and raises :class:`Cancelled`.
+
+    A stage stops at its next event and unwinds as it does for any error: a training run keeps its
+    sealed checkpoints in ``runs/.partial-RUN_ID`` (``appliance train resume RUN_ID`` goes on from
+    there) and nothing half-written is published."""
+
+    def forward(event: Event) -> None:
+        if should_stop():
+            raise Cancelled(f"{event.stage}: cancelled by the operator")
+        sink(event)
+
+    return forward
+
+
 class Collector:
     """An event sink that keeps every event; useful in tests and for reports."""
 

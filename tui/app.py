@@ -30,7 +30,7 @@ from textual.screen import Screen
 
 from appliance.serve.client import ServerWatch
 from appliance.workspace import Workspace, check_workspace, default_home
-from .screens import ChatScreen, ModelsScreen
+from .screens import ChatScreen, DataScreen, HomeScreen, ModelsScreen, MonitorScreen, TrainScreen
 from .screens.help import HelpScreen
 
 
@@ -50,14 +50,23 @@ class ScreenSpec:
 
 
 # Keys are fixed per screen so that an operator's fingers learn them: F1 home, F2 data, F3 train,
-# F4 models, F5 chat, F6 monitor. The app starts on "home" when it is registered, else on "chat".
+# F4 models, F5 chat, F6 monitor. The app starts on the chat (the screen an operator uses most;
+# the TUI tests of the chat and models screens start there); Home is one key away.
 SCREENS: list[ScreenSpec] = [
+    ScreenSpec("f1", "home", HomeScreen,
+               "The appliance at a glance: served, promoted and candidate versions, RAG, eval, disk, memory; next step"),
+    ScreenSpec("f2", "data", DataScreen,
+               "Dataset versions and their curation reports (rejects, PII, duplicates); ingest a folder"),
+    ScreenSpec("f3", "train", TrainScreen,
+               "Start SFT/DPO from a form with the memory planner's verdict; live loss curve; cancel, resume"),
     ScreenSpec("f4", "models", ModelsScreen,
                "Model versions: lineage, parity, quant and eval reports; promote, roll back, export a quant"),
     ScreenSpec("f5", "chat", ChatScreen,
                "Chat with the served model: RAG citations, feedback, model picker, base vs fine-tuned"),
+    ScreenSpec("f6", "monitor", MonitorScreen,
+               "Server requests, latency and TTFT percentiles, tokens/s, errors and 429s, queue; live request log"),
 ]
-START_ORDER = ("home", "chat")
+START_ORDER = ("chat", "home")
 
 
 class ApplianceApp(App):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from appliance.cli.common import WorkspaceOption, emit_id, fail, open_workspace, report_errors, say, show_progress
+from appliance.cli.common import WorkspaceOption, emit_id, open_workspace, report_errors, say, show_progress
 from appliance.workspace import WorkspaceError
 
 train_app = typer.Typer(help="Fine-tune: LoRA SFT, then DPO.", no_args_is_help=True)
@@ -110,26 +110,11 @@ def train_resume(
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Finish an interrupted SFT/DPO run from its last checkpoint; prints the run id."""
-    from appliance.artefacts import load_run, resolve_dataset
-    from appliance.config import DPORecipe, SFTRecipe
-    from appliance.train import checkpoint, dpo, sft
+    from appliance.train.resume import resume
 
     ws = open_workspace(workspace)
     with report_errors(), show_progress() as progress:
-        if (ws.runs / run / "manifest.json").is_file():
-            say(f"run {run} already finished")
-            result = load_run(ws, run)
-        else:
-            request = checkpoint.read_request(ws, run)
-            dataset = resolve_dataset(ws, request["dataset"])
-            if request["stage"] == "sft":
-                result = sft.run(ws, SFTRecipe(**request["recipe"]), dataset, Path(request["base"]),
-                                 backend=request["backend"], on_event=progress)
-            else:
-                result = dpo.run(ws, DPORecipe(**request["recipe"]), load_run(ws, request["parent_run"]), dataset,
-                                 backend=request["backend"], on_event=progress)
-            if result.id != run:
-                fail(f"replaying {run} produced {result.id}: its inputs changed since it started")
+        result = resume(ws, run, on_event=progress)
     say(f"run {result.id} finished in {result.path}")
     emit_id(result.id)
 

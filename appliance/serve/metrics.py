@@ -62,3 +62,73 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def summarise(text: str) -> dict:
+    """The figures an operator watches, from the text of ``GET /metrics`` (any process's).
+
+    ``requests`` (finished), ``errors`` (status >= 500), ``rejected_429``, ``client_errors`` (other
+    4xx), ``in_flight``, ``queued``, ``prompt_tokens``, ``completion_tokens``, and ``latency_s`` /
+    ``ttft_s`` as {"count", "mean", "p50", "p95", "p99"} over every endpoint and model, each
+    percentile estimated from the histogram buckets as Prometheus's ``histogram_quantile`` does
+    (linear within a bucket; None without observations)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict = {"requests": 0, "errors": 0, "rejected_429": 0, "client_errors": 0, "in_flight": 0, "queued": 0,
+                 "prompt_tokens": 0, "completion_tokens": 0}
+    buckets: dict[str, dict[float, float]] = {"latency_s": {}, "ttft_s": {}}
+    sums: dict[str, list[float]] = {"latency_s": [0.0, 0.0], "ttft_s": [0.0, 0.0]}
+    histograms = {"appliance_request_latency_seconds": "latency_s", "appliance_time_to_first_token_seconds": "ttft_s"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, value = sample.name, sample.value
+            if name == "appliance_requests_total":
+                status = int(sample.labels.get("status") or 0)
+                out["requests"] += int(value)
+                if status >= 500:
+                    out["errors"] += int(value)
+                elif status == 429:
+                    out["rejected_429"] += int(value)
+                elif status >= 400:
+                    out["client_errors"] += int(value)
+            elif name == "appliance_requests_in_flight":
+                out["in_flight"] = int(value)
+            elif name == "appliance_requests_queued":
+                out["queued"] = int(value)
+            elif name == "appliance_prompt_tokens_total":
+                out["prompt_tokens"] += int(value)
+            elif name == "appliance_completion_tokens_total":
+                out["completion_tokens"] += int(value)
+            elif family.name in histograms:
+                key = histograms[family.name]
+                if name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    buckets[key][le] = buckets[key].get(le, 0.0) + value
+                elif name.endswith("_sum"):
+                    sums[key][0] += value
+                elif name.endswith("_count"):
+                    sums[key][1] += value
+    for key in ("latency_s", "ttft_s"):
+        total, count = sums[key]
+        cumulative = sorted(buckets[key].items())
+        out[key] = {"count": int(count), "mean": total / count if count else None,
+                    **{f"p{int(q * 100)}": histogram_quantile(q, cumulative) for q in (0.5, 0.95, 0.99)}}
+    return out
+
+
+def histogram_quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile from (upper bound, cumulative count) buckets, ``+Inf`` last (PromQL's rule:
+    linear within the bucket; in the ``+Inf`` bucket, the highest finite bound)."""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    rank = q * cumulative[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound

@@ -39,3 +39,32 @@ class RequestLog:
     def close(self) -> None:
         with self._lock:
             self._handle.close()
+
+
+def tail(path: Path, n: int = 50, max_bytes: int = 1 << 20) -> list[dict]:
+    """The last ``n`` records of a request log (oldest first), reading at most its last ``max_bytes``.
+
+    A missing file is no records; a line cut short (a write in progress) or not JSON is skipped."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if size > max_bytes:
+        lines = lines[1:]  # the first line is probably a fragment
+    records = []
+    for line in lines[::-1]:
+        if len(records) >= n:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records[::-1]
