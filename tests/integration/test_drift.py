@@ -24,15 +24,17 @@ FOODS = ["sourdough bread", "lasagne", "banana cake", "roast chicken", "apple pi
 
 
 def bank_prompts() -> list[str]:
-    prompts = [t.format(v=v, d=d) for t, v, d in itertools.product(BANK, VAULTS, DAYS)]
+    # distinct first, then shuffled: deduplicating after the shuffle would keep the templates without
+    # a day early (their first copy comes sooner), a real shift between the first and later prompts
+    prompts = list(dict.fromkeys(t.format(v=v, d=d) for t, v, d in itertools.product(BANK, VAULTS, DAYS)))
     random.Random(0).shuffle(prompts)
-    return list(dict.fromkeys(prompts))
+    return prompts
 
 
 def kitchen_prompts() -> list[str]:
-    prompts = [t.format(f=f, t=temp) for t, f, temp in itertools.product(KITCHEN, FOODS, (160, 180, 200))]
+    prompts = list(dict.fromkeys(t.format(f=f, t=temp) for t, f, temp in itertools.product(KITCHEN, FOODS, (160, 180, 200))))
     random.Random(1).shuffle(prompts)
-    return list(dict.fromkeys(prompts))
+    return prompts
 
 
 def served(tmp_path, name: str, recent: list[str]) -> dict:
