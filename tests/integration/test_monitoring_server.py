@@ -143,7 +143,8 @@ def test_monitor_figures_agree_with_a_load_test(served):
     assert report["measured"]["queries"] == len(ok)
     assert report["measured"]["completion_tokens"] == m["completion_tokens"]
     assert report["per_1k_queries"] == pytest.approx(100.0 / report["projection"]["queries"] * 1000)
-    assert f"{report['projection']['queries']:,.0f} x 1000" in text.replace(" / ", " ").replace("100.00 ", "")
+    assert (f"per 1k queries: 100.00 / {report['projection']['queries']:,.0f} x 1000 = "
+            f"{report['per_1k_queries']:,.4f}") in text
 
 
 def test_feedback_survives_a_restart(served):
