@@ -7,8 +7,10 @@ and gives, per model version and adapter, over the requests that finished in the
 
 - ``requests`` and ``rate_per_min`` (requests over the span from the first request's start to the
   last one's end: the rate the server actually saw, not the window's length);
-- ``latency_s`` and ``ttft_s``: p50 / p95 / p99 of answered generations (chat and completions,
-  HTTP 200), measured by the server from receiving the request to its end / its first token;
+- ``latency_s``, ``ttft_s`` and ``first_text_s``: p50 / p95 / p99 of answered generations (chat and
+  completions, HTTP 200), measured by the server from receiving the request to its end / to the
+  engine's first token / to the first text the client received (the output filter holds text back
+  until no PII match can cross it, so a filtered stream's first text comes a word or so later);
 - ``tokens_per_s``: the median answer's decode rate (completion tokens after the first over the
   time after the first token) and ``throughput_tokens_per_s`` (all completion tokens over the span);
 - ``prompt_tokens`` / ``completion_tokens``: totals, as the engine counted them;
@@ -113,6 +115,7 @@ def figures(key: tuple[str, str | None], records: list[dict], feedback: list[dic
         "rate_per_min": round(n / span * 60, 3) if span > 0 else None,
         "latency_s": percentiles([float(r["latency_s"]) for r in answered if r.get("latency_s") is not None]),
         "ttft_s": percentiles([float(r["ttft_s"]) for r in answered if r.get("ttft_s") is not None]),
+        "first_text_s": percentiles([float(r["first_text_s"]) for r in answered if r.get("first_text_s") is not None]),
         "tokens_per_s": round(float(np.median(rates)), 2) if rates else None,
         "throughput_tokens_per_s": round(completion / span, 2) if span > 0 else None,
         "prompt_tokens": sum(int(r.get("prompt_tokens") or 0) for r in answered),
@@ -139,13 +142,15 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append("  no requests in this window")
     for m in summary["models"]:
         name = m["version"] + (f" + adapter {m['adapter']}" if m["adapter"] else "")
-        lat, ttft = m["latency_s"], m["ttft_s"]
+        lat, ttft, text = m["latency_s"], m["ttft_s"], m["first_text_s"]
         lines += [
             f"\n{name}",
             f"  requests      {m['requests']} ({m['answered']} answered) over {m['span_s']:.1f} s: "
             f"{_num(m['rate_per_min'])} per minute",
             f"  latency       p50 {_num(lat['p50'])} s   p95 {_num(lat['p95'])} s   p99 {_num(lat['p99'])} s",
             f"  first token   p50 {_num(ttft['p50'])} s   p95 {_num(ttft['p95'])} s   p99 {_num(ttft['p99'])} s",
+            f"  first text    p50 {_num(text['p50'])} s   p95 {_num(text['p95'])} s   p99 {_num(text['p99'])} s"
+            "   (as the client saw it)",
             f"  tokens/s      {_num(m['tokens_per_s'])} per answer (median decode), "
             f"{_num(m['throughput_tokens_per_s'])} overall",
             f"  tokens        {m['prompt_tokens']} in, {m['completion_tokens']} out",

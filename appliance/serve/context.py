@@ -58,6 +58,7 @@ class RequestContext:
     record: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    first_text: float | None = None
     done: bool = False
     messages: list[dict] | None = None
     """What the model was given (generation.py sets it): request log (if enabled) and drift features."""
@@ -96,7 +97,8 @@ class ServerContext:
     # -- the request's record ---------------------------------------------------------------
     def begin(self, request: Request, endpoint: str) -> RequestContext:
         ctx = RequestContext({"request_id": f"req-{uuid.uuid4().hex[:16]}", "endpoint": endpoint, "key_id": None,
-                              "model": None, "adapter": None, "status": None})
+                              "model": None, "adapter": None, "status": None},
+                             started=getattr(request.state, "received", None) or time.monotonic())
         request.state.ctx = ctx
         return ctx
 
@@ -111,6 +113,8 @@ class ServerContext:
         ctx.record["latency_s"] = round(now - ctx.started, 4)
         if ctx.first_token is not None:
             ctx.record["ttft_s"] = round(ctx.first_token - ctx.started, 4)
+        if ctx.first_text is not None:
+            ctx.record["first_text_s"] = round(ctx.first_text - ctx.started, 4)
         counts = ctx.record.pop("redaction_counts", None) or {}
         if ctx.record.get("model"):
             ctx.record["version"] = split_served_name(ctx.record["model"])[0]

@@ -112,6 +112,8 @@ class FilteredStream:
                 delta = chunk["choices"][0].get("delta") or {}
                 if not text and not finished and "role" not in delta:
                     continue
+            if self.ctx.first_text is None and chunk_text(chunk):
+                self.ctx.first_text = time.monotonic()  # what the client sees first (after the filter)
             return chunk
 
     async def first(self) -> dict:
