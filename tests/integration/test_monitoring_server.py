@@ -176,6 +176,7 @@ def test_feedback_survives_a_restart(served):
     assert feedback_file.read_text() == before  # nothing lost or rewritten by the restart
     # the restarted server does not remember the old answer's text: rating it again is 404 (documented)
     assert httpx.post(f"{served.url}/v1/feedback", json={"response_id": first.id, "rating": "up"}).status_code == 404
+    api = client(served.url)  # the restarted server listens on a new port
     second = api.chat.completions.create(model=served.version, messages=[{"role": "user", "content": FACTS[4][0]}],
                                          max_tokens=24, temperature=0)
     assert httpx.post(f"{served.url}/v1/feedback", json={"response_id": second.id, "rating": "up"}).status_code == 200

@@ -180,3 +180,26 @@ def test_refresh_dry_run_says_why(tmp_path):
     (ws.root / "site.toml").write_text('[refresh]\ndocuments = ["sources"]\ncadence = "hourly"\n')
     with pytest.raises(WorkspaceError, match=r"\[refresh\] cadence must be one of daily, weekly, monthly"):
         refresh.plan(ws, drift=False)
+
+
+def test_cli_verbs_print_the_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from appliance.cli import app
+
+    ws = Workspace.open(tmp_path / "ws")
+    now = dt.datetime.now(UTC)
+    write_log(ws, [_record(now - dt.timedelta(minutes=5 - i), latency_s=0.5, ttft_s=0.1, prompt_tokens=10,
+                           completion_tokens=20) for i in range(3)])
+    (ws.root / "site.toml").write_text('[cost]\nhardware_per_month = 10.0\n')
+    runner = CliRunner()
+    shown = runner.invoke(app, ["monitor", "--since", "1h", "--json", "-w", str(ws.root)])
+    assert shown.exit_code == 0, shown.output
+    (m,) = json.loads(shown.stdout)["models"]
+    assert m["answered"] == 3 and m["completion_tokens"] == 60
+    assert "no requests in this window" in runner.invoke(app, ["monitor", "--since", "2026-01-01T00:00:00",
+                                                               "-w", str(tmp_path / "empty")]).stdout
+    cost = runner.invoke(app, ["cost", "-w", str(ws.root)])
+    assert cost.exit_code == 0 and "measured: 3 answered queries, 30 prompt + 60 completion tokens" in cost.stdout
+    bad = runner.invoke(app, ["monitor", "--since", "soon", "-w", str(ws.root)])
+    assert bad.exit_code == 1 and "--since: expected a duration" in bad.output
