@@ -156,7 +156,19 @@ def test_monitor_figures_agree_with_a_load_test(served):
             f"{report['per_1k_queries']:,.4f}") in text
 
 
-def test_feedback_survives_a_restart(served):
+@pytest.fixture
+def facts_server(trained, tmp_path):
+    """The trained model (it answers the facts) in a workspace of its own, to restart at will."""
+    ws = Workspace.open(tmp_path / "workspace")
+    (ws.model_versions / trained.version.id).symlink_to(trained.version.path)
+    server = Server(ws, trained.version.id)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_feedback_survives_a_restart(facts_server):
+    served = facts_server
     api = client(served.url)
     question, answer = FACTS[3]
     first = api.chat.completions.create(model=served.version, messages=[{"role": "user", "content": question}],
