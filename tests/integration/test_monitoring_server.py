@@ -199,5 +199,6 @@ def test_feedback_survives_a_restart(facts_server):
     records = {r["response_id"]: r for r in dataset.records()}
     assert records[first.id]["kind"] == "preference" and records[first.id]["chosen"] == "Vault D opens with code 999."
     assert records[first.id]["version"] == served.version and records[second.id]["label"] is True
-    (m,) = summarize(served.ws, since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))["models"]
-    assert m["feedback"] >= 2 and m["corrections"] >= 1
+    models = summarize(served.ws, since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))["models"]
+    m = next(m for m in models if m["version"] == served.version)  # the 404 above belongs to no model
+    assert (m["feedback"], m["corrections"], m["mean_rating"]) == (2, 1, 0.5)
