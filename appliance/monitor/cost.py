@@ -149,6 +149,8 @@ def format_cost(report: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines.append(f"month: x {p['factor']:.4f} ({p['month_days']:g} days / {m['days']:.4f} days covered) = "
                  f"{p['queries']:,.0f} queries, {p['prompt_tokens']:,.0f} + {p['completion_tokens']:,.0f} tokens")
+    if m["days"] < 1:
+        lines.append("  (projected from less than a day of traffic: a rough figure until the log covers more)")
     hw = report["hardware_per_month"]
     if hw is None:
         lines.append("hardware: no [cost] hardware_per_month in site.toml; set it (and [cost.api.\"NAME\"] "
