@@ -4,9 +4,9 @@
 
 A route begins a :class:`RequestContext` (its request-log record and clock), authenticates the
 caller, parses its body, resolves the model it names, waits for admission to the engine, and
-finishes the context exactly once: that writes the request-log line, counts it in
-``/metrics`` and hands an answered prompt to the drift recorder (monitor/features.py). Errors raised as :class:`~appliance.serve.protocol.ApiError` finish it through the
-exception handlers (errors.py).
+finishes the context exactly once: that writes the request-log line, counts it in ``/metrics``
+and hands an answered prompt to the drift recorder (monitor/features.py). Errors raised as
+:class:`~appliance.serve.protocol.ApiError` finish it through the exception handlers (errors.py).
 """
 from __future__ import annotations
 
