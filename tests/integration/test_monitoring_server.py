@@ -183,6 +183,15 @@ def test_feedback_survives_a_restart(facts_server):
     logged = [json.loads(x) for x in (served.ws.logs / "requests.jsonl").read_text().splitlines()]
     assert any(r.get("request_id") == row["request_id"] and r.get("response_id") == first.id for r in logged)
 
+    # the drift features of that prompt (written by a background thread once the embedder has loaded)
+    drift_log, deadline = served.ws.logs / "drift.jsonl", time.monotonic() + 120
+    while row["request_id"] not in (drift_log.read_text() if drift_log.is_file() else ""):
+        assert time.monotonic() < deadline, "no drift features recorded within 2 minutes"
+        time.sleep(0.5)
+    features = next(json.loads(x) for x in drift_log.read_text().splitlines() if row["request_id"] in x)
+    assert features["version"] == served.version and features["words"] == len(question.split())
+    assert question not in drift_log.read_text() and len(features["word_hashes"]) == len(set(question.lower().split()))
+
     served.stop()
     served.start()
     assert feedback_file.read_text() == before  # nothing lost or rewritten by the restart
