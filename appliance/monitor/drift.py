@@ -75,7 +75,7 @@ def training_prompts(ws: Workspace, version: str) -> tuple[list[str], list[str]]
     texts = []
     for ref in datasets:
         texts += dataset_prompts(ws, ref)
-    return texts, datasets
+    return list(dict.fromkeys(texts)), datasets  # a prompt in SFT and DPO data counts once
 
 
 def dataset_prompts(ws: Workspace, ref: str) -> list[str]:
