@@ -3,6 +3,9 @@
     [serve]                 # appliance serve: require_keys, max_body_bytes, read_timeout_s, cors_origins, ...
     [data]                  # appliance data ingest: max_uncompressed_bytes, ...
     [tracking]              # MLflow: uri = "http://mlflow.site:5000" or "off"
+    [monitor]               # request log size bound, prompt logging, drift threshold (appliance/monitor)
+    [cost]                  # hardware cost and API price table for `appliance cost` (monitor/cost.py)
+    [refresh]               # what `appliance refresh` trains on, its policy and cadence (refresh.py)
 
 A missing file or section is empty (every reader has its defaults); a file that is not valid TOML,
 or a value of the wrong type, is a :class:`WorkspaceError` naming the file, the section and the key.
@@ -64,3 +67,39 @@ def origins(ws: Workspace | Path, name: str, key: str) -> list[str]:
         raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be a list of origins such as "
                              f'"https://app.example.org" (scheme, host, optional port, no path), not {value!r}')
     return [o.rstrip("/") for o in value]
+
+
+def number(ws: Workspace | Path, name: str, key: str, default: float, minimum: float = 0.0,
+           maximum: float | None = None) -> float:
+    """``[name] key``: a number (int or float) in [minimum, maximum], else ``default``."""
+    value = section(ws, name).get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+        raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be a number {bound}, not {value!r}")
+    return float(value)
+
+
+def text(ws: Workspace | Path, name: str, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+    """``[name] key``: a string (one of ``choices`` when given), else ``default``."""
+    value = section(ws, name).get(key, default)
+    if not isinstance(value, str) or (choices and value not in choices):
+        allowed = f"one of {', '.join(choices)}" if choices else "a string"
+        raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be {allowed}, not {value!r}")
+    return value
+
+
+def strings(ws: Workspace | Path, name: str, key: str, default: list[str] | None = None) -> list[str]:
+    """``[name] key``: a list of strings, else ``default`` (or [])."""
+    value = section(ws, name).get(key, default if default is not None else [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be a list of strings, not {value!r}")
+    return list(value)
+
+
+def unknown_keys(ws: Workspace | Path, name: str, known: set[str]) -> None:
+    """A :class:`WorkspaceError` naming any key of ``[name]`` that is not in ``known`` (a typo)."""
+    extra = sorted(set(section(ws, name)) - known)
+    if extra:
+        raise WorkspaceError(f"{site_path(ws)}: [{name}] has unknown key(s) {', '.join(extra)}; "
+                             f"known: {', '.join(sorted(known))}")

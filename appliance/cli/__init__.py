@@ -15,6 +15,8 @@ line of standard output, so scripts can chain verbs; progress and warnings go to
     appliance keys create NAME [--adapters a,b] [--no-output-filter]   /   appliance keys list|revoke
     appliance rag sync PATH... [--watch]   /   appliance rag query "question"   /   appliance rag eval FILE
     appliance ask "question"
+    appliance monitor [--since 24h] [--json]   /   appliance monitor drift [--since 7d]
+    appliance cost [--month YYYY-MM]   /   appliance refresh [--dry-run]
     appliance tui
     appliance demo
 
@@ -34,6 +36,7 @@ from appliance.cli.common import WorkspaceOption, fail, open_workspace, report_e
 from appliance.cli.data import data_app
 from appliance.cli.eval import eval_app
 from appliance.cli.models import export_cmd, models_app
+from appliance.cli.monitor import cost_cmd, monitor_app, refresh_cmd
 from appliance.cli.rag import ask_cmd, rag_app
 from appliance.cli.serve import keys_app, serve_cmd
 from appliance.cli.train import train_app
@@ -47,9 +50,12 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(eval_app, name="eval")
+app.add_typer(monitor_app, name="monitor")
 app.command("export")(export_cmd)
 app.command("serve")(serve_cmd)
 app.command("ask")(ask_cmd)
+app.command("cost")(cost_cmd)
+app.command("refresh")(refresh_cmd)
 
 
 @app.command("tui")

@@ -3,7 +3,7 @@
     appliance data ingest PATH... --dataset NAME [--recipe curation.toml] [--append]
     appliance data report NAME[@vN] [--json]   /   appliance data pairs DOCS --dataset NAME
     appliance data synth DOCS --dataset NAME [--model VERSION|FILE.gguf] [--seed N] [--from-rag]
-    appliance data feedback [--dataset feedback] [--input FILE] [--model MODEL]
+    appliance data feedback [--dataset feedback] [--input FILE] [--model MODEL] [--after ISO-TIME]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from appliance.cli.common import WorkspaceOption, emit_id, open_workspace, report_errors, say, show_progress
+from appliance.cli.common import WorkspaceOption, emit_id, fail, open_workspace, report_errors, say, show_progress
 
 data_app = typer.Typer(help="Bring documents and training pairs into versioned datasets.", no_args_is_help=True)
 
@@ -92,16 +92,28 @@ def data_feedback(
     source: Optional[Path] = typer.Option(None, "--input", help="Feedback JSONL (default WORKSPACE/feedback/feedback.jsonl)."),
     model: Optional[str] = typer.Option(None, "--model", help="Only feedback on this model."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML); its PII settings apply."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only feedback created after this ISO time "
+                                        "(e.g. 2026-12-01T00:00:00Z)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Operators' thumbs up/down and corrections -> preference pairs + KTO rows (a dataset version)."""
     from appliance.data.feedback import feedback_dataset
     from appliance.data.recipe import load_curation
 
+    import datetime
+
     with report_errors():
         curation = load_curation(recipe)
+        after_unix = None
+        if after:
+            try:
+                when = datetime.datetime.fromisoformat(after)
+            except ValueError:
+                fail(f"--after: expected an ISO time such as 2026-12-01T00:00:00Z, not {after!r}")
+            after_unix = (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()
         with show_progress() as progress:
-            ref = feedback_dataset(open_workspace(workspace), dataset, source, model, curation, on_event=progress)
+            ref = feedback_dataset(open_workspace(workspace), dataset, source, model, curation, on_event=progress,
+                                   after=after_unix)
     state = "new version" if ref.created else "unchanged, existing version"
     say(f"dataset {ref.id}: {ref.counts.get('preference', 0)} correction pairs, {ref.counts.get('unpaired', 0)} "
          f"thumbs-only rows; {ref.rejected} rejected ({state}) in {ref.path}")

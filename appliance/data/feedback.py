@@ -1,6 +1,7 @@
 """Operators' feedback on served answers -> a preference / KTO dataset version.
 
     appliance data feedback [--dataset feedback] [--input FILE] [--model MODEL] [--recipe curation.toml]
+                            [--after ISO-TIME]
     appliance train dpo --run SFT_RUN --dataset feedback                  # the correction pairs (DPO/IPO/ORPO)
     appliance train dpo --run SFT_RUN --dataset feedback --method kto     # pairs + plain thumbs up/down
 
@@ -8,7 +9,10 @@ The server appends one JSON object a line to ``WORKSPACE/feedback/feedback.jsonl
 
     {"id": str, "created": unix time, "response_id": str, "model": str, "rating": "up" | "down",
      "correction": str | null, "messages": [the prompt's chat messages], "completion": str (as served),
-     "key_id": str | null}
+     "key_id": str | null, "request_id": str | null, "version": str | null, "adapter": str | null}
+
+(``request_id``, ``version`` and ``adapter`` are optional: files from older servers lack them;
+an ISO time in ``created`` is accepted too.)
 
 Each feedback line becomes one record:
 
@@ -18,7 +22,9 @@ Each feedback line becomes one record:
 - without one: an unpaired row ``{"kind": "unpaired", "prompt": messages, "completion": completion,
   "label": rating == "up"}`` for KTO.
 
-Every record keeps its lineage (``feedback_id``, ``response_id``, ``model``, ``key_id``, ``created``).
+Every record keeps its lineage (``feedback_id``, ``response_id``, ``request_id``, ``model``,
+``version``, ``adapter``, ``key_id``, ``created``). ``--after`` keeps feedback created after that
+time only (``appliance refresh`` passes the time of the last refresh).
 When one response was rated more than once, the newest rating (by ``created``, then line order)
 counts. ``--model`` keeps feedback on that model only. Prompts, completions and corrections go
 through the curation recipe's PII step, like ingested data. Bad lines are kept in ``rejects.jsonl``
@@ -29,6 +35,7 @@ version. The dataset id (``NAME@vN``) is printed alone on the last line of stand
 """
 from __future__ import annotations
 
+import datetime
 import json
 from collections import Counter
 from pathlib import Path
@@ -74,8 +81,18 @@ def parse_line(obj: object) -> dict:
     for key in ("id", "response_id", "model", "completion"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise FeedbackError(f"'{key}' must be a non-empty string")
-    if not isinstance(obj.get("created"), (int, float)) or isinstance(obj.get("created"), bool):
+    created = obj.get("created")
+    if isinstance(created, str):
+        try:
+            when = datetime.datetime.fromisoformat(created)
+        except ValueError:
+            raise FeedbackError(f"'created' is not an ISO time: {created!r}") from None
+        created = (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    if not isinstance(created, (int, float)) or isinstance(created, bool):
         raise FeedbackError("'created' must be a unix time (number)")
+    for key in ("request_id", "version", "adapter"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise FeedbackError(f"'{key}' must be a string or null")
     if obj.get("rating") not in RATINGS:
         raise FeedbackError(f"'rating' must be 'up' or 'down', got {obj.get('rating')!r}")
     correction = obj.get("correction")
@@ -96,14 +113,16 @@ def parse_line(obj: object) -> dict:
         raise FeedbackError("'messages' has no user message")
     if clean[-1]["role"] == "assistant":
         raise FeedbackError("'messages' must end before the answer (the last message is from the assistant)")
-    return {"id": obj["id"], "created": float(obj["created"]), "response_id": obj["response_id"],
+    return {"id": obj["id"], "created": float(created), "response_id": obj["response_id"],
             "model": obj["model"], "rating": obj["rating"], "correction": correction, "messages": clean,
-            "completion": obj["completion"], "key_id": key_id}
+            "completion": obj["completion"], "key_id": key_id, "request_id": obj.get("request_id"),
+            "version": obj.get("version"), "adapter": obj.get("adapter")}
 
 
 def to_record(fb: dict) -> dict:
     """The dataset record for one (validated) feedback entry."""
-    lineage = {"feedback_id": fb["id"], "response_id": fb["response_id"], "model": fb["model"],
+    lineage = {"feedback_id": fb["id"], "response_id": fb["response_id"], "request_id": fb.get("request_id"),
+               "model": fb["model"], "version": fb.get("version"), "adapter": fb.get("adapter"),
                "rating": fb["rating"], "key_id": fb["key_id"], "created": fb["created"]}
     correction = (fb["correction"] or "").strip()
     if correction and correction != fb["completion"].strip():
@@ -147,7 +166,8 @@ def _scrub(record: dict, scrubber: Scrubber) -> list[str]:
 
 
 def feedback_dataset(ws: Workspace, name: str = "feedback", source: Path | None = None, model: str | None = None,
-                     recipe: CurationRecipe | None = None, on_event: EventSink = ignore) -> DatasetRef:
+                     recipe: CurationRecipe | None = None, on_event: EventSink = ignore,
+                     after: float | None = None) -> DatasetRef:
     """Convert the feedback log into a new version of dataset ``name`` (or return the identical one)."""
     check_dataset_name(name)
     source = Path(source) if source else default_source(ws)
@@ -161,6 +181,11 @@ def feedback_dataset(ws: Workspace, name: str = "feedback", source: Path | None 
     kept = [(n, fb) for n, fb in good if model is None or fb["model"] == model]
     steps.append({"step": "model", "in": len(good), "out": len(kept),
                   "notes": f"only feedback on {model}" if model else "all models"})
+    if after is not None:
+        recent = [(n, fb) for n, fb in kept if fb["created"] > after]
+        steps.append({"step": "after", "in": len(kept), "out": len(recent),
+                      "notes": f"only feedback created after {after:.0f} (unix time)"})
+        kept = recent
 
     newest: dict[str, tuple[float, int, dict]] = {}
     for n, fb in kept:
@@ -183,17 +208,18 @@ def feedback_dataset(ws: Workspace, name: str = "feedback", source: Path | None 
             continue
         records.append(record)
     steps.append({"step": "pii", "in": len(latest), "out": len(records)})
+    dedup_in, dedup_out = next(st for st in steps if st["step"] == "newest rating per response")["in"], len(latest)
     for reject in rejects:
         on_event(Event("data.feedback", message=f"rejected {reject['source']}:{reject['line']}: {reject['reason']}"))
     if not records:
         raise WorkspaceError(f"no usable feedback in {source} ({len(rejects)} line(s) rejected"
                              + (f", none on model {model}" if model else "") + ")")
-    report = _report(name, source, steps, records, rejects, scrubber, recipe)
+    report = _report(name, source, steps, records, rejects, scrubber, recipe, dedup_in - dedup_out)
     return _store(ws, name, source, records, rejects, report, model)
 
 
 def _report(name: str, source: Path, steps: list[dict], records: list[dict], rejects: list[dict],
-            scrubber: Scrubber, recipe: CurationRecipe) -> dict:
+            scrubber: Scrubber, recipe: CurationRecipe, superseded: int) -> dict:
     by_reason: dict[str, dict] = {}
     for r in rejects:
         group = by_reason.setdefault(r["reason"], {"count": 0, "examples": []})
@@ -212,7 +238,7 @@ def _report(name: str, source: Path, steps: list[dict], records: list[dict], rej
         "rejects_by_reason": by_reason,
         "pii": {"found": dict(scrubber.found), "enabled": recipe.pii.enabled,
                 "modes": {k: scrubber.mode(k) for k in scrubber.found}},
-        "duplicates": {"exact": steps[1]["out"] - steps[2]["out"], "near": 0},
+        "duplicates": {"exact": superseded, "near": 0},
         "length_unit": "characters of the answer (chosen or completion)", "length_histogram": histogram,
         "feedback": {"preference_pairs": kinds["preference"], "thumbs_up": labels[True], "thumbs_down": labels[False]},
     }

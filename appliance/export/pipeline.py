@@ -50,13 +50,20 @@ def eval_pairs(ws: Workspace, run_manifest: dict, limit: int = REPORT_SAMPLES) -
 
     def to_pairs(records: list[dict]) -> list[tuple[list[dict], str]]:
         pairs = [(r["messages"][:-1], r["messages"][-1]["content"]) for r in records if r["kind"] == "chat"]
-        return pairs + [([{"role": "user", "content": r["prompt"]}], r["chosen"])
-                        for r in records if r["kind"] == "preference"]
+        return pairs + [(prompt_messages(r["prompt"]), r["chosen"]) for r in records if r["kind"] == "preference"]
 
     held_out = to_pairs(dataset.eval_records())
     if held_out:
         return held_out[:limit], "eval split"
     return to_pairs(dataset.records())[:limit], "training records (the dataset has no eval split)"
+
+
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A preference record's prompt as chat messages: a string is one user message; the messages
+    before the answer (what ``appliance data feedback`` stores) are kept as they are."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[str]:
@@ -65,7 +72,7 @@ def imatrix_texts(ws: Workspace, run_manifest: dict, model_dir: Path) -> list[st
 
     dataset = resolve_dataset(ws, run_manifest["inputs"]["dataset"])
     conversations = [r["messages"] for r in dataset.records("chat")]
-    conversations += [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
+    conversations += [[*prompt_messages(r["prompt"]), {"role": "assistant", "content": r["chosen"]}]
                       for r in dataset.records("preference")]
     forbid_remote_code()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

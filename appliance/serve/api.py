@@ -36,6 +36,7 @@ shared per-request bookkeeping is context.py, and one generation's path is gener
 from __future__ import annotations
 
 import contextlib
+import time
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -67,6 +68,7 @@ def create_app(models: ServedModels | EngineHolder | Engine, ws: Workspace | Non
     app.state.server = server
     app.state.metrics, app.state.admission, app.state.pool = server.metrics, server.admission, server.pool
     install_error_handlers(app)
+    app.add_middleware(_Received)
     if cors_origins is None:
         cors_origins = site.origins(ws, "serve", "cors_origins") if ws is not None else []
     if cors_origins:
@@ -82,3 +84,16 @@ def create_app(models: ServedModels | EngineHolder | Engine, ws: Workspace | Non
 
     app.router.lifespan_context = lifespan
     return app
+
+
+class _Received:
+    """Stamps each HTTP request with its arrival at the app (``request.state.received``), so the
+    request log's latency and time to first token count from there, not from the route."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["received"] = time.monotonic()
+        await self.app(scope, receive, send)

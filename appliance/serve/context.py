@@ -4,9 +4,9 @@
 
 A route begins a :class:`RequestContext` (its request-log record and clock), authenticates the
 caller, parses its body, resolves the model it names, waits for admission to the engine, and
-finishes the context exactly once: that writes the request-log line and counts it in
-``/metrics``. Errors raised as :class:`~appliance.serve.protocol.ApiError` finish it through the
-exception handlers (errors.py).
+finishes the context exactly once: that writes the request-log line, counts it in ``/metrics``
+and hands an answered prompt to the drift recorder (monitor/features.py). Errors raised as
+:class:`~appliance.serve.protocol.ApiError` finish it through the exception handlers (errors.py).
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from appliance.artefacts import split_served_name
+from appliance.monitor.features import DriftRecorder
+from appliance.monitor.settings import MonitorSettings, read_settings
 from appliance.serve.auth import PREFIX, ApiKey, KeyRing
 from appliance.serve.body import load_json, read_body
 from appliance.serve.feedback_store import FeedbackLog, ResponseMemory
@@ -29,7 +32,7 @@ from appliance.serve.limits import Admission, Limits, QueueFull
 from appliance.serve.metrics import Metrics
 from appliance.serve.output_filter import OutputFilter
 from appliance.serve.protocol import ApiError, validation_message
-from appliance.serve.requestlog import RequestLog
+from appliance.serve.requestlog import REQUEST_LOG, RequestLog
 from appliance.serve.served_models import AdapterNotAllowed, ModelNotFound, ServedModels
 from appliance.workspace import Workspace
 
@@ -55,7 +58,10 @@ class RequestContext:
     record: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    first_text: float | None = None
     done: bool = False
+    messages: list[dict] | None = None
+    """What the model was given (generation.py sets it): request log (if enabled) and drift features."""
 
 
 class ServerContext:
@@ -70,7 +76,11 @@ class ServerContext:
         # one thread per running generation (it owns the engine's iterator); a few spare for the moment
         # a cancelled stream's thread finishes its step while its successor starts
         self.pool = ThreadPoolExecutor(max_workers=settings.limits.max_concurrent + 4, thread_name_prefix="gen")
-        self.log = RequestLog(ws.logs / "requests.jsonl") if ws else None
+        self.monitoring = read_settings(ws) if ws else MonitorSettings()
+        self.log = RequestLog(ws.logs / REQUEST_LOG, self.monitoring) if ws else None
+        self.drift = (DriftRecorder(ws, self.monitoring.log_max_bytes, self.monitoring.log_keep,
+                                    on_drop=self.metrics.drift_dropped.inc)
+                      if ws and self.monitoring.drift_features else None)
         self.feedback = FeedbackLog(ws.root / "feedback" / "feedback.jsonl") if ws else None
         self.memory = ResponseMemory()
         self.pii = OutputFilter()
@@ -79,11 +89,16 @@ class ServerContext:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.log:
             self.log.close()
+        if self.drift:
+            self.drift.close()
+        if self.feedback:
+            self.feedback.close()
 
     # -- the request's record ---------------------------------------------------------------
     def begin(self, request: Request, endpoint: str) -> RequestContext:
         ctx = RequestContext({"request_id": f"req-{uuid.uuid4().hex[:16]}", "endpoint": endpoint, "key_id": None,
-                              "model": None, "adapter": None, "status": None})
+                              "model": None, "adapter": None, "status": None},
+                             started=getattr(request.state, "received", None) or time.monotonic())
         request.state.ctx = ctx
         return ctx
 
@@ -98,13 +113,22 @@ class ServerContext:
         ctx.record["latency_s"] = round(now - ctx.started, 4)
         if ctx.first_token is not None:
             ctx.record["ttft_s"] = round(ctx.first_token - ctx.started, 4)
+        if ctx.first_text is not None:
+            ctx.record["first_text_s"] = round(ctx.first_text - ctx.started, 4)
         counts = ctx.record.pop("redaction_counts", None) or {}
-        if ctx.record.get("endpoint") in ("chat", "completions"):
+        if ctx.record.get("model"):
+            ctx.record["version"] = split_served_name(ctx.record["model"])[0]
+        generated = ctx.record.get("endpoint") in ("chat", "completions")
+        if generated:
             ctx.record["redacted"] = bool(counts)
             ctx.record["redacted_types"] = sorted(counts)
+            ctx.record["redactions"] = sum(counts.values())
         self.metrics.observe({**ctx.record, "redaction_counts": counts})
         if self.log:
-            self.log.write(ctx.record)
+            self.log.write(ctx.record, ctx.messages)
+        if self.drift and generated and status == 200 and ctx.messages:
+            self.drift.submit({k: ctx.record.get(k) for k in ("request_id", "model", "version", "adapter")},
+                              ctx.messages)
 
     def finish_error(self, request: Request, status: int, code: str | None) -> None:
         """Log a failed request, also one that failed before its route began a context."""

@@ -5,7 +5,14 @@
 
 Each line is self-contained, so the file turns into DPO/KTO data without the request log::
 
-    {"id", "created", "response_id", "model", "rating", "correction", "messages", "completion", "key_id"}
+    {"id", "created", "response_id", "request_id", "model", "version", "adapter", "rating", "correction",
+     "messages", "completion", "key_id"}
+
+``request_id`` joins the line to the request log (``logs/requests.jsonl``), ``version`` is the
+model version that answered and ``adapter`` its LoRA adapter (None for the base). The file is
+append-only and survives restarts: each line is one write on an ``O_APPEND`` descriptor, fsynced
+before the server answers, and a line torn by a crash is ended before the next one is appended
+(monitor/logfile.py), so ``appliance data feedback`` rejects at most that one line.
 
 ``messages`` are the messages the model was given (for ``rag: true`` requests, with the retrieved
 passages in the system message; for ``/v1/completions``, one user message holding the prompt);
@@ -16,14 +23,17 @@ received the response (another key gets the same 404).
 """
 from __future__ import annotations
 
-import json
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.workspace import now_iso, open_private_append, private_dirs
+from appliance.artefacts import split_served_name
+from appliance.monitor.logfile import RotatingJsonl
+
+NEVER_ROTATE = 1 << 62  # feedback is training data: never rotated away
 
 REMEMBER = 10_000
 
@@ -34,6 +44,8 @@ class Served:
     messages: list[dict]
     completion: str
     key_id: str | None
+    request_id: str | None = None
+    adapter: str | None = None
 
 
 class ResponseMemory:
@@ -57,19 +69,20 @@ class ResponseMemory:
 
 
 class FeedbackLog:
-    """The feedback file: one self-contained JSON line per rating, appended under a lock."""
+    """The feedback file: one self-contained JSON line per rating, appended under a lock, fsynced."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        private_dirs(self.path.parent)
-        self._lock = threading.Lock()
+        self._file = RotatingJsonl(self.path, NEVER_ROTATE, 0, fsync=True)  # feedback holds prompts: 0600
 
     def add(self, response_id: str, served: Served, rating: str, correction: str | None) -> dict:
-        row = {"id": f"fb-{uuid.uuid4().hex[:16]}", "created": now_iso(), "response_id": response_id,
-               "model": served.model, "rating": rating, "correction": correction,
-               "messages": served.messages, "completion": served.completion, "key_id": served.key_id}
-        line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self._lock, open_private_append(self.path) as handle:  # feedback holds prompts: 0600
-            handle.write(line)
-            handle.flush()
+        row = {"id": f"fb-{uuid.uuid4().hex[:16]}", "created": time.time(), "response_id": response_id,
+               "request_id": served.request_id, "model": served.model,
+               "version": split_served_name(served.model)[0], "adapter": served.adapter, "rating": rating,
+               "correction": correction, "messages": served.messages, "completion": served.completion,
+               "key_id": served.key_id}
+        self._file.write(row)
         return row
+
+    def close(self) -> None:
+        self._file.close()

@@ -97,6 +97,7 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
 
     ``messages``: what the model was given (remembered for feedback); ``extra``: fields added to
     the response (``citations``); ``start``: opens the engine's chunk iterator."""
+    ctx.messages = messages
     await server.admit(ctx)
     released = False
 
@@ -151,7 +152,8 @@ def _redact_result(server: ServerContext, ctx: RequestContext, result: dict, cha
 def _remember(server: ServerContext, ctx: RequestContext, key: ApiKey | None, result: dict,
               messages: list[dict], text: str) -> None:
     usage = result.get("usage") or {}
-    server.memory.remember(result["id"], Served(ctx.record["model"], messages, text, key.id if key else None))
+    server.memory.remember(result["id"], Served(ctx.record["model"], messages, text, key.id if key else None,
+                                                ctx.record["request_id"], ctx.record.get("adapter")))
     server.finish(ctx, 200, response_id=result["id"], prompt_tokens=usage.get("prompt_tokens"),
                   completion_tokens=usage.get("completion_tokens"),
                   finish_reason=result["choices"][0].get("finish_reason"))

@@ -9,10 +9,19 @@ Each app gets its own registry (several apps in one test process never collide):
 - ``appliance_time_to_first_token_seconds{endpoint,model}``: first token from the engine (histogram);
 - ``appliance_prompt_tokens_total{model}`` / ``appliance_completion_tokens_total{model}``;
 - ``appliance_redactions_total{type}``: values the output filter replaced, by PII type;
-- ``appliance_requests_in_flight`` / ``appliance_requests_queued``: admitted to the engine / waiting.
+- ``appliance_requests_in_flight`` / ``appliance_requests_queued``: admitted to the engine / waiting;
+- ``appliance_generation_tokens_per_second{endpoint,model}``: each answer's completion tokens over
+  its time after the first token (histogram);
+- ``appliance_feedback_total{model,rating}``: ratings received through ``/v1/feedback``;
+- ``appliance_drift_samples_dropped_total``: prompts whose drift features were not recorded
+  (the recorder's queue was full, or the embedding failed).
+
+``appliance monitor`` computes the same figures (and percentiles, error and 429 rates, feedback
+rate) from the request log, which survives restarts where these counters do not.
 """
 from __future__ import annotations
 
+from appliance.monitor.report import decode_rate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,6 +33,7 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 class Metrics:
@@ -44,6 +54,12 @@ class Metrics:
                                   registry=r)
         self.in_flight = Gauge("appliance_requests_in_flight", "Requests admitted to the engine.", registry=r)
         self.queued = Gauge("appliance_requests_queued", "Requests waiting for an engine slot.", registry=r)
+        self.decode_rate = Histogram("appliance_generation_tokens_per_second",
+                                     "Completion tokens per second after the first token, per answer.",
+                                     ["endpoint", "model"], buckets=RATE_BUCKETS, registry=r)
+        self.feedback = Counter("appliance_feedback", "Ratings received.", ["model", "rating"], registry=r)
+        self.drift_dropped = Counter("appliance_drift_samples_dropped", "Prompts without drift features.",
+                                     registry=r)
 
     def observe(self, record: dict) -> None:
         """Count one finished request from its request-log record."""
@@ -59,6 +75,11 @@ class Metrics:
             self.completion_tokens.labels(model).inc(record["completion_tokens"])
         for kind, count in (record.get("redaction_counts") or {}).items():
             self.redactions.labels(kind).inc(count)
+        rate = decode_rate(record)
+        if rate is not None:
+            self.decode_rate.labels(endpoint, model).observe(rate)
+        if record.get("rating"):
+            self.feedback.labels(model, record["rating"]).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

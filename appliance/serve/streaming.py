@@ -120,6 +120,8 @@ class FilteredStream:
                 if not text and not finished and "role" not in delta and not delta.get("tool_calls") \
                         and not chunk["choices"][0].get("logprobs"):
                     continue
+            if self.ctx.first_text is None and chunk_text(chunk):
+                self.ctx.first_text = time.monotonic()  # what the client sees first (after the filter)
             return chunk
 
     async def first(self) -> dict:

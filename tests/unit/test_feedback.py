@@ -100,3 +100,19 @@ def test_cli_prints_the_dataset_id_last(tmp_path):
     write(other, [fb(1, "up"), fb(2, "down")])
     result = CliRunner().invoke(app, ["data", "feedback", "-d", "fb2", "--input", str(other), "--workspace", str(ws)])
     assert result.exit_code == 0 and result.stdout.strip().splitlines()[-1] == "fb2@v1"
+
+
+def test_after_keeps_newer_feedback_and_lineage_carries_request_and_version(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    lines = [fb(1, "down", correction="Old fix.", created=100.0),
+             fb(2, "down", correction="New fix.", created=200.0, request_id="req-2", version="mv-x", adapter="legal"),
+             {**fb(3, "up"), "created": "1970-01-01T00:05:00+00:00"}]  # an ISO time (older servers' files)
+    write(ws.root / "feedback" / "feedback.jsonl", lines)
+    result = CliRunner().invoke(app, ["data", "feedback", "--after", "1970-01-01T00:02:30Z", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    records = {r["feedback_id"]: r for r in feedback_dataset(ws, after=150.0).records()}
+    assert set(records) == {"fb-2", "fb-3"}
+    assert (records["fb-2"]["request_id"], records["fb-2"]["version"], records["fb-2"]["adapter"]) == ("req-2", "mv-x", "legal")
+    assert records["fb-3"]["created"] == 300.0
+    bad = CliRunner().invoke(app, ["data", "feedback", "--after", "yesterday", "-w", str(ws.root)])
+    assert bad.exit_code == 1 and "--after: expected an ISO time" in bad.output

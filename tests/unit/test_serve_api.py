@@ -250,8 +250,9 @@ def test_feedback_round_trip(make):
     fb = client.post("/v1/feedback", json={"response_id": response_id, "rating": "down", "correction": "42"})
     assert fb.status_code == 200
     row = json.loads((ws.root / "feedback" / "feedback.jsonl").read_text().splitlines()[-1])
-    assert set(row) == {"id", "created", "response_id", "model", "rating", "correction", "messages",
-                        "completion", "key_id"}
+    assert set(row) == {"id", "time", "created", "response_id", "request_id", "model", "version", "adapter", "rating",
+                        "correction", "messages", "completion", "key_id"}
+    assert isinstance(row["created"], float) and row["version"] == BASE and row["request_id"].startswith("req-")
     assert row["messages"] == [{"role": "user", "content": "say: the answer"}] and row["completion"] == "the answer"
     assert (row["rating"], row["correction"], row["model"], row["key_id"]) == ("down", "42", BASE, None)
     missing = client.post("/v1/feedback", json={"response_id": "chatcmpl-unknown", "rating": "up"})

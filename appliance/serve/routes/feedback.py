@@ -4,7 +4,9 @@
          -d '{"response_id": "chatcmpl-...", "rating": "down", "correction": "Vault A opens with 100."}'
 
 The response must be one this server still remembers (feedback_store.py says which), and with
-API keys it must have been served to the same key; otherwise 404.
+API keys it must have been served to the same key; otherwise 404. The rating is stored with the
+request id, model version and adapter of the answer (feedback_store.py) and its request-log line
+carries ``rating``, ``correction`` (true/false) and ``feedback_for`` (the rated request's id).
 """
 from __future__ import annotations
 
@@ -32,5 +34,6 @@ async def post_feedback(request: Request) -> dict:
         raise ApiError(500, "this server has no workspace to store feedback in", "server_error")
     row = await run_in_threadpool(server.feedback.add, body.response_id, served, body.rating, body.correction)
     ctx.record["response_id"] = body.response_id
-    server.finish(ctx, 200, model=served.model)
+    server.finish(ctx, 200, model=served.model, adapter=served.adapter, rating=body.rating,
+                  feedback_for=served.request_id, correction=bool(body.correction))
     return {"id": row["id"], "object": "feedback", "response_id": body.response_id, "rating": body.rating}
