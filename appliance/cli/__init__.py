@@ -15,6 +15,7 @@ line of standard output, so scripts can chain verbs; progress and warnings go to
     appliance keys create NAME [--adapters a,b] [--no-output-filter]   /   appliance keys list|revoke
     appliance rag sync PATH... [--watch]   /   appliance rag query "question"   /   appliance rag eval FILE
     appliance ask "question"
+    appliance mcp [--http --host 127.0.0.1 --port 8765]
     appliance tui
     appliance demo
 
@@ -33,6 +34,7 @@ from appliance.cli.bundle import bundle_app
 from appliance.cli.common import WorkspaceOption, fail, open_workspace, report_errors
 from appliance.cli.data import data_app
 from appliance.cli.eval import eval_app
+from appliance.cli.mcp import mcp_cmd
 from appliance.cli.models import export_cmd, models_app
 from appliance.cli.rag import ask_cmd, rag_app
 from appliance.cli.serve import keys_app, serve_cmd
@@ -50,6 +52,7 @@ app.add_typer(eval_app, name="eval")
 app.command("export")(export_cmd)
 app.command("serve")(serve_cmd)
 app.command("ask")(ask_cmd)
+app.command("mcp")(mcp_cmd)
 
 
 @app.command("tui")
