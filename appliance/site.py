@@ -1,6 +1,6 @@
 """The site's policy file, ``WORKSPACE/site.toml``: one reader for every section.
 
-    [serve]                 # appliance serve: require_keys, max_body_bytes, read_timeout_s, ...
+    [serve]                 # appliance serve: require_keys, max_body_bytes, read_timeout_s, cors_origins, ...
     [data]                  # appliance data ingest: max_uncompressed_bytes, ...
     [tracking]              # MLflow: uri = "http://mlflow.site:5000" or "off"
 
@@ -53,3 +53,14 @@ def flag(ws: Workspace | Path, name: str, key: str, default: bool = False) -> bo
     if not isinstance(value, bool):
         raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be true or false, not {value!r}")
     return value
+
+
+def origins(ws: Workspace | Path, name: str, key: str) -> list[str]:
+    """``[name] key``: a list of web origins (``https://host[:port]``, or ``"*"``), else []."""
+    value = section(ws, name).get(key, [])
+    if not isinstance(value, list) or not all(
+            isinstance(o, str) and (o == "*" or (o.startswith(("http://", "https://")) and o.count("/") == 2))
+            for o in value):
+        raise WorkspaceError(f"{site_path(ws)}: [{name}] {key} must be a list of origins such as "
+                             f'"https://app.example.org" (scheme, host, optional port, no path), not {value!r}')
+    return [o.rstrip("/") for o in value]

@@ -13,13 +13,13 @@ adapters, limits, output filter and request log). This module holds no I/O:
   ``thinking``) is a 400 naming it, never ignored;
 - :func:`chat_messages` turns ``system`` and the content blocks into the plain ``system`` / ``user``
   / ``assistant`` messages every GGUF chat template accepts;
-- tools (``tools``, ``tool_choice``, ``tool_use`` and ``tool_result`` blocks) are carried in text:
-  the tools' names, descriptions and input schemas go into the system message with the rule
-  "to call a tool, answer with only ``{"name": ..., "input": {...}}``"; earlier calls and their
-  results are written back the same way. With ``tool_choice`` ``any`` or ``tool`` the answer is
-  constrained by a grammar to exactly such a call (one of the tools, or the named one, its
-  ``input`` valid against the tool's ``input_schema``); with ``auto`` an answer that is only such
-  a call (or a list of them) becomes ``tool_use`` blocks, anything else is text;
+- tools go through the tool calling of ``/v1/chat/completions`` (appliance/serve/tools.py):
+  :func:`openai_tools` turns ``tools`` / ``tool_choice`` into OpenAI's (``any`` is ``required``,
+  ``tool`` names the function, ``disable_parallel_tool_use`` is ``parallel_tool_calls: false``),
+  ``tool_use`` blocks become an assistant message's ``tool_calls`` and ``tool_result`` blocks
+  ``tool`` messages, so the GGUF's chat template renders them (or, when it ignores tools, the
+  system message describes them), the model's call is forced by a grammar for ``any`` / ``tool``
+  and read per model family; :func:`tool_use_blocks` turns the calls back into ``tool_use`` blocks;
 - :func:`message_body` and the stream events build Anthropic's response shapes.
 """
 from __future__ import annotations
@@ -121,63 +121,75 @@ def _text_of_blocks(blocks: str | list[dict[str, Any]] | None, where: str) -> st
     return "\n".join(texts)
 
 
-def tool_rules(tools: list[ToolDefinition]) -> str:
-    """What the system message says about the tools (the model's only view of them)."""
-    listed = "\n".join(json.dumps({"name": t.name, "description": t.description or "", "input_schema": t.input_schema},
-                                  ensure_ascii=False) for t in tools)
-    return ("You can call these tools:\n" + listed + "\nTo call a tool, answer with only a JSON object "
-            '{"name": TOOL_NAME, "input": {...}} and nothing else; the result comes back in the next message. '
-            "Otherwise answer in plain text.")
-
-
-def call_text(name: str, arguments: dict) -> str:
-    return json.dumps({"name": name, "input": arguments}, ensure_ascii=False)
-
-
 def chat_messages(body: MessagesRequest) -> list[dict]:
-    """``system`` + ``messages`` as plain chat messages (``content`` a string), tools written in text."""
-    system = _text_of_blocks(body.system, "system")
-    if body.tools and (body.tool_choice is None or body.tool_choice.type != "none"):
-        system = f"{system}\n\n{tool_rules(body.tools)}" if system else tool_rules(body.tools)
+    """``system`` + ``messages`` as chat-template messages: ``system`` / ``user`` / ``assistant`` with a
+    string ``content``, an assistant's ``tool_use`` blocks as its ``tool_calls``, each ``tool_result``
+    block as a ``tool`` message."""
     if body.messages[-1].role != "user":
         raise ApiError(400, "messages: the last message must be the user's (a final assistant message, prefill, "
                        "is not supported)", param="messages")
+    system = _text_of_blocks(body.system, "system")
     out: list[dict] = [{"role": "system", "content": system}] if system else []
-    calls: dict[str, str] = {}  # tool_use id -> tool name, to label results
     for i, message in enumerate(body.messages):
         blocks = ([{"type": "text", "text": message.content}] if isinstance(message.content, str)
                   else message.content)
-        parts: list[str] = []
+        texts: list[str] = []
+        calls: list[dict] = []
         for j, block in enumerate(blocks):
             where = f"messages[{i}].content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
-                parts.append(block["text"])
+                texts.append(block["text"])
             elif kind == "tool_use" and message.role == "assistant":
                 name, arguments, ident = block.get("name"), block.get("input"), block.get("id")
                 if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(ident, str):
                     raise ApiError(400, f"{where}: a tool_use block needs id, name and an input object", param=where)
-                calls[ident] = name
-                parts.append(call_text(name, arguments))
+                calls.append({"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}})
             elif kind == "tool_result" and message.role == "user":
                 ident = block.get("tool_use_id")
                 if not isinstance(ident, str):
                     raise ApiError(400, f"{where}: a tool_result block needs tool_use_id", param=where)
                 result = _text_of_blocks(block.get("content"), f"{where}.content")
-                label = f"{'Error from' if block.get('is_error') else 'Result of'} tool {calls.get(ident, ident)}"
-                parts.append(f"{label} (call {ident}):\n{result}")
+                _add(out, texts, message.role)
+                out.append({"role": "tool", "tool_call_id": ident,
+                            "content": f"Error: {result}" if block.get("is_error") else result})
             elif kind in IGNORED_HISTORY_BLOCKS and message.role == "assistant":
                 continue
             else:
                 raise ApiError(400, f"{where}: content blocks of type {kind!r} are not supported in a {message.role} "
                                "message (this server's models read text; tool_use belongs to assistant messages, "
                                "tool_result to user messages)", param=f"{where}.type")
-        text = "\n\n".join(parts)
-        if out and out[-1]["role"] == message.role:  # Anthropic merges consecutive turns of one role
-            out[-1]["content"] += "\n\n" + text
+        if calls:
+            out.append({"role": "assistant", "content": "\n\n".join(texts), "tool_calls": calls})
         else:
-            out.append({"role": message.role, "content": text})
+            _add(out, texts, message.role)
     return out
+
+
+def _add(out: list[dict], texts: list[str], role: str) -> None:
+    """Append the pending ``texts`` as one ``role`` message (joined to the previous one of the same
+    role, as Anthropic merges consecutive turns) and empty them."""
+    if not texts:
+        return
+    text = "\n\n".join(texts)
+    texts.clear()
+    if out and out[-1]["role"] == role and "tool_calls" not in out[-1]:
+        out[-1]["content"] += "\n\n" + text
+    else:
+        out.append({"role": role, "content": text})
+
+
+def openai_tools(body: MessagesRequest) -> tuple[list[dict] | None, str | dict | None, bool | None]:
+    """(``tools``, ``tool_choice``, ``parallel_tool_calls``) as a chat completion request gives them."""
+    tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
+                                               "parameters": t.input_schema}} for t in body.tools or []]
+    choice = body.tool_choice
+    if choice is None:
+        return tools or None, None, None
+    openai_choice = {"auto": "auto", "none": "none", "any": "required"}.get(choice.type) or {
+        "type": "function", "function": {"name": choice.name}}
+    return tools or None, openai_choice, None if choice.disable_parallel_tool_use is None else \
+        not choice.disable_parallel_tool_use
 
 
 def check_tools(body: MessagesRequest) -> None:
@@ -202,41 +214,22 @@ def check_tools(body: MessagesRequest) -> None:
                        param="tool_choice.name")
 
 
-def forced_call_schema(body: MessagesRequest) -> dict | None:
-    """The JSON schema the answer must match when ``tool_choice`` forces a call, else None."""
-    choice = body.tool_choice
-    if choice is None or choice.type not in ("any", "tool") or not body.tools:
-        return None
-    tools = [t for t in body.tools if choice.type == "any" or t.name == choice.name]
-    options = [{"type": "object", "properties": {"name": {"const": t.name}, "input": t.input_schema},
-                "required": ["name", "input"], "additionalProperties": False} for t in tools]
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
 # answer -> content blocks ------------------------------------------------------------------------
-def parse_calls(text: str, body: MessagesRequest) -> list[dict] | None:
-    """The tool calls an answer consists of (``{"name", "input"}`` objects, or a list of them), else None."""
-    if not body.tools or (body.tool_choice is not None and body.tool_choice.type == "none"):
-        return None
-    stripped = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, re.DOTALL)
-    try:
-        value = json.loads(fenced.group(1) if fenced else stripped)
-    except ValueError:
-        return None
-    items = value if isinstance(value, list) else [value]
-    names = {t.name for t in body.tools}
-    calls = []
-    for item in items:
-        if not (isinstance(item, dict) and item.get("name") in names and isinstance(item.get("input"), dict)):
-            return None
-        calls.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": item["name"],
-                      "input": item["input"]})
-    if not calls:
-        return None
-    if body.tool_choice is not None and body.tool_choice.disable_parallel_tool_use:
-        return calls[:1]
-    return calls
+def tool_use_blocks(calls: list[dict] | None) -> list[dict]:
+    """OpenAI ``tool_calls`` (as tools.py parsed them) -> ``tool_use`` blocks (ids prefixed ``toolu_``)."""
+    blocks = []
+    for call in calls or []:
+        arguments = call["function"].get("arguments") or {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                arguments = {"arguments": arguments}
+        ident = str(call.get("id") or uuid.uuid4().hex[:24])
+        blocks.append({"type": "tool_use", "id": ident if ident.startswith("toolu_") else f"toolu_{ident}",
+                       "name": call["function"]["name"], "input": arguments if isinstance(arguments, dict)
+                       else {"value": arguments}})
+    return blocks
 
 
 def message_id() -> str:

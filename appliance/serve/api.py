@@ -15,6 +15,9 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer KEY`` when keys are re
 - ``POST /v1/feedback``: ``{response_id, rating: up|down, correction?}`` (see feedback_store.py);
 - ``GET /metrics`` (Prometheus text), ``GET /health``.
 
+CORS is off (browsers refuse cross-origin calls) unless ``[serve] cors_origins = ["https://app.example.org"]``
+in site.toml lists the web origins allowed to call the API.
+
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 bad JSON or
 parameters (``context_length_exceeded`` for long prompts, ``nested_too_deeply``,
 ``invalid_response_format``), 401 missing or bad key, 403 adapter not allowed for the key, 404 unknown
@@ -32,6 +35,9 @@ from __future__ import annotations
 import contextlib
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from appliance import site
 
 from appliance.serve.auth import KeyRing
 from appliance.serve.context import ServerContext, ServeSettings
@@ -46,8 +52,11 @@ __all__ = ["ServeSettings", "create_app"]
 
 
 def create_app(models: ServedModels | EngineHolder | Engine, ws: Workspace | None = None,
-               settings: ServeSettings | None = None, keys: KeyRing | None = None) -> FastAPI:
-    """The API over ``models``; a bare engine or holder is served as is, without administration."""
+               settings: ServeSettings | None = None, keys: KeyRing | None = None,
+               cors_origins: list[str] | None = None) -> FastAPI:
+    """The API over ``models``; a bare engine or holder is served as is, without administration.
+    ``cors_origins``: web origins whose browser pages may call the API (None: the workspace's
+    ``[serve] cors_origins`` in site.toml; none by default, so browsers refuse cross-origin calls)."""
     if not isinstance(models, ServedModels):
         models = ServedModels(models if isinstance(models, EngineHolder) else EngineHolder(models))
     server = ServerContext(models, ws, settings or ServeSettings(), keys)
@@ -55,6 +64,11 @@ def create_app(models: ServedModels | EngineHolder | Engine, ws: Workspace | Non
     app.state.server = server
     app.state.metrics, app.state.admission, app.state.pool = server.metrics, server.admission, server.pool
     install_error_handlers(app)
+    if cors_origins is None:
+        cors_origins = site.origins(ws, "serve", "cors_origins") if ws is not None else []
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from appliance.artefacts import ADAPTER_SEPARATOR, served_name, split_served_name
 from appliance.export.gguf import read_metadata
+from appliance.serve.logprobs import chat_logprobs, completion_logprobs
 from appliance.serve.scheduler import (
     Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,
 )
@@ -46,6 +47,7 @@ class Engine:
         template = metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{self.model_path.name} carries no chat template; export it again")
+        self.chat_template = template
         bos, eos = self._model.token_bos(), self._model.token_eos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
@@ -91,12 +93,25 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        prompt = self._formatter(messages=messages).prompt
+    def render(self, messages: list[dict], **template_kwargs) -> str:
+        """The chat template's text for ``messages`` (``tools=`` etc. are handed to the template)."""
+        return self._formatter(messages=messages, **template_kwargs).prompt
+
+    def chat_prompt(self, messages: list[dict], **template_kwargs) -> list[int]:
+        prompt = self.render(messages, **template_kwargs)
         # the template writes BOS itself when the model wants one
         return self._model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
-    def completion_prompt(self, prompt: str) -> list[int]:
+    def completion_prompt(self, prompt: str | list[int]) -> list[int]:
+        """A text prompt's tokens, or a prompt given as token ids (checked against the vocabulary)."""
+        if isinstance(prompt, list):
+            n_vocab = self._model.n_vocab()
+            bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise ValueError(f"prompt: token id {bad} is outside this model's vocabulary (0..{n_vocab - 1})")
+            if not prompt:
+                raise ValueError("prompt: an empty list of token ids")
+            return list(prompt)
         return self._model.tokenize(prompt.encode("utf-8"), add_bos=self._model.add_bos_token(), special=True)
 
     # -- generation -------------------------------------------------------------------------
@@ -126,9 +141,10 @@ class Engine:
             "timings": finished.timings,
         }
 
-    def chat_stream(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> Iterator[dict]:
+    def chat_stream(self, messages: list[dict], params: SamplingParams, model: str | None = None,
+                    template_kwargs: dict | None = None) -> Iterator[dict]:
         """``chat.completion.chunk`` dicts; the last carries ``finish_reason`` and ``usage``."""
-        events = self._run(self.chat_prompt(messages), params, model)
+        events = self._run(self.chat_prompt(messages, **(template_kwargs or {})), params, model)
         ident, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model or self.model_id
 
         def chunk(delta: dict, finish: str | None = None) -> dict:
@@ -138,7 +154,10 @@ class Engine:
         first = True
         for event in events:
             if isinstance(event, Delta):
-                yield chunk({"role": "assistant", "content": event.text} if first else {"content": event.text})
+                delta = chunk({"role": "assistant", "content": event.text} if first else {"content": event.text})
+                if event.logprobs is not None:
+                    delta["choices"][0]["logprobs"] = chat_logprobs(event.logprobs)
+                yield delta
                 first = False
             else:
                 last = chunk({"role": "assistant", "content": ""} if first else {}, event.reason)
@@ -158,14 +177,19 @@ class Engine:
             "timings": finished.timings,
         }
 
-    def complete_stream(self, prompt: str, params: SamplingParams, model: str | None = None) -> Iterator[dict]:
+    def complete_stream(self, prompt: str | list[int], params: SamplingParams, model: str | None = None
+                        ) -> Iterator[dict]:
         events = self._run(self.completion_prompt(prompt), params, model)
         ident, created, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model or self.model_id
+        offset = 0
         for event in events:
             finished = isinstance(event, Finished)
             result = {"id": ident, "object": "text_completion", "created": created, "model": name,
                       "choices": [{"index": 0, "text": "" if finished else event.text, "logprobs": None,
                                    "finish_reason": event.reason if finished else None}]}
+            if not finished and event.logprobs is not None:
+                result["choices"][0]["logprobs"] = completion_logprobs(event.logprobs, offset)
+                offset += sum(len(t) for t in result["choices"][0]["logprobs"]["tokens"])
             if finished:
                 result["usage"] = _usage(event)
                 result["timings"] = event.timings

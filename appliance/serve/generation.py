@@ -11,9 +11,11 @@ Every answered completion is remembered for ``/v1/feedback`` and finishes the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -27,12 +29,54 @@ from appliance.serve.scheduler import SamplingParams
 from appliance.serve.streaming import FilteredStream, Pump, chunk_text
 
 
-def sampling_params(server: ServerContext, body: SamplingRequest, max_tokens: int | None) -> SamplingParams:
+def sampling_params(server: ServerContext, body: SamplingRequest, max_tokens: int | None,
+                    logprobs: int | None = None, grammar: str | None = None) -> SamplingParams:
+    """The engine's parameters for ``body`` (``logprobs``: alternatives per token, None: no logprobs;
+    ``grammar``: a GBNF grammar that replaces response_format's)."""
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return SamplingParams(max_tokens=max_tokens or server.settings.max_tokens_default, temperature=body.temperature,
-                          top_p=body.top_p, seed=body.seed, stop=stop or None,
-                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          json_schema=response_format_schema(body.response_format))
+    bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
+    return SamplingParams(max_tokens=max_tokens or server.settings.max_tokens_default,
+                          temperature=1.0 if body.temperature is None else body.temperature,
+                          top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=stop or None,
+                          presence_penalty=body.presence_penalty or 0.0,
+                          frequency_penalty=body.frequency_penalty or 0.0,
+                          json_schema=None if grammar else response_format_schema(body.response_format),
+                          grammar=grammar, logit_bias=bias or None, logprobs=logprobs)
+
+
+def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """One parameter set per choice: with a seed, choice i samples with seed + i (distinct, repeatable)."""
+    if n == 1:
+        return [params]
+    return [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
+
+
+def choices(starts: list[tuple[Callable[[], Iterator[dict]], int]]) -> Callable[[], Iterator[dict]]:
+    """Several generations as one chunk stream, one after another: choice i's chunks carry ``index`` i
+    and the first one's id; the usage is summed into the last chunk (each prompt counted once).
+    ``starts``: (open the engine's iterator, which prompt it answers)."""
+    if len(starts) == 1:
+        return starts[0][0]
+
+    def run() -> Iterator[dict]:
+        ident, prompts, completion = None, {}, 0
+        for i, (start, prompt) in enumerate(starts):
+            with contextlib.closing(start()) as chunks:
+                for chunk in chunks:
+                    ident = ident or chunk["id"]
+                    chunk["id"] = ident
+                    for choice in chunk["choices"]:
+                        choice["index"] = i
+                    usage = chunk.pop("usage", None)
+                    if usage is not None:
+                        prompts[prompt] = usage["prompt_tokens"]
+                        completion += usage["completion_tokens"]
+                        if i == len(starts) - 1:
+                            total = sum(prompts.values())
+                            chunk["usage"] = {"prompt_tokens": total, "completion_tokens": completion,
+                                              "total_tokens": total + completion}
+                    yield chunk
+    return run
 
 
 async def check_prompt(server: ServerContext, text: str) -> int | None:
@@ -83,7 +127,7 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
         if filtered:
             _redact_result(server, ctx, result, chat)
         result.update(extra)
-        text = result["choices"][0]["message"]["content"] if chat else result["choices"][0]["text"]
+        text = (result["choices"][0]["message"]["content"] if chat else result["choices"][0]["text"]) or ""
         _remember(server, ctx, key, result, messages, text)
         return result
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -94,11 +138,12 @@ async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | Non
 def _redact_result(server: ServerContext, ctx: RequestContext, result: dict, chat: bool) -> None:
     """Redact a whole answer's text at once; the types found join the request's log line."""
     counts = Counter(ctx.record.get("redaction_counts") or {})
-    choice = result["choices"][0]
-    if chat:
-        choice["message"]["content"] = server.pii.redact(choice["message"]["content"] or "", counts)
-    else:
-        choice["text"] = server.pii.redact(choice["text"] or "", counts)
+    for choice in result["choices"]:
+        if chat:
+            if choice["message"]["content"] is not None:
+                choice["message"]["content"] = server.pii.redact(choice["message"]["content"], counts)
+        else:
+            choice["text"] = server.pii.redact(choice["text"] or "", counts)
     if counts:
         ctx.record["redaction_counts"] = dict(counts)
 
@@ -121,17 +166,20 @@ async def _sse(server: ServerContext, ctx: RequestContext, key: ApiKey | None, s
         chunk: dict | None = first
         if extra:
             chunk = {**chunk, **extra}
+        usage, final = None, None
         while chunk is not None:
-            usage = chunk.pop("usage", None)
-            parts.append(chunk_text(chunk))
+            usage = chunk.pop("usage", None) or usage
+            if chunk["choices"][0].get("index", 0) == 0:
+                parts.append(chunk_text(chunk))
             if chunk["choices"][0].get("finish_reason") is not None:
                 last = {**chunk, "usage": usage}
+            final = chunk
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-            if usage is not None and include_usage:
-                yield "data: " + json.dumps({"id": chunk["id"], "object": chunk["object"],
-                                             "created": chunk["created"], "model": chunk["model"],
-                                             "choices": [], "usage": usage}) + "\n\n"
             chunk = await stream.next()
+        if usage is not None and include_usage and final is not None:
+            yield "data: " + json.dumps({"id": final["id"], "object": final["object"],
+                                         "created": final["created"], "model": final["model"],
+                                         "choices": [], "usage": usage}) + "\n\n"
         if last is not None:
             result: dict[str, Any] = {"id": last["id"], "usage": last.get("usage"), "choices": last["choices"]}
             _remember(server, ctx, key, result, messages, "".join(parts))

@@ -12,7 +12,6 @@ size of the grammar itself. A refusal is :class:`SamplerError` (a ``ValueError``
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -65,13 +64,21 @@ def build_sampler(model: Any, n_vocab: int, params: Any, seed: int) -> SamplerCh
 
     chain = SamplerChain()
     try:
-        if params.json_schema is not None:
+        grammar = getattr(params, "grammar", None)
+        if grammar is None and params.json_schema is not None:
             grammar = schema_grammar(params.json_schema)
+        if grammar is not None:
+            if len(grammar) > MAX_GRAMMAR_CHARS:
+                raise SamplerError(f"the grammar made from this request has {len(grammar):,} characters "
+                                   f"(limit {MAX_GRAMMAR_CHARS:,})")
             sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
             if not sampler:
                 raise SamplerError("response_format: llama.cpp cannot parse the grammar made from this JSON schema "
                                    "(a pattern or keyword it does not support?)")
             chain.add(sampler, "grammar")
+        bias = getattr(params, "logit_bias", None)
+        if bias:
+            chain.add(logit_bias_sampler(n_vocab, bias), "logit bias")
         if params.presence_penalty or params.frequency_penalty:
             chain.add(llama_cpp.llama_sampler_init_penalties(n_vocab, 64, 1.0, params.frequency_penalty,
                                                              params.presence_penalty), "penalties")
@@ -88,13 +95,27 @@ def build_sampler(model: Any, n_vocab: int, params: Any, seed: int) -> SamplerCh
     return chain
 
 
+def logit_bias_sampler(n_vocab: int, bias: dict[int, float]):
+    """llama.cpp's logit-bias sampler for ``{token id: bias}`` (-100 bans a token, as OpenAI's does)."""
+    import llama_cpp
+
+    for token in bias:
+        if not 0 <= token < n_vocab:
+            raise SamplerError(f"logit_bias: token id {token} is outside this model's vocabulary (0..{n_vocab - 1})")
+    items = (llama_cpp.llama_logit_bias * len(bias))()
+    for i, (token, value) in enumerate(bias.items()):
+        items[i].token = token
+        items[i].bias = float("-inf") if value <= -100 else value
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), items)
+
+
 def schema_grammar(schema: dict) -> str:
     """The GBNF grammar for a JSON schema, within the bounds above; SamplerError otherwise."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from appliance.serve.json_grammar import schema_to_gbnf
 
     check_repetitions(schema)
     try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        grammar = schema_to_gbnf(schema)
     except RecursionError as exc:
         raise SamplerError("response_format: this JSON schema is nested too deeply") from exc
     except Exception as exc:  # llama.cpp's converter raises several types for schemas it cannot take

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.serve.logprobs import TokenLogprob, logprobs_at
 from appliance.serve.sampling import build_sampler
 
 
@@ -45,11 +46,15 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     json_schema: dict | None = None  # constrain the output to JSON matching this schema
+    grammar: str | None = None  # a GBNF grammar (tool calls); takes precedence over json_schema
+    logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: none)
 
 
 @dataclass
 class Delta:
     text: str
+    logprobs: list[TokenLogprob] | None = None  # the tokens this text completes (when asked for)
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Sequence:
     sampler: Any = None
     pointer: Any = None  # the adapter's llama.cpp handle, fixed at submit time
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with a Delta
 
     @property
     def prefilling(self) -> bool:
@@ -266,6 +272,9 @@ class Scheduler:
         self.steps += 1
         for seq, index in sample_at:
             token = seq.sampler.sample(self.ctx, index)
+            if seq.params.logprobs is not None and not self._llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+                logprob, top = logprobs_at(self.ctx.ctx, index, self.n_vocab, token, seq.params.logprobs)
+                seq.logprobs.append(TokenLogprob(self._piece(token), logprob, [(self._piece(t), p) for t, p in top]))
             self._advance(seq, token)
 
     def _use_adapter(self, name: str | None, seq: Sequence) -> None:
@@ -303,11 +312,18 @@ class Scheduler:
             return
         keep = _partial_stop_suffix(seq.held, stops)
         if len(seq.held) > keep:
-            seq.events.put(Delta(seq.held[: len(seq.held) - keep]))
+            seq.events.put(Delta(seq.held[: len(seq.held) - keep], self._take_logprobs(seq)))
             seq.held = seq.held[len(seq.held) - keep:]
         limit = seq.params.max_tokens
         if (limit is not None and len(seq.generated) >= limit) or len(seq.prompt) + len(seq.generated) >= self.n_ctx:
             self._finish(seq, reason="length")
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list[TokenLogprob] | None:
+        if seq.params.logprobs is None:
+            return None
+        taken, seq.logprobs = seq.logprobs, []
+        return taken
 
     def _piece(self, token: int) -> bytes:
         size = len(self._piece_buffer)
@@ -330,8 +346,8 @@ class Scheduler:
             seq.events.put(Failed(failure))
             return
         tail = seq.held + seq.decoder.decode(b"", final=True)
-        if tail:
-            seq.events.put(Delta(tail))
+        if tail or seq.logprobs:
+            seq.events.put(Delta(tail, self._take_logprobs(seq)))
         end = time.perf_counter()
         first = seq.first_token or end
         seq.events.put(Finished(

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance.serve.context import RequestContext
+from appliance.serve.logprobs import merge as merge_logprobs
 from appliance.serve.protocol import ApiError
 from appliance.serve.sampling import SamplerError
 from appliance.serve.scheduler import PromptTooLong, UnknownModel
+from appliance.serve.tools import ToolError
 
 
 class Pump:
@@ -87,8 +89,13 @@ class FilteredStream:
             raise ApiError(400, str(item), "invalid_request_error", "context_length_exceeded", "messages")
         if isinstance(item, SamplerError):
             raise ApiError(400, str(item), code="invalid_response_format", param="response_format")
+        if isinstance(item, ToolError):
+            raise ApiError(400, str(item), param=item.param)
         if isinstance(item, ValueError):
             raise ApiError(400, str(item))
+        if type(item).__module__.startswith("jinja2"):  # the GGUF's chat template refused the messages
+            raise ApiError(400, f"messages: the model's chat template cannot format these messages "
+                           f"({type(item).__name__}: {item})", param="messages")
         if isinstance(item, BaseException):
             raise item
         if self.ctx.first_token is None and chunk_text(item):
@@ -110,7 +117,8 @@ class FilteredStream:
                     self.ctx.record["redaction_counts"] = dict(self._counted + self.filter.counts)
                 _set_chunk_text(chunk, text)
                 delta = chunk["choices"][0].get("delta") or {}
-                if not text and not finished and "role" not in delta:
+                if not text and not finished and "role" not in delta and not delta.get("tool_calls") \
+                        and not chunk["choices"][0].get("logprobs"):
                     continue
             return chunk
 
@@ -121,23 +129,38 @@ class FilteredStream:
         return chunk
 
     async def collect(self, first: dict) -> dict:
-        """A whole ``chat.completion`` / ``text_completion`` from the chunks."""
-        parts, last, chunk = [], first, first
+        """A whole ``chat.completion`` / ``text_completion`` from the chunks (one choice per index)."""
+        choices: dict[int, dict] = {}
+        last, chunk, usage = first, first, None
         while chunk is not None:
-            parts.append(chunk_text(chunk))
+            for choice in chunk["choices"]:
+                into = choices.setdefault(choice.get("index", 0), {"text": [], "logprobs": [], "calls": [],
+                                                                   "finish_reason": None})
+                into["text"].append(chunk_text({"choices": [choice]}))
+                into["logprobs"].append(choice.get("logprobs"))
+                into["calls"].extend((choice.get("delta") or {}).get("tool_calls") or [])
+                if choice.get("finish_reason") is not None:
+                    into["finish_reason"] = choice["finish_reason"]
+            usage = chunk.get("usage") or usage
             last = chunk
             chunk = await self.next()
-        text = "".join(parts)
-        choice = last["choices"][0]
         result = {"id": last["id"], "object": "chat.completion" if self.chat else "text_completion",
-                  "created": last["created"], "model": last["model"]}
-        if self.chat:
-            result["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "logprobs": None, "finish_reason": choice.get("finish_reason")}]
-        else:
-            result["choices"] = [{"index": 0, "text": text, "logprobs": None,
-                                  "finish_reason": choice.get("finish_reason")}]
-        result["usage"] = last.get("usage")
+                  "created": last["created"], "model": last["model"], "choices": []}
+        for index in sorted(choices):
+            got = choices[index]
+            text = "".join(got["text"])
+            logprobs = merge_logprobs(got["logprobs"], self.chat)
+            if self.chat:
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if got["calls"]:
+                    message["content"] = text or None
+                    message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in got["calls"]]
+                result["choices"].append({"index": index, "message": message, "logprobs": logprobs,
+                                          "finish_reason": got["finish_reason"]})
+            else:
+                result["choices"].append({"index": index, "text": text, "logprobs": logprobs,
+                                          "finish_reason": got["finish_reason"]})
+        result["usage"] = usage
         if "timings" in last:
             result["timings"] = last["timings"]
         return result

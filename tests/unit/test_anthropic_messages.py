@@ -1,12 +1,10 @@
 """The Messages API's translation (appliance/serve/anthropic.py): request -> chat messages, answer -> blocks."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from pydantic import ValidationError
 
-from appliance.serve.anthropic import MessagesRequest, chat_messages, check_tools, forced_call_schema, parse_calls
+from appliance.serve.anthropic import MessagesRequest, chat_messages, check_tools, openai_tools, tool_use_blocks
 from appliance.serve.protocol import ApiError
 
 TOOL = {"name": "open_vault", "description": "Open a vault.",
@@ -29,42 +27,42 @@ def test_system_blocks_and_turns_become_plain_chat_messages():
                                    {"role": "user", "content": "a\n\nb\n\nc"}]
 
 
-def test_tools_calls_and_results_travel_in_text():
+def test_tool_use_and_results_become_tool_calls_and_tool_messages():
     body = request(system="S", tools=[TOOL], messages=[
         {"role": "user", "content": "open A"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "open_vault",
+        {"role": "assistant", "content": [{"type": "text", "text": "Opening."},
+                                          {"type": "tool_use", "id": "toolu_1", "name": "open_vault",
                                            "input": {"vault": "A"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
-                                      "content": [{"type": "text", "text": "jammed"}]}]}])
-    system, user, assistant, result = chat_messages(body)
-    assert system["content"].startswith("S\n\nYou can call these tools:") and '"open_vault"' in system["content"]
-    assert json.loads(assistant["content"]) == {"name": "open_vault", "input": {"vault": "A"}}
-    assert result == {"role": "user", "content": "Error from tool open_vault (call toolu_1):\njammed"}
-    assert "You can call" not in chat_messages(request(tools=[TOOL], tool_choice={"type": "none"},
-                                                       messages=[{"role": "user", "content": "x"}]))[0]["content"]
+                                      "content": [{"type": "text", "text": "jammed"}]},
+                                     {"type": "text", "text": "try again"}]}])
+    assert chat_messages(body) == [
+        {"role": "system", "content": "S"}, {"role": "user", "content": "open A"},
+        {"role": "assistant", "content": "Opening.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "open_vault", "arguments": {"vault": "A"}}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "Error: jammed"},
+        {"role": "user", "content": "try again"}]
 
 
-def test_answers_that_are_calls_become_tool_use_blocks():
-    body = request(tools=[TOOL], messages=[{"role": "user", "content": "x"}])
-    (call,) = parse_calls('```json\n{"name": "open_vault", "input": {"vault": "B"}}\n```', body)
-    assert call["type"] == "tool_use" and call["name"] == "open_vault" and call["input"] == {"vault": "B"}
-    assert len(parse_calls('[{"name": "open_vault", "input": {}}, {"name": "open_vault", "input": {}}]', body)) == 2
-    for text in ("Vault B opens.", '{"name": "other", "input": {}}', '{"name": "open_vault"}', "[]"):
-        assert parse_calls(text, body) is None, text
-    single = request(tools=[TOOL], tool_choice={"type": "auto", "disable_parallel_tool_use": True},
-                     messages=[{"role": "user", "content": "x"}])
-    assert len(parse_calls('[{"name": "open_vault", "input": {}}, {"name": "open_vault", "input": {}}]', single)) == 1
+def test_tools_and_tool_choice_in_openai_shape():
+    def mapped(**choice):
+        return openai_tools(request(tools=[TOOL], tool_choice=choice or None, messages=[{"role": "user", "content": "x"}]))
+
+    tools, choice, parallel = mapped()
+    assert tools == [{"type": "function", "function": {"name": "open_vault", "description": "Open a vault.",
+                                                       "parameters": TOOL["input_schema"]}}]
+    assert (choice, parallel) == (None, None)
+    assert mapped(type="any")[1:] == ("required", None) and mapped(type="none")[1] == "none"
+    assert mapped(type="tool", name="open_vault", disable_parallel_tool_use=True)[1:] == (
+        {"type": "function", "function": {"name": "open_vault"}}, False)
 
 
-def test_forced_choice_is_a_schema_over_the_call():
-    named = request(tools=[TOOL, {**TOOL, "name": "other"}], tool_choice={"type": "tool", "name": "open_vault"},
-                    messages=[{"role": "user", "content": "x"}])
-    schema = forced_call_schema(named)
-    assert schema["properties"]["name"] == {"const": "open_vault"} and schema["properties"]["input"] == TOOL["input_schema"]
-    both = forced_call_schema(request(tools=[TOOL, {**TOOL, "name": "other"}], tool_choice={"type": "any"},
-                                      messages=[{"role": "user", "content": "x"}]))
-    assert [o["properties"]["name"]["const"] for o in both["anyOf"]] == ["open_vault", "other"]
-    assert forced_call_schema(request(tools=[TOOL], messages=[{"role": "user", "content": "x"}])) is None
+def test_tool_calls_become_tool_use_blocks():
+    blocks = tool_use_blocks([{"id": "call_1", "type": "function",
+                               "function": {"name": "open_vault", "arguments": '{"vault": "B"}'}},
+                              {"id": "toolu_x", "type": "function", "function": {"name": "open_vault", "arguments": {}}}])
+    assert blocks == [{"type": "tool_use", "id": "toolu_call_1", "name": "open_vault", "input": {"vault": "B"}},
+                      {"type": "tool_use", "id": "toolu_x", "name": "open_vault", "input": {}}]
 
 
 @pytest.mark.parametrize("fields, named", [

@@ -15,15 +15,22 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from appliance.rag import RagError
 from appliance.rag.answer import build_messages
 from appliance.rag.store import search
 from appliance.serve.context import server_of
-from appliance.serve.generation import check_prompt, generate, sampling_params
+from appliance.serve.generation import check_prompt, choice_params, choices, generate, sampling_params
+from appliance.serve.messages import template_messages
 from appliance.serve.output_filter import CITATION_FIELDS
 from appliance.serve.protocol import ApiError, ChatCompletionRequest
+from appliance.serve.scheduler import SamplingParams
+from appliance.serve.tools import (
+    ToolError, call_grammar, output_family, renders_tools, tool_chunks, tool_request, with_tool_prompt,
+)
+from appliance.serve.tools import template_kwargs as template_kwargs_for
 from appliance.workspace import Workspace
 
 router = APIRouter()
@@ -36,8 +43,34 @@ async def chat_completions(request: Request):
     key = server.authenticate(request, ctx)
     body = await server.parse(request, ChatCompletionRequest)
     model = server.resolve(body.model, key, ctx)
-    params = sampling_params(server, body, body.max_completion_tokens or body.max_tokens)
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    messages = template_messages(body.messages)
+    try:
+        tools = tool_request([t.model_dump(exclude_none=True) for t in body.tools or []] or None,
+                             body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel)
+                             else body.tool_choice, body.parallel_tool_calls)
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from exc
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs: requires logprobs: true", param="top_logprobs")
+    if tools is not None and body.rag:
+        raise ApiError(400, "rag: cannot be combined with tools", param="rag")
+    engine = server.models.current
+    template_kwargs: dict[str, Any] = {}
+    grammar = None
+    family = None
+    if tools is not None:
+        takes_tools = await run_in_threadpool(renders_tools, engine.chat_template, engine.render)
+        family = output_family(engine.chat_template, takes_tools)
+        template_kwargs = template_kwargs_for(tools, takes_tools)
+        if not takes_tools:
+            messages = with_tool_prompt(messages, tools, family)
+        try:
+            grammar = call_grammar(tools, family, takes_tools)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
+            raise ApiError(400, f"tools: a function's parameters cannot be turned into a grammar "
+                           f"({type(exc).__name__}: {exc})", param="tools") from exc
+    params = sampling_params(server, body, body.max_completion_tokens or body.max_tokens,
+                             logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar)
     extra: dict[str, Any] = {}
     ctx.record.update(stream=body.stream, rag=body.rag)
     if body.rag:
@@ -50,7 +83,15 @@ async def chat_completions(request: Request):
                 ctx.record["redaction_counts"] = dict(counts)
         extra["citations"] = citations
     await check_prompt(server, "\n".join(m.get("content") or "" for m in messages))
-    start = server.models.leased(lambda engine: engine.chat_stream(messages, params, model=model))
+
+    def one(choice: SamplingParams):
+        def run(engine):
+            extra_args = {"template_kwargs": template_kwargs} if template_kwargs else {}
+            chunks = engine.chat_stream(messages, choice, model=model, **extra_args)
+            return tool_chunks(chunks, tools, family) if tools is not None else chunks
+        return server.models.leased(run), 0
+
+    start = choices([one(p) for p in choice_params(params, body.n or 1)])
     return await generate(server, ctx, key, body, messages, extra, start, chat=True)
 
 

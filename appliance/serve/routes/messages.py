@@ -12,6 +12,8 @@ event. A stream is ``message_start``, then per content block ``content_block_sta
 ``content_block_delta`` (``text_delta``, ``input_json_delta``) / ``content_block_stop``, then
 ``message_delta`` (stop reason, usage) and ``message_stop``. Text streams token by token; when
 the request offers tools the answer is read whole first (it may be a call), then sent as events.
+Tools use the tool calling of ``/v1/chat/completions`` (appliance/serve/tools.py; the steps
+below mirror routes/chat.py's).
 """
 from __future__ import annotations
 
@@ -22,17 +24,18 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from appliance.serve.anthropic import (
     MessagesRequest,
     chat_messages,
     check_tools,
     error_body,
-    forced_call_schema,
     message_body,
     message_id,
-    parse_calls,
+    openai_tools,
     sse,
+    tool_use_blocks,
     usage_of,
 )
 from appliance.serve.context import RequestContext, ServerContext, server_of
@@ -41,6 +44,17 @@ from appliance.serve.generation import check_prompt
 from appliance.serve.protocol import ApiError
 from appliance.serve.scheduler import SamplingParams
 from appliance.serve.streaming import FilteredStream, Pump, chunk_text
+from appliance.serve.tools import (
+    ToolError,
+    ToolRequest,
+    call_grammar,
+    output_family,
+    renders_tools,
+    template_kwargs,
+    tool_chunks,
+    tool_request,
+    with_tool_prompt,
+)
 
 router = APIRouter()
 
@@ -62,13 +76,22 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
     model = server.resolve(body.model, key, ctx)
     check_tools(body)
     messages = chat_messages(body)
+    try:
+        tools = tool_request(*openai_tools(body))
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from exc
+    messages, extra_args, grammar, family = await _with_tools(server, messages, tools)
     params = SamplingParams(max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-                            top_p=body.top_p or 1.0, stop=body.stop_sequences or None,
-                            json_schema=forced_call_schema(body))
-    may_call = bool(body.tools) and (body.tool_choice is None or body.tool_choice.type != "none")
+                            top_p=body.top_p or 1.0, stop=body.stop_sequences or None, grammar=grammar)
+    may_call = tools is not None and tools.choice != "none"
     ctx.record.update(stream=body.stream, tools=len(body.tools or []))
     await check_prompt(server, "\n".join(m["content"] for m in messages))
-    start = server.models.leased(lambda engine: engine.chat_stream(messages, params, model=model))
+
+    def run(engine):
+        chunks = engine.chat_stream(messages, params, model=model, **extra_args)
+        return tool_chunks(chunks, tools, family) if tools is not None else chunks
+
+    start = server.models.leased(run)
 
     await server.admit(ctx)
     released = False
@@ -99,26 +122,45 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
         finally:
             pump.stop()
             release()
-        text = result["choices"][0]["message"]["content"] or ""
+        content = _content(server, ctx, result, filtered)
         finish, usage = result["choices"][0].get("finish_reason"), result.get("usage")
-        content = _content(server, ctx, body, text, filtered)
-        _done(server, ctx, key, ident, messages, text, finish, usage)
+        _done(server, ctx, key, ident, messages, result["choices"][0]["message"]["content"] or "", finish, usage)
         return message_body(ident, name, content, finish, usage)
-    events = _events(server, ctx, key, body, stream, first, pump, release, ident, name, messages, may_call, filtered)
+    events = _events(server, ctx, key, stream, first, pump, release, ident, name, messages, may_call, filtered)
     return StreamingResponse(events, media_type="text/event-stream")
 
 
-def _content(server: ServerContext, ctx: RequestContext, body: MessagesRequest, text: str, redact: bool) -> list[dict]:
-    """The answer's content blocks: its tool calls, else one text block (redacted when ``redact``)."""
-    calls = parse_calls(text, body)
-    if calls is not None:
-        return calls
-    if redact:
+async def _with_tools(server: ServerContext, messages: list[dict], tools: ToolRequest | None
+                      ) -> tuple[list[dict], dict, str | None, object]:
+    """(messages, chat_stream's extra arguments, the grammar forcing a call, the call format)."""
+    if tools is None:
+        return messages, {}, None, None
+    engine = server.models.current
+    takes_tools = await run_in_threadpool(renders_tools, engine.chat_template, engine.render)
+    family = output_family(engine.chat_template, takes_tools)
+    kwargs = template_kwargs(tools, takes_tools)
+    if not takes_tools:
+        messages = with_tool_prompt(messages, tools, family)
+    try:
+        grammar = call_grammar(tools, family, takes_tools)
+    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
+        raise ApiError(400, f"tools: an input_schema cannot be turned into a grammar ({type(exc).__name__}: {exc})",
+                       param="tools") from exc
+    return messages, ({"template_kwargs": kwargs} if kwargs else {}), grammar, family
+
+
+def _content(server: ServerContext, ctx: RequestContext, result: dict, redact: bool) -> list[dict]:
+    """A collected ``chat.completion``'s message as content blocks: its text (redacted when ``redact``),
+    then its tool calls as ``tool_use`` blocks."""
+    message = result["choices"][0]["message"]
+    text = message.get("content") or ""
+    if redact and text:
         counts = Counter(ctx.record.get("redaction_counts") or {})
         text = server.pii.redact(text, counts)
         if counts:
             ctx.record["redaction_counts"] = dict(counts)
-    return [{"type": "text", "text": text}]
+    calls = tool_use_blocks(message.get("tool_calls"))
+    return ([{"type": "text", "text": text}] if text or not calls else []) + calls
 
 
 def _done(server: ServerContext, ctx: RequestContext, key, ident: str, messages: list[dict], text: str,
@@ -129,28 +171,16 @@ def _done(server: ServerContext, ctx: RequestContext, key, ident: str, messages:
                   completion_tokens=usage.get("completion_tokens"), finish_reason=finish)
 
 
-async def _events(server: ServerContext, ctx: RequestContext, key, body: MessagesRequest, stream: FilteredStream,
+async def _events(server: ServerContext, ctx: RequestContext, key, stream: FilteredStream,
                   first: dict, pump: Pump, release: Callable[[], None], ident: str, name: str, messages: list[dict],
                   may_call: bool, filtered: bool) -> AsyncIterator[str]:
-    parts: list[str] = []
-    finish, usage = None, None
     try:
         yield sse("message_start", {"message": message_body(ident, name, [], None, None) | {"stop_reason": None}})
-        if not may_call:
-            yield sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-        chunk: dict | None = first
-        while chunk is not None:
-            text = chunk_text(chunk)
-            parts.append(text)
-            if text and not may_call:
-                yield sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
-            choice = chunk["choices"][0]
-            if choice.get("finish_reason") is not None:
-                finish, usage = choice["finish_reason"], chunk.get("usage")
-            chunk = await stream.next()
-        text = "".join(parts)
-        if may_call:
-            blocks = _content(server, ctx, body, text, filtered)
+        if may_call:  # read whole: it may be a call
+            result = await stream.collect(first)
+            finish, usage = result["choices"][0].get("finish_reason"), result.get("usage")
+            text = result["choices"][0]["message"]["content"] or ""
+            blocks = _content(server, ctx, result, filtered)
             for index, block in enumerate(blocks):
                 if block["type"] == "text":
                     yield sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
@@ -162,8 +192,22 @@ async def _events(server: ServerContext, ctx: RequestContext, key, body: Message
                         "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
                 yield sse("content_block_stop", {"index": index})
         else:
-            blocks = [{"type": "text", "text": text}]
+            parts: list[str] = []
+            finish, usage = None, None
+            yield sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            chunk: dict | None = first
+            while chunk is not None:
+                piece = chunk_text(chunk)
+                parts.append(piece)
+                if piece:
+                    yield sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason") is not None:
+                    finish, usage = choice["finish_reason"], chunk.get("usage")
+                chunk = await stream.next()
             yield sse("content_block_stop", {"index": 0})
+            text = "".join(parts)
+            blocks = [{"type": "text", "text": text}]
         final = message_body(ident, name, blocks, finish, usage)
         _done(server, ctx, key, ident, messages, text, finish, usage)
         yield sse("message_delta", {"delta": {"stop_reason": final["stop_reason"], "stop_sequence": None},
