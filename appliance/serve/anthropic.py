@@ -10,7 +10,9 @@ adapters, limits, output filter and request log). This module holds no I/O:
 - :class:`MessagesRequest` validates the body as Anthropic does: ``model``, ``max_tokens`` and
   ``messages`` are required; an unknown field, a block type the served models cannot read
   (image, document, server tools) or an option this server cannot honour (``top_k``, extended
-  ``thinking``) is a 400 naming it, never ignored;
+  ``thinking``, ``output_config.effort``) is a 400 naming it, never ignored; ``temperature`` and
+  ``top_p`` (which older clients send) are honoured; ``output_config.format`` constrains the
+  answer to JSON valid against its schema;
 - :func:`chat_messages` turns ``system`` and the content blocks into the plain ``system`` / ``user``
   / ``assistant`` messages every GGUF chat template accepts;
 - tools go through the tool calling of ``/v1/chat/completions`` (appliance/serve/tools.py):
@@ -78,6 +80,24 @@ class Thinking(Strict):
         return kind
 
 
+class OutputFormat(Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Strict):
+    format: OutputFormat | None = None
+    effort: None = Field(None, description="not supported: the served models have one effort level")
+
+    @field_validator("effort", mode="before")
+    @classmethod
+    def _no_effort(cls, effort: Any) -> None:
+        if effort is not None:
+            raise ValueError("effort is not supported by this server's models (they have one effort level)")
+        return None
+
+
 class MessagesRequest(Strict):
     model: str = Field(min_length=1)
     max_tokens: int = Field(ge=1)
@@ -91,6 +111,11 @@ class MessagesRequest(Strict):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    """``format`` ``{"type": "json_schema", "schema": ...}``: the answer is JSON valid against the schema
+    (a grammar, as ``response_format`` on chat completions)."""
+    cache_control: dict[str, Any] | None = None
+    """A prompt-caching hint: accepted, no effect (the engine keeps no prompt cache across requests)."""
     metadata: dict[str, Any] | None = None
     """``user_id``: accepted and not used (no per-user accounting here)."""
     service_tier: Literal["auto", "standard_only"] | None = None
@@ -190,6 +215,12 @@ def openai_tools(body: MessagesRequest) -> tuple[list[dict] | None, str | dict |
         "type": "function", "function": {"name": choice.name}}
     return tools or None, openai_choice, None if choice.disable_parallel_tool_use is None else \
         not choice.disable_parallel_tool_use
+
+
+def output_schema(body: MessagesRequest) -> dict | None:
+    """The JSON schema ``output_config.format`` constrains the answer to, else None."""
+    config = body.output_config
+    return config.format.json_schema if config is not None and config.format is not None else None
 
 
 def check_tools(body: MessagesRequest) -> None:

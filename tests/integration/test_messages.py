@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import free_port, wait_until_healthy
 
+GREEDY = {"temperature": 0}  # anthropic 2.17's create() has no sampling arguments; older clients send them
 QUESTION = "What is the code of vault A?"
 ANSWER = "Vault A opens with code 100."
 VAULT_TOOL = {"name": "open_vault", "description": "Open a vault with its code.",
@@ -77,15 +78,15 @@ def requests_log(api) -> list[dict]:
 
 def test_chat_answers_through_the_adapter(api):
     c = client(api)
-    message = c.messages.create(model=api["facts"], max_tokens=24, temperature=0,
+    message = c.messages.create(model=api["facts"], max_tokens=24, extra_body=GREEDY,
                                 messages=[{"role": "user", "content": QUESTION}])
     assert message.type == "message" and message.role == "assistant" and message.model == api["facts"]
     assert [block.type for block in message.content] == ["text"] and message.content[0].text == ANSWER
     assert message.stop_reason == "end_turn" and message.usage.input_tokens > 0 and message.usage.output_tokens > 0
-    base = c.messages.create(model=api["base"], max_tokens=24, temperature=0,
+    base = c.messages.create(model=api["base"], max_tokens=24, extra_body=GREEDY,
                              messages=[{"role": "user", "content": [{"type": "text", "text": QUESTION}]}])
     assert base.content[0].text != ANSWER  # the base never learnt it: the adapter answered above
-    short = c.messages.create(model=api["facts"], max_tokens=2, temperature=0,
+    short = c.messages.create(model=api["facts"], max_tokens=2, extra_body=GREEDY,
                               messages=[{"role": "user", "content": QUESTION}])
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 2
     line = requests_log(api)[-3]
@@ -97,19 +98,19 @@ def test_system_prompt_is_the_chat_system_message(api):
     """/v1/messages with ``system`` gives the model exactly the prompt /v1/chat/completions builds from a
     system message: the same prompt tokens and the same greedy answer."""
     system = "You answer questions about the vaults of the bank."
-    message = client(api).messages.create(model=api["facts"], max_tokens=24, temperature=0, system=system,
+    message = client(api).messages.create(model=api["facts"], max_tokens=24, extra_body=GREEDY, system=system,
                                           messages=[{"role": "user", "content": QUESTION}])
-    plain = client(api).messages.create(model=api["facts"], max_tokens=24, temperature=0,
+    plain = client(api).messages.create(model=api["facts"], max_tokens=24, extra_body=GREEDY,
                                         messages=[{"role": "user", "content": QUESTION}])
     chat = openai.OpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["full"], max_retries=0).chat.completions.create(
-        model=api["facts"], max_tokens=24, temperature=0,
+        model=api["facts"], max_tokens=24, extra_body=GREEDY,
         messages=[{"role": "system", "content": system}, {"role": "user", "content": QUESTION}])
     assert message.usage.input_tokens == chat.usage.prompt_tokens > plain.usage.input_tokens
     assert message.content[0].text == chat.choices[0].message.content
 
 
 def test_stream_events(api):
-    with client(api).messages.stream(model=api["facts"], max_tokens=24, temperature=0,
+    with client(api).messages.stream(model=api["facts"], max_tokens=24, extra_body=GREEDY,
                                      messages=[{"role": "user", "content": QUESTION}]) as stream:
         events = list(stream)
         final = stream.get_final_message()
@@ -125,26 +126,37 @@ def test_tool_use_round_trip(api):
     c = client(api)
     tools = [VAULT_TOOL, LOG_TOOL]
     question = {"role": "user", "content": "Open vault B."}
-    call = c.messages.create(model=api["facts"], max_tokens=64, temperature=0, tools=tools,
+    call = c.messages.create(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
                              tool_choice={"type": "tool", "name": "open_vault"}, messages=[question])
     assert call.stop_reason == "tool_use"
     (use,) = [b for b in call.content if b.type == "tool_use"]
     assert use.name == "open_vault" and use.id.startswith("toolu_")
     assert set(use.input) == {"vault", "code"} and use.input["vault"] in "ABC" and 100 <= use.input["code"] <= 999
-    any_call = c.messages.create(model=api["facts"], max_tokens=64, temperature=0, tools=tools,
+    any_call = c.messages.create(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
                                  tool_choice={"type": "any"}, messages=[question])
     assert any_call.stop_reason == "tool_use" and any_call.content[0].name in ("open_vault", "log_visit")
-    follow_up = c.messages.create(model=api["facts"], max_tokens=24, temperature=0, tools=tools, messages=[
+    follow_up = c.messages.create(model=api["facts"], max_tokens=24, extra_body=GREEDY, tools=tools, messages=[
         question, {"role": "assistant", "content": call.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "opened"}]}])
     assert follow_up.stop_reason in ("end_turn", "max_tokens")
     assert [b.type for b in follow_up.content] == ["text"] and follow_up.usage.input_tokens > call.usage.input_tokens
-    with c.messages.stream(model=api["facts"], max_tokens=64, temperature=0, tools=tools,
+    with c.messages.stream(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
                            tool_choice={"type": "tool", "name": "open_vault"}, messages=[question]) as stream:
         kinds = [event.type for event in stream]
         streamed = stream.get_final_message()
     assert "content_block_start" in kinds and streamed.stop_reason == "tool_use"
     assert streamed.content[0].type == "tool_use" and streamed.content[0].input == use.input
+
+
+def test_structured_output_with_output_config(api):
+    schema = {"type": "object", "properties": {"vault": {"type": "string", "enum": ["A", "B", "C"]},
+                                               "note": {"type": "string", "maxLength": 30}},
+              "required": ["vault", "note"], "additionalProperties": False}
+    message = client(api).messages.create(model=api["facts"], max_tokens=64, extra_body=GREEDY,
+                                          messages=[{"role": "user", "content": QUESTION}],
+                                          output_config={"format": {"type": "json_schema", "schema": schema}})
+    data = json.loads(message.content[0].text)
+    assert set(data) == {"vault", "note"} and data["vault"] in "ABC" and len(data["note"]) <= 30
 
 
 def test_keys_adapters_and_bad_requests_are_refused_in_anthropic_shape(api):
@@ -169,6 +181,10 @@ def test_keys_adapters_and_bad_requests_are_refused_in_anthropic_shape(api):
         "thinking": {"model": api["facts"], "max_tokens": 8, "thinking": {"type": "enabled", "budget_tokens": 1024},
                      "messages": question},
         "role": {"model": api["facts"], "max_tokens": 8, "messages": [{"role": "system", "content": "hi"}]},
+        "effort": {"model": api["facts"], "max_tokens": 8, "output_config": {"effort": "high"}, "messages": question},
+        "speed": {"model": api["facts"], "max_tokens": 8, "speed": "fast", "messages": question},
+        "prefill": {"model": api["facts"], "max_tokens": 8, "messages": [*question, {"role": "assistant",
+                                                                                     "content": "Vault"}]},
     }
     for field, body in bad.items():
         answer = httpx.post(f"{api['url']}/v1/messages", json=body, timeout=60,

@@ -34,6 +34,7 @@ from appliance.serve.anthropic import (
     message_body,
     message_id,
     openai_tools,
+    output_schema,
     sse,
     tool_use_blocks,
     usage_of,
@@ -82,7 +83,8 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
         raise ApiError(400, str(exc), param=exc.param) from exc
     messages, extra_args, grammar, family = await _with_tools(server, messages, tools)
     params = SamplingParams(max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-                            top_p=body.top_p or 1.0, stop=body.stop_sequences or None, grammar=grammar)
+                            top_p=body.top_p or 1.0, stop=body.stop_sequences or None, grammar=grammar,
+                            json_schema=output_schema(body))
     may_call = tools is not None and tools.choice != "none"
     ctx.record.update(stream=body.stream, tools=len(body.tools or []))
     await check_prompt(server, "\n".join(m["content"] for m in messages))
