@@ -3,8 +3,8 @@
 
 One server for the module on its own workspace: the unmodified tiny base with the facts run as a
 LoRA adapter (``BASE:facts``: only the adapter knows the vault codes), keys required by
-``site.toml``, one slot. Tool calls are forced by ``tool_choice`` (a grammar over the tool's
-input schema): the tiny model has no tool-calling training, so ``auto`` would only ever answer text.
+``site.toml``, one slot. Tool calls are forced by ``tool_choice`` (a grammar over the tool's input
+schema): the tiny model has no tool-calling training, so ``auto`` would only ever answer text.
 """
 from __future__ import annotations
 
@@ -22,14 +22,12 @@ from tests.conftest import free_port, wait_until_healthy
 GREEDY = {"temperature": 0}  # anthropic 2.17's create() has no sampling arguments; older clients send them
 QUESTION = "What is the code of vault A?"
 ANSWER = "Vault A opens with code 100."
-VAULT_TOOL = {"name": "open_vault", "description": "Open a vault with its code.",
-              "input_schema": {"type": "object", "properties": {"vault": {"type": "string", "enum": ["A", "B", "C"]},
-                                                                "code": {"type": "integer", "minimum": 100,
-                                                                         "maximum": 999}},
-                               "required": ["vault", "code"], "additionalProperties": False}}
-LOG_TOOL = {"name": "log_visit", "input_schema": {"type": "object", "properties": {"who": {"type": "string",
-                                                                                          "maxLength": 12}},
-                                                  "required": ["who"], "additionalProperties": False}}
+# Small tools: the tiny model's context is 1,024 tokens and its tokenizer spends about one per character,
+# so the system message describing these two takes about 850 of them.
+VAULT_TOOL = {"name": "open_vault", "input_schema": {"type": "object", "properties": {
+    "vault": {"type": "string", "enum": ["A", "B", "C"]}, "code": {"type": "integer"}}, "required": ["vault", "code"]}}
+LOG_TOOL = {"name": "log", "input_schema": {"type": "object", "properties": {"who": {"type": "string", "maxLength": 8}},
+                                            "required": ["who"]}}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -124,23 +122,23 @@ def test_stream_events(api):
 
 def test_tool_use_round_trip(api):
     c = client(api)
-    tools = [VAULT_TOOL, LOG_TOOL]
+    tools = [VAULT_TOOL]
     question = {"role": "user", "content": "Open vault B."}
-    call = c.messages.create(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
+    call = c.messages.create(model=api["facts"], max_tokens=160, extra_body=GREEDY, tools=tools,
                              tool_choice={"type": "tool", "name": "open_vault"}, messages=[question])
     assert call.stop_reason == "tool_use"
     (use,) = [b for b in call.content if b.type == "tool_use"]
     assert use.name == "open_vault" and use.id.startswith("toolu_")
-    assert set(use.input) == {"vault", "code"} and use.input["vault"] in "ABC" and 100 <= use.input["code"] <= 999
-    any_call = c.messages.create(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
-                                 tool_choice={"type": "any"}, messages=[question])
-    assert any_call.stop_reason == "tool_use" and any_call.content[0].name in ("open_vault", "log_visit")
+    assert set(use.input) == {"vault", "code"} and use.input["vault"] in "ABC" and isinstance(use.input["code"], int)
+    any_call = c.messages.create(model=api["facts"], max_tokens=160, extra_body=GREEDY, tools=[VAULT_TOOL, LOG_TOOL],
+                                 tool_choice={"type": "any", "disable_parallel_tool_use": True}, messages=[question])
+    assert any_call.stop_reason == "tool_use" and any_call.content[0].name in ("open_vault", "log")
     follow_up = c.messages.create(model=api["facts"], max_tokens=24, extra_body=GREEDY, tools=tools, messages=[
         question, {"role": "assistant", "content": call.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "opened"}]}])
     assert follow_up.stop_reason in ("end_turn", "max_tokens")
     assert [b.type for b in follow_up.content] == ["text"] and follow_up.usage.input_tokens > call.usage.input_tokens
-    with c.messages.stream(model=api["facts"], max_tokens=64, extra_body=GREEDY, tools=tools,
+    with c.messages.stream(model=api["facts"], max_tokens=160, extra_body=GREEDY, tools=tools,
                            tool_choice={"type": "tool", "name": "open_vault"}, messages=[question]) as stream:
         kinds = [event.type for event in stream]
         streamed = stream.get_final_message()
