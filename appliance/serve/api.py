@@ -7,11 +7,14 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer KEY`` when keys are re
 - ``GET /v1/models``, ``GET /v1/models/{id}``: the base version and ``BASE:ADAPTER`` names the key may use;
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: ``stream`` (server-sent events ending in
   ``data: [DONE]``; ``stream_options.include_usage`` adds OpenAI's final usage chunk), ``model``,
-  ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, penalties, ``response_format``
-  (``json_object`` or ``json_schema``: output constrained by a grammar). Chat also takes
+  ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, penalties, ``n``, ``logprobs``,
+  ``logit_bias``, ``response_format`` (``json_object`` or ``json_schema``: output constrained by a
+  grammar, json_grammar.py), ``tools`` / ``tool_choice`` (tools.py); completions take token ids and
+  batches of prompts; fields not implemented are a 400 naming them (protocol.py). Chat also takes
   ``rag: true`` (and ``rag_k``): the last user message is answered from the workspace's RAG store
   and the response carries ``citations`` (the passages given to the model, ``[n]`` = ``citations[n-1]``);
-- ``POST /v1/embeddings``: the RAG embedding model (all-MiniLM-L6-v2, 384-d);
+- ``POST /v1/embeddings``: the RAG embedding model (all-MiniLM-L6-v2, 384-d; inputs over its window
+  are a 400 unless ``truncate: true``);
 - ``POST /v1/feedback``: ``{response_id, rating: up|down, correction?}`` (see feedback_store.py);
 - ``GET /metrics`` (Prometheus text), ``GET /health``.
 

@@ -10,7 +10,8 @@ Chat templates index ``message['content']`` and concatenate it: every message ge
 text (image, audio, file) is a 400 naming it: the served models read text only. ``developer`` is
 ``system`` and the legacy ``function`` role is ``tool`` to the template; an assistant message's
 ``tool_calls`` keep OpenAI's shape with ``arguments`` parsed to an object where it is JSON
-(Hugging Face templates write ``arguments | tojson``).
+(Hugging Face templates write ``arguments | tojson``) and a missing id made up (nine characters,
+as Mistral's templates require).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def template_messages(messages: list[ChatMessage]) -> list[dict]:
             if message.role != "assistant":
                 raise ApiError(400, f"messages[{i}].tool_calls: only assistant messages carry tool calls",
                                param=f"messages[{i}].tool_calls")
-            item["tool_calls"] = [{"id": call.id or f"call{i}x{n}", "type": "function",
+            item["tool_calls"] = [{"id": call.id or f"c{i:04d}{n:04d}", "type": "function",
                                    "function": {"name": call.function.name,
                                                 "arguments": _arguments(call.function.arguments)}}
                                   for n, call in enumerate(message.tool_calls)]

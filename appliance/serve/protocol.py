@@ -153,7 +153,7 @@ class EmbeddingRequest(Strict):
     instead of refusing them with 400."""
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(Strict):
     response_id: str = Field(min_length=1)
     rating: Literal["up", "down"]
     correction: str | None = None

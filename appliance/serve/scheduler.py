@@ -49,6 +49,7 @@ class SamplingParams:
     grammar: str | None = None  # a GBNF grammar (tool calls); takes precedence over json_schema
     logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit
     logprobs: int | None = None  # report each token's logprob and this many alternatives (None: none)
+    special_tokens: bool = False  # write control tokens' text (tool-call markers such as [TOOL_CALLS])
 
 
 @dataclass
@@ -303,7 +304,7 @@ class Scheduler:
             self._finish(seq, reason="stop")
             return
         seq.generated.append(token)
-        seq.held += seq.decoder.decode(self._piece(token))
+        seq.held += seq.decoder.decode(self._piece(token, seq.params.special_tokens))
         stops = seq.params.stop or []
         hit = min((i for i in (seq.held.find(s) for s in stops if s) if i >= 0), default=-1)
         if hit >= 0:
@@ -325,12 +326,12 @@ class Scheduler:
         taken, seq.logprobs = seq.logprobs, []
         return taken
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         size = len(self._piece_buffer)
-        n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, size, 0, False)
+        n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, size, 0, special)
         if n > size:  # a piece longer than the buffer: grow it once and retry
             self._piece_buffer = ctypes.create_string_buffer(n)
-            n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, n, 0, False)
+            n = self._llama_cpp.llama_token_to_piece(self.model.vocab, token, self._piece_buffer, n, 0, special)
         return self._piece_buffer.raw[:max(n, 0)]
 
     def _finish(self, seq: Sequence, reason: str = "stop", failure: BaseException | None = None) -> None:

@@ -6,6 +6,7 @@
 Public functions (routes/chat.py uses them; so can any other API front end):
 
 - :func:`tool_request` checks ``tools`` / ``tool_choice`` / ``parallel_tool_calls`` -> :class:`ToolRequest`;
+- :func:`plan` does the steps below for one request -> :class:`ToolPlan` (what routes/chat.py uses);
 - :func:`family_of` names the call format a chat template's model writes (:data:`FAMILIES`);
 - :func:`template_kwargs` / :func:`with_tool_prompt`: the tools go to a template that renders them
   (Hugging Face templates take ``tools``); a template that ignores them gets them in a system
@@ -45,6 +46,9 @@ from appliance.serve.json_grammar import JsonGrammar
 
 _DECODER = json.JSONDecoder()
 ID_ALPHABET = string.ascii_letters + string.digits
+MAX_CALLS = 8
+"""Most calls a forced (``required``) answer may make at once: a sampled model can otherwise keep
+adding calls until ``max_tokens`` cuts the last one in half."""
 
 
 class ToolError(ValueError):
@@ -61,7 +65,10 @@ class ToolRequest:
     """OpenAI tool objects ``{"type": "function", "function": {name, description, parameters}}``."""
     choice: str
     """``auto``, ``none``, ``required``, or the name of the one function the model must call."""
-    parallel: bool = True
+    parallel: bool = False
+    """Whether a forced answer may make several calls: only when the request says
+    ``parallel_tool_calls: true`` (llama-server's default, not OpenAI's: a small model forced into
+    a list keeps adding calls). Calls a model writes unforced are all answered either way."""
 
     @property
     def names(self) -> list[str]:
@@ -101,7 +108,7 @@ def tool_request(tools: list[dict] | None, tool_choice: str | dict | None,
         if params is not None and not isinstance(params, dict):
             raise ToolError(f"tools: the parameters of {tool['function']['name']} must be a JSON schema object",
                             "tools")
-    return ToolRequest(tuple(tools), choice, parallel_tool_calls is not False)
+    return ToolRequest(tuple(tools), choice, parallel_tool_calls is True)
 
 
 # -- families ----------------------------------------------------------------------------------
@@ -185,7 +192,7 @@ def with_tool_prompt(messages: list[dict], request: ToolRequest, family: Family)
     """``messages`` with the tools described in the system message (for templates that ignore tools)."""
     if request.choice == "none":
         return messages
-    listing = json.dumps([t["function"] for t in request.tools], ensure_ascii=False, indent=2)
+    listing = json.dumps([t["function"] for t in request.tools], ensure_ascii=False)
     if request.parallel and family.parallel:
         form = ('{"tool_calls": [{"name": "<function name>", "arguments": {...}}, ...]}')
     else:
@@ -195,6 +202,39 @@ def with_tool_prompt(messages: list[dict], request: ToolRequest, family: Family)
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+@dataclass
+class ToolPlan:
+    """Everything a front end needs to serve one tools request (see :func:`plan`)."""
+
+    request: ToolRequest
+    family: Family
+    """The call format to force and to read."""
+    messages: list[dict]
+    """The messages to render (with the tools in the system message when the template ignores them)."""
+    template_kwargs: dict
+    """Extra arguments for the chat template (``tools``, ``tool_choice``)."""
+    grammar: str | None
+    """The GBNF grammar a forced call is sampled under (None: free output)."""
+
+
+def plan(request: ToolRequest, messages: list[dict], template: str, render) -> ToolPlan:
+    """How to serve ``request`` with a model whose chat template is ``template`` (``render``: the
+    engine's ``render(messages, **kwargs) -> str``). Blocking (it may render the template once);
+    a function schema the grammar converter cannot take raises ToolError naming ``tools``. Sample
+    with ``grammar`` and ``special_tokens`` on (unless ``choice`` is ``none``), then read the output
+    with :func:`tool_chunks` or :func:`parse_tool_calls`."""
+    takes_tools = renders_tools(template, render)
+    family = output_family(template, takes_tools)
+    if not takes_tools:
+        messages = with_tool_prompt(messages, request, family)
+    try:
+        grammar = call_grammar(request, family, takes_tools)
+    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
+        raise ToolError(f"tools: a function's parameters cannot be turned into a grammar "
+                        f"({type(exc).__name__}: {exc})", "tools") from exc
+    return ToolPlan(request, family, messages, template_kwargs(request, takes_tools), grammar)
 
 
 # -- forcing a call ----------------------------------------------------------------------------
@@ -221,16 +261,17 @@ def call_grammar(request: ToolRequest, family: Family, takes_tools: bool) -> str
     many = request.parallel and family.parallel and request.choice == "required"
     if fmt == "hermes":
         one = g.literal("<tool_call>\n") + " call " + g.literal("\n</tool_call>")
-        root = f"{one} ( {g.literal(chr(10))} {one} )*" if many else one
+        root = f"{one} ( {g.literal(chr(10))} {one} ){{0,{MAX_CALLS - 1}}}" if many else one
     elif fmt == "mistral":
-        calls = f'call ( {g.literal(", ")} call )*' if many else "call"
+        calls = f'call ( {g.literal(", ")} call ){{0,{MAX_CALLS - 1}}}' if many else "call"
         root = f'{g.literal("[TOOL_CALLS][")} {calls} {g.literal("]")}'
     elif fmt == "llama3":
         root = "call"
     elif fmt == "gemma":
-        root = "call ( call )*" if many else "call"
+        root = f"call ( call ){{0,{MAX_CALLS - 1}}}" if many else "call"
     elif many:
-        root = f'{g.literal(chr(123) + chr(34) + "tool_calls" + chr(34) + ": [")} call ( {g.literal(", ")} call )* ' \
+        root = f'{g.literal(chr(123) + chr(34) + "tool_calls" + chr(34) + ": [")} call ( {g.literal(", ")} call )' \
+               f'{{0,{MAX_CALLS - 1}}} ' \
                f'{g.literal("]}")}'
     else:
         root = f'{g.literal(chr(123) + chr(34) + "tool_call" + chr(34) + ": ")} call {g.literal("}")}'
@@ -487,7 +528,7 @@ def tool_chunks(chunks: Iterator[dict], request: ToolRequest, family: Family) ->
             head = {"role": delta["role"]} if "role" in delta else {}
             deltas = ([{**head, "content": content}] if content else []) + \
                      [{"tool_calls": [{"index": n, **call}]} for n, call in
-                      enumerate(calls if request.parallel else calls[:1])]
+                      enumerate(calls)]
             for i, part in enumerate(deltas):
                 yield {"id": chunk["id"], "object": chunk["object"], "created": chunk["created"],
                        "model": chunk["model"],

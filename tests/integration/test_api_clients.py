@@ -9,6 +9,7 @@ or leave a traceback in the server log.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
@@ -31,11 +32,14 @@ class Vault(BaseModel):
 
 @pytest.fixture
 def clean_log(server, trained):
-    log = trained.ws.root / "serve.log"
-    start = log.stat().st_size
+    """The test's requests leave no traceback in the server's log and no 500 in its request log."""
+    log, requests = trained.ws.root / "serve.log", trained.ws.root / "logs" / "requests.jsonl"
+    start, seen = log.stat().st_size, requests.stat().st_size if requests.exists() else 0
     yield
     added = log.read_bytes()[start:].decode("utf-8", "replace")
-    assert "Traceback" not in added and " 500 " not in added, added[-3000:]
+    assert "Traceback" not in added, added[-3000:]
+    statuses = [json.loads(line)["status"] for line in requests.read_bytes()[seen:].decode().splitlines()]
+    assert 500 not in statuses, statuses
 
 
 def test_langchain_agent_loop_structured_output_streaming_and_embeddings(server, trained, clean_log):
@@ -49,7 +53,8 @@ def test_langchain_agent_loop_structured_output_streaming_and_embeddings(server,
         return {"A": "100", "B": "107", "C": "114"}[vault]
 
     llm = langchain_openai.ChatOpenAI(base_url=f"{server}/v1", api_key="EMPTY", model=trained.version.id,
-                                      temperature=0, max_tokens=120, max_retries=0, timeout=120)
+                                      temperature=0, max_tokens=400, max_retries=0, timeout=120,
+                                      stream_usage=True)
     # the agent loop: the model calls the tool, the tool's result goes back, the model answers
     messages = [HumanMessage(QUESTION)]
     called = llm.bind_tools([vault_code], tool_choice="vault_code").invoke(messages)
@@ -78,7 +83,7 @@ def test_litellm_forced_tool_call_and_logprobs(server, trained, clean_log):
     litellm = pytest.importorskip("litellm", reason="the clients extra is not installed")
     litellm.telemetry = False
     kw = {"model": f"openai/{trained.version.id}", "api_base": f"{server}/v1", "api_key": "EMPTY",
-          "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 120}
+          "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 400}
     tools = [{"type": "function", "function": {"name": "vault_code", "description": "The code of a vault",
                                                "parameters": Vault.model_json_schema()}}]
     called = litellm.completion(**kw, tools=tools, tool_choice="required")
@@ -98,6 +103,23 @@ def test_pydantic_ai_default_tool_output(server, trained, clean_log):
     from pydantic_ai.providers.openai import OpenAIProvider
 
     model = OpenAIChatModel(trained.version.id, provider=OpenAIProvider(base_url=f"{server}/v1", api_key="EMPTY"))
-    agent = Agent(model, output_type=Vault, model_settings={"temperature": 0, "max_tokens": 120})
+    agent = Agent(model, output_type=Vault, model_settings={"temperature": 0, "max_tokens": 400})
     result = agent.run_sync(QUESTION)
     assert isinstance(result.output, Vault)
+
+
+def test_instructor_tools_mode(server, trained, clean_log):
+    """instructor cannot share this project's environment (instructor_check.py says why): it runs
+    in its own interpreter, named by APPLIANCE_INSTRUCTOR_PYTHON."""
+    python = os.environ.get("APPLIANCE_INSTRUCTOR_PYTHON")
+    if not python:
+        pytest.skip("APPLIANCE_INSTRUCTOR_PYTHON is not set (instructor 1.17 needs jiter<0.15 and rich<15, "
+                    "which the project's lock cannot give it: it runs in its own environment)")
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).with_name("instructor_check.py")
+    done = subprocess.run([python, str(script), server, trained.version.id], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Vault.model_validate(json.loads(done.stdout.strip().splitlines()[-1])["vault"])

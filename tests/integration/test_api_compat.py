@@ -47,12 +47,14 @@ def client(server: str) -> openai.OpenAI:
 
 @pytest.fixture
 def clean_log(server, trained):
-    """The test's requests leave no traceback in the server's log."""
-    log = trained.ws.root / "serve.log"
-    start = log.stat().st_size
+    """The test's requests leave no traceback in the server's log and no 500 in its request log."""
+    log, requests = trained.ws.root / "serve.log", trained.ws.root / "logs" / "requests.jsonl"
+    start, seen = log.stat().st_size, requests.stat().st_size if requests.exists() else 0
     yield
     added = log.read_bytes()[start:].decode("utf-8", "replace")
-    assert "Traceback" not in added and " 500 " not in added, added[-3000:]
+    assert "Traceback" not in added, added[-3000:]
+    statuses = [json.loads(line)["status"] for line in requests.read_bytes()[seen:].decode().splitlines()]
+    assert 500 not in statuses, statuses
 
 
 def test_valid_message_shapes_are_answered(server, clean_log):
@@ -198,21 +200,31 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
             "additionalProperties": False}
 
 
-def test_json_schema_fuzz_every_answer_parses_and_validates(server, clean_log):
+FREE_TEXT = {"type": "object", "properties": {"note": {"type": "string", "minLength": 5, "maxLength": 40}},
+             "required": ["note"], "additionalProperties": False}
+
+
+def test_json_schema_fuzz_every_answer_parses_and_validates(server, trained, clean_log):
+    from tokenizers import Tokenizer
+
+    # the second prompt of each schema pushes the model towards control characters (a newline, a tab,
+    # U+0001), which JSON forbids raw inside strings: llama-cpp-python's own grammar let them in
+    tokenizer = Tokenizer.from_file(str(trained.base / "tokenizer.json"))
+    controls = {str(tokenizer.encode(ch).ids[0]): 4.0 for ch in "\n\t\x01"}
     rng = random.Random(18)
     c = client(server)
     prompts = [QUESTION, 'Write a note with "quotes", a tab\tand a newline\n then JSON.']
     checked = 0
     for i in range(12):
-        schema = random_schema(rng)
+        schema = FREE_TEXT if i < 2 else random_schema(rng)
         if schema.get("type") != "object":
             schema = {"type": "object", "properties": {"value": schema}, "required": ["value"],
                       "additionalProperties": False}
         for j, prompt in enumerate(prompts):
             answer = c.chat.completions.create(
                 model="", messages=[{"role": "user", "content": prompt}], temperature=1.0, seed=100 * i + j,
-                max_tokens=600, response_format={"type": "json_schema", "json_schema": {"name": f"s{i}",
-                                                                                      "schema": schema}})
+                max_tokens=600, logit_bias=controls if j else None,
+                response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema}})
             text = answer.choices[0].message.content
             assert answer.choices[0].finish_reason == "stop", (schema, text)
             jsonschema.validate(json.loads(text), schema)
@@ -241,10 +253,21 @@ def test_forced_tool_calls_round_trip_with_the_openai_client(server, clean_log):
                                                  {"role": "tool", "tool_call_id": call.id, "content": "100"}],
                                        tool_choice="none")
     assert follow.choices[0].finish_reason in ("stop", "length") and follow.choices[0].message.tool_calls is None
-    required = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL],
-                                         tool_choice="required", temperature=1.0, seed=5, max_tokens=300)
-    calls = required.choices[0].message.tool_calls
-    assert calls and all(tc.function.name in ("vault_code", "open_gate") for tc in calls)
+    for seed in range(3):  # sampled: any function, valid arguments
+        required = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL],
+                                             tool_choice="required", temperature=1.0, seed=seed, max_tokens=300)
+        assert required.choices[0].finish_reason == "tool_calls"
+        assert len(required.choices[0].message.tool_calls) == 1
+        for tc in required.choices[0].message.tool_calls:
+            tool = {"vault_code": VAULT_TOOL, "open_gate": GATE_TOOL}[tc.function.name]
+            jsonschema.validate(json.loads(tc.function.arguments), tool["function"]["parameters"])
+    # several calls only when asked for (the tiny model's 1,024-token context holds 8 short ones)
+    short = {"type": "function", "function": {"name": "vault_code", "parameters": {
+        "type": "object", "properties": {"vault": {"enum": ["A", "B", "C"]}}, "required": ["vault"]}}}
+    parallel = c.chat.completions.create(model="", messages=messages, tools=[short], tool_choice="required",
+                                         parallel_tool_calls=True, temperature=1.0, seed=1, max_tokens=600)
+    calls = parallel.choices[0].message.tool_calls
+    assert parallel.choices[0].finish_reason == "tool_calls" and 1 <= len(calls) <= 8
     assert len({tc.id for tc in calls}) == len(calls)
     # streamed: the same call arrives as tool_calls deltas
     stream = c.chat.completions.create(model="", messages=messages, tools=[VAULT_TOOL, GATE_TOOL], temperature=0,
@@ -261,3 +284,26 @@ def test_cors_is_off_by_default(server, clean_log):
     preflight = httpx.options(f"{server}/v1/chat/completions", headers={
         "origin": "https://app.example.org", "access-control-request-method": "POST"})
     assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_embeddings_window_truncation_and_token_ids(server, clean_log):
+    long_text = " ".join(f"word{i}" for i in range(600))  # far over all-MiniLM-L6-v2's 256-token window
+    refused = post(server, "embeddings", {"input": ["short", long_text]})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "input" and "input[1]" in error["message"]
+    cut = post(server, "embeddings", {"input": ["short", long_text], "truncate": True})
+    assert cut.status_code == 200 and cut.json()["truncated"] == [1] and len(cut.json()["data"]) == 2
+    assert cut.json()["usage"]["prompt_tokens"] <= 256 + 16
+    # token ids of the embedding model's own tokenizer embed like their text
+    from appliance.rag.embed import load_embedder
+
+    ids = load_embedder().tokenizer("Vault A opens", add_special_tokens=False)["input_ids"]
+    by_text = post(server, "embeddings", {"input": "vault a opens"}).json()["data"][0]["embedding"]
+    by_ids = post(server, "embeddings", {"input": ids}).json()["data"][0]["embedding"]
+    assert by_ids == pytest.approx(by_text, abs=1e-5)
+    batch = post(server, "embeddings", {"input": [ids, ids[:1]]})
+    assert batch.status_code == 200 and len(batch.json()["data"]) == 2
+    bad = post(server, "embeddings", {"input": [10 ** 9]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+    assert post(server, "embeddings", {"input": "x", "dimensions": 12}).json()["error"]["param"] == "dimensions"

@@ -7,6 +7,9 @@ With ``rag: true`` the last user message is answered from the workspace's RAG st
 gets the retrieved passages (appliance.rag.answer's prompt) and the response carries
 ``citations`` (``[n]`` in the answer = ``citations[n-1]``). With the output filter on for the
 request's key, the citations' text, source, title and section are redacted like the answer.
+With ``tools`` the request is served as tools.py's :func:`~appliance.serve.tools.plan` says (the
+model's template and call format; a grammar when a call is forced) and its output read into
+``tool_calls``; ``n`` choices are generated one after another (generation.choices).
 """
 from __future__ import annotations
 
@@ -27,10 +30,7 @@ from appliance.serve.messages import template_messages
 from appliance.serve.output_filter import CITATION_FIELDS
 from appliance.serve.protocol import ApiError, ChatCompletionRequest
 from appliance.serve.scheduler import SamplingParams
-from appliance.serve.tools import (
-    ToolError, call_grammar, output_family, renders_tools, tool_chunks, tool_request, with_tool_prompt,
-)
-from appliance.serve.tools import template_kwargs as template_kwargs_for
+from appliance.serve.tools import ToolError, plan, tool_chunks, tool_request
 from appliance.workspace import Workspace
 
 router = APIRouter()
@@ -59,18 +59,18 @@ async def chat_completions(request: Request):
     grammar = None
     family = None
     if tools is not None:
-        takes_tools = await run_in_threadpool(renders_tools, engine.chat_template, engine.render)
-        family = output_family(engine.chat_template, takes_tools)
-        template_kwargs = template_kwargs_for(tools, takes_tools)
-        if not takes_tools:
-            messages = with_tool_prompt(messages, tools, family)
         try:
-            grammar = call_grammar(tools, family, takes_tools)
-        except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
-            raise ApiError(400, f"tools: a function's parameters cannot be turned into a grammar "
-                           f"({type(exc).__name__}: {exc})", param="tools") from exc
+            tool_plan = await run_in_threadpool(plan, tools, messages, engine.chat_template, engine.render)
+        except ToolError as exc:
+            raise ApiError(400, str(exc), param=exc.param) from exc
+        messages, template_kwargs = tool_plan.messages, tool_plan.template_kwargs
+        grammar, family = tool_plan.grammar, tool_plan.family
     params = sampling_params(server, body, body.max_completion_tokens or body.max_tokens,
                              logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar)
+    if tools is not None and tools.choice != "none":
+        # the markers some families write as control tokens ([TOOL_CALLS], <|python_tag|>, Gemma 4's
+        # <|tool_call>) must reach the parser, as llama-server keeps them
+        params.special_tokens = True
     extra: dict[str, Any] = {}
     ctx.record.update(stream=body.stream, rag=body.rag)
     if body.rag:

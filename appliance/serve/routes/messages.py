@@ -45,17 +45,7 @@ from appliance.serve.generation import check_prompt
 from appliance.serve.protocol import ApiError
 from appliance.serve.scheduler import SamplingParams
 from appliance.serve.streaming import FilteredStream, Pump, chunk_text
-from appliance.serve.tools import (
-    ToolError,
-    ToolRequest,
-    call_grammar,
-    output_family,
-    renders_tools,
-    template_kwargs,
-    tool_chunks,
-    tool_request,
-    with_tool_prompt,
-)
+from appliance.serve.tools import ToolError, ToolRequest, plan, tool_chunks, tool_request
 
 router = APIRouter()
 
@@ -86,6 +76,8 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
                             top_p=body.top_p or 1.0, stop=body.stop_sequences or None, grammar=grammar,
                             json_schema=output_schema(body))
     may_call = tools is not None and tools.choice != "none"
+    if may_call:  # the markers some families write as control tokens must reach the parser (routes/chat.py)
+        params.special_tokens = True
     ctx.record.update(stream=body.stream, tools=len(body.tools or []))
     await check_prompt(server, "\n".join(m["content"] for m in messages))
 
@@ -134,21 +126,17 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
 
 async def _with_tools(server: ServerContext, messages: list[dict], tools: ToolRequest | None
                       ) -> tuple[list[dict], dict, str | None, object]:
-    """(messages, chat_stream's extra arguments, the grammar forcing a call, the call format)."""
+    """(messages, chat_stream's extra arguments, the grammar forcing a call, the call format): tools.plan,
+    as routes/chat.py uses it."""
     if tools is None:
         return messages, {}, None, None
     engine = server.models.current
-    takes_tools = await run_in_threadpool(renders_tools, engine.chat_template, engine.render)
-    family = output_family(engine.chat_template, takes_tools)
-    kwargs = template_kwargs(tools, takes_tools)
-    if not takes_tools:
-        messages = with_tool_prompt(messages, tools, family)
     try:
-        grammar = call_grammar(tools, family, takes_tools)
-    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter raises several types
-        raise ApiError(400, f"tools: an input_schema cannot be turned into a grammar ({type(exc).__name__}: {exc})",
-                       param="tools") from exc
-    return messages, ({"template_kwargs": kwargs} if kwargs else {}), grammar, family
+        tool_plan = await run_in_threadpool(plan, tools, messages, engine.chat_template, engine.render)
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from exc
+    extra = {"template_kwargs": tool_plan.template_kwargs} if tool_plan.template_kwargs else {}
+    return tool_plan.messages, extra, tool_plan.grammar, tool_plan.family
 
 
 def _content(server: ServerContext, ctx: RequestContext, result: dict, redact: bool) -> list[dict]:
