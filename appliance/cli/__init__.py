@@ -17,6 +17,7 @@ line of standard output, so scripts can chain verbs; progress and warnings go to
     appliance ask "question"
     appliance monitor [--since 24h] [--json]   /   appliance monitor drift [--since 7d]
     appliance cost [--month YYYY-MM]   /   appliance refresh [--dry-run]
+    appliance mcp [--http --host 127.0.0.1 --port 8765]
     appliance tui
     appliance demo
 
@@ -35,6 +36,7 @@ from appliance.cli.bundle import bundle_app
 from appliance.cli.common import WorkspaceOption, fail, open_workspace, report_errors
 from appliance.cli.data import data_app
 from appliance.cli.eval import eval_app
+from appliance.cli.mcp import mcp_cmd
 from appliance.cli.models import export_cmd, models_app
 from appliance.cli.monitor import cost_cmd, monitor_app, refresh_cmd
 from appliance.cli.rag import ask_cmd, rag_app
@@ -56,6 +58,7 @@ app.command("serve")(serve_cmd)
 app.command("ask")(ask_cmd)
 app.command("cost")(cost_cmd)
 app.command("refresh")(refresh_cmd)
+app.command("mcp")(mcp_cmd)
 
 
 @app.command("tui")

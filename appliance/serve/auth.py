@@ -142,6 +142,32 @@ def require_keys_from_site(ws: Workspace) -> bool:
     return site.flag(ws, "serve", "require_keys")
 
 
+class KeyRejected(Exception):
+    """A request's credentials are missing (keys required) or wrong; the message says which."""
+
+
+def authenticate(keys: "KeyRing | None", header: str, required: bool) -> ApiKey | None:
+    """The key an ``Authorization`` header value presents (``Bearer KEY``), or None for an anonymous caller.
+
+    ``required``: a caller without a key is refused. Otherwise a missing header, or a placeholder
+    that is not an ``sk-app-`` key (OpenAI clients must send one, e.g. ``EMPTY``), is anonymous;
+    an ``sk-app-`` key that is revoked or mistyped is refused either way. Raises :class:`KeyRejected`.
+    One rule for every front door: the HTTP API (``appliance serve``) and ``appliance mcp --http``."""
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    if not header:
+        if required:
+            raise KeyRejected("an API key is required: send 'Authorization: Bearer KEY' "
+                              "(create one with `appliance keys create NAME`)")
+        return None
+    key = keys.verify(token) if keys and scheme.lower() == "bearer" else None
+    if key is None:
+        if not required and not token.startswith(PREFIX):
+            return None
+        raise KeyRejected("invalid API key (revoked, mistyped, or not one of this workspace's keys)")
+    return key
+
+
 class KeyRing:
     """The server's view of the key file: reloaded when its mtime changes, thread-safe."""
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from appliance.artefacts import split_served_name
 from appliance.monitor.features import DriftRecorder
 from appliance.monitor.settings import MonitorSettings, read_settings
-from appliance.serve.auth import PREFIX, ApiKey, KeyRing
+from appliance.serve.auth import ApiKey, KeyRejected, KeyRing, authenticate
 from appliance.serve.body import load_json, read_body
 from appliance.serve.feedback_store import FeedbackLog, ResponseMemory
 from appliance.serve.limits import Admission, Limits, QueueFull
@@ -118,7 +118,7 @@ class ServerContext:
         counts = ctx.record.pop("redaction_counts", None) or {}
         if ctx.record.get("model"):
             ctx.record["version"] = split_served_name(ctx.record["model"])[0]
-        generated = ctx.record.get("endpoint") in ("chat", "completions")
+        generated = ctx.record.get("endpoint") in ("chat", "completions", "messages")
         if generated:
             ctx.record["redacted"] = bool(counts)
             ctx.record["redacted_types"] = sorted(counts)
@@ -141,21 +141,14 @@ class ServerContext:
     # -- who asks, and what -----------------------------------------------------------------
     def authenticate(self, request: Request, ctx: RequestContext) -> ApiKey | None:
         header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if not header:
-            if self.settings.require_keys:
-                raise ApiError(401, "an API key is required: send 'Authorization: Bearer KEY' "
-                               "(create one with `appliance keys create NAME`)", "authentication_error",
-                               "invalid_api_key")
-            return None
-        key = self.keys.verify(token) if self.keys and scheme.lower() == "bearer" else None
-        if key is None:
-            if not self.settings.require_keys and not token.startswith(PREFIX):
-                return None  # keys optional: a placeholder such as "EMPTY" (OpenAI clients need one) is anonymous
-            raise ApiError(401, "invalid API key (revoked, mistyped, or not one of this workspace's keys)",
-                           "authentication_error", "invalid_api_key")
-        ctx.record["key_id"] = key.id
+        if not header and request.headers.get("x-api-key"):  # Anthropic's clients send their key so
+            header = f"Bearer {request.headers['x-api-key']}"
+        try:
+            key = authenticate(self.keys, header, self.settings.require_keys)
+        except KeyRejected as exc:
+            raise ApiError(401, str(exc), "authentication_error", "invalid_api_key") from exc
+        if key is not None:
+            ctx.record["key_id"] = key.id
         return key
 
     async def parse(self, request: Request, model: type[Body]) -> Body:

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from appliance.serve.routes import admin, chat, completions, embeddings, feedback, health, models
+from appliance.serve.routes import admin, chat, completions, embeddings, feedback, health, messages, models
 
 ROUTERS = [health.router, models.router, embeddings.router, feedback.router, chat.router,
-           completions.router, admin.router]
+           completions.router, messages.router, admin.router]
