@@ -24,6 +24,8 @@ keyed word hashes) and cached under ``WORKSPACE/monitor/reference/``.
 """
 from __future__ import annotations
 
+import time
+
 import json
 import math
 from collections import Counter
@@ -197,7 +199,19 @@ def drift_report(ws: Workspace, since=None, version: str | None = None, referenc
     out["oov"] = _oov(rng, ref.hashes, recent.hashes)
     out["topics"] = topics(ref, recent, texts, settings.drift_topics)
     out["verdict"] = _verdict(out)
+    out["measured_at"] = time.time()
+    atomic_write_json(last_report_path(ws), out)
     return out
+
+
+def last_report(ws: Workspace) -> dict[str, Any] | None:
+    """The last measured drift report (``appliance monitor drift`` or a refresh's check), or None."""
+    path = last_report_path(ws)
+    return read_json(path) if path.is_file() else None
+
+
+def last_report_path(ws: Workspace) -> Path:
+    return ws.root / "monitor" / "drift-last.json"
 
 
 def topics(ref: Features, recent: Features, texts: list[str], k: int) -> list[dict]:

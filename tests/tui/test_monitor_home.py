@@ -98,3 +98,17 @@ async def test_home_says_down_when_nothing_listens(tmp_path: Path):
         assert screen.fact("Served").startswith("DOWN No server running")
         assert screen.fact("Artefacts") == "0 dataset versions   0 runs   0 model versions"
         assert screen.text_of("#home-next").startswith("Next: Ingest documents")
+
+
+def test_home_shows_the_last_measured_drift_verdict(tmp_path: Path):
+    """Home reads the verdict `appliance monitor drift` stored; before any, it says how to measure."""
+    from appliance.monitor import drift
+    from appliance.workspace import Workspace, atomic_write_json
+    from appliance_tui.screens.home import NOT_MEASURED, gather
+
+    ws = Workspace.open(tmp_path / "ws")
+    assert gather(ws.root).drift == NOT_MEASURED
+    atomic_write_json(drift.last_report_path(ws), {"verdict": "DRIFT (p = 0.0020 < 0.01)", "recent_prompts": 40,
+                                                    "measured_at": 0})
+    shown = gather(ws.root).drift
+    assert shown.startswith("DRIFT (p = 0.0020 < 0.01)") and "40 prompts" in shown

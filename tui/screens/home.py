@@ -8,7 +8,6 @@ moment) every few seconds and on R; nothing here writes to the workspace.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from textual.widgets import Footer, Static
 
 from appliance.artefacts import dataset_versions, finished_runs, promoted, split_served_name
 from appliance.export.versions import summaries
+from appliance.monitor import drift
 from appliance.serve.client import ChatClient, ChatError, server_from_workspace
 from appliance.workspace import Workspace
 
@@ -31,7 +31,7 @@ from .. import system
 from ..widgets import Problem, TitleBar, server_url_of, workspace_of, human_bytes
 
 REFRESH_S = 5.0
-NOT_MEASURED = "not measured (no drift monitor in this build)"
+NOT_MEASURED = "not measured yet: run `appliance monitor drift`"
 
 
 @dataclass
@@ -128,9 +128,20 @@ def gather(workspace: Path | str | None, base_url: str | None = None) -> HomeSta
     status.disk_free = system.disk_free(ws.root)[0]
     status.memory = system.memory()
     status.gpus = system.gpus()
-    if importlib.util.find_spec("appliance.monitor") is not None:
-        status.drift = "not measured here (it embeds recent prompts): run `appliance monitor drift`"
+    status.drift = _drift(ws)
     return status
+
+
+def _drift(ws: Workspace) -> str:
+    """The last measured drift verdict (measuring embeds recent prompts: too heavy every 5 s)."""
+    try:
+        report = drift.last_report(ws)
+    except Exception as exc:
+        return f"unreadable drift report: {exc}"
+    if report is None:
+        return NOT_MEASURED
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.get("measured_at", 0)))
+    return f"{report.get('verdict', '?')} (measured {when} on {report.get('recent_prompts', 0)} prompts)"
 
 
 def _last_eval(ws: Workspace, versions: list[str]) -> dict | None:
