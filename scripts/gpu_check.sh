@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # GPU check: 7B-class QLoRA SFT at seq 2048 with the unsloth and hf backends, peak memory + tokens/s.
 #
-#     bash scripts/gpu_check.sh [WHEEL_DIR ...]
-#     GEMMA_GGUF=/path/gemma-3-270m-q4_k_m.gguf bash scripts/gpu_check.sh [WHEEL_DIR ...]   (+ a real 270M model)
+#     bash scripts/gpu_check.sh [SITE.tar.xz | WHEEL_DIR ...]
+#     GEMMA_GGUF=/path/gemma-3-270m-q4_k_m.gguf bash scripts/gpu_check.sh [...]   (+ a real 270M model)
 #
-# On a lent CUDA machine (see /work/.library/device/README.md): the gpu extra's wheels
-# (unsloth, unsloth_zoo, bitsandbytes and what they need, downloaded for the device's Python)
-# travel in ignored folders named in `carry` (over 64 MiB: split across two folders/calls) and are
-# installed with pip --target into /tmp/site. The model is a random-init Llama-3-8B-shaped model
+# On a lent CUDA machine (see /work/.library/device/README.md): what the device's image lacks
+# (unsloth, unsloth_zoo, bitsandbytes, trl, datasets, pydantic and their needs, for its Python 3.12)
+# travels in an ignored folder named in `carry`: best as the ~10 MB tarball scripts/gpu_site.sh
+# builds (the raw wheels are ~80 MB, over the 64 MiB a call may carry), unpacked into /tmp/site;
+# or as wheel folders, installed with pip --target into /tmp/site. The model is a random-init Llama-3-8B-shaped model
 # (no weights downloaded), saved once to /tmp/gpu-check/base and loaded in NF4. Each backend runs
 # in its own process so torch.cuda.max_memory_allocated is its own; the memory planner's estimate
 # is printed beside it (appliance train plan). Prints one line per backend and the unsloth/hf ratio.
@@ -21,7 +22,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 export UNSLOTH_DISABLE_STATISTICS=1
 export APPLIANCE_HOME=${APPLIANCE_HOME:-/tmp/gpu-check/ws}
 for dir in "$@"; do
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
+  if [ -f "$dir" ]; then
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf "$dir"
+  else
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
+  fi
 done
 if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"; else export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; fi
 STEPS=${STEPS:-8} SEQ=${SEQ:-2048}
