@@ -12,7 +12,9 @@
 # (no weights downloaded), saved once to /tmp/gpu-check/base and loaded in NF4. Each backend runs
 # in its own process so torch.cuda.max_memory_allocated is its own; the memory planner's estimate
 # is printed beside it (appliance train plan). Prints one line per backend and the unsloth/hf ratio.
-# STATUS: written without a GPU (no device was lent to the sessions that wrote it); not yet run.
+# STATUS: not yet run on a GPU (2026-12-05: a session was lent one, but new loans stayed paused);
+# smoke-tested on CPU with a tiny shape (hf path, and unsloth's CPU path) and the tarball from
+# scripts/gpu_site.sh.
 # The hf path loads the base in NF4 with bf16 compute and trains with bf16=False (LoRA in fp32),
 # as appliance/train/backends.py does; unsloth trains in bf16.
 set -euo pipefail
