@@ -5,7 +5,7 @@
 
 Each line: ``time`` (UTC ISO), ``request_id``, ``response_id`` (the completion id, for feedback),
 ``endpoint``, ``key_id`` (None without a key), ``model`` (as served), ``adapter`` (None for the
-base), ``stream``, ``rag``, ``prompt_tokens``, ``completion_tokens``, ``ttft_s`` (first token from
+base), ``stream``, ``rag``, ``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s`` (first token from
 the engine), ``latency_s``, ``status`` (HTTP status), ``finish_reason``, ``error`` (the error code),
 ``redacted`` (whether the output filter replaced anything) and ``redacted_types`` (e.g. ``["email"]``).
 Never the text: prompts, completions and redacted values stay out of this file.

@@ -3,20 +3,34 @@
     appliance serve --model VERSION --parallel 4 --adapter legal=ADAPTER.gguf
 
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
-run at once, each in its own sequence id (its own slice of a non-unified KV cache). llama.cpp
+run at once, each in its own sequence id (its own stream of a non-unified KV cache). llama.cpp
 applies LoRA adapters per context, not per sequence, so every decode step serves one adapter
 group: the groups with running sequences take turns (round robin), and within a group the
 step decodes one token for every running sequence plus as much of the waiting prompts as the
 batch holds. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
-seed), its own stop strings and an exact ``max_tokens``.
+seed), its own stop strings and an exact ``max_tokens``. A finished request's KV stays in its
+slot for the next request with the same prefix (prefix_cache.py).
 
-``slots=1`` is the deterministic mode: no cross-request batching, so a greedy answer is the same
-token for token as the same request served alone.
+Batch invariance: a greedy answer is the same token for token whether its request runs alone or
+beside others, and whether its prompt prefix came from the cache or was prefilled. On this
+llama.cpp build (0.3.36, CPU) two kernels made a row's logits depend on its batch, each shown by
+``bench/serve_bench.py --invariance`` (logits of one row, max abs difference, Gemma 3 270M Q4_K_M):
+- repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K rows go through a 4-row gemm or
+  a 1-row gemv by their position in the batch; off here (the model is loaded without them);
+- the tiled K-quant matmul (ggml-cpu/tiled/tiled.cpp) takes only batches of 8 rows or more,
+  smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM_FORCE=1`` sends
+  every row count to the tiled kernel (set below, before llama.cpp's first matmul reads it);
+- flash attention on the CPU splits the KV of a lone query row across threads once the KV holds
+  512 cells (``use_split_kv_path`` in ggml-cpu/ops.cpp) and tiles many-row prefills; it is off
+  here (plain attention: per-stream matmuls and softmax that are row-count invariant).
+llamafile's sgemm (batches of 2+ rows) and vec_dot (1 row) agree bit for bit on the Q5_0/Q8_0
+rows of these models, measured; ubatch splits are harmless once every kernel is row invariant.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import queue
 import random
 import threading
@@ -24,7 +38,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.serve.prefix_cache import PrefixCache
 from appliance.serve.sampling import build_sampler
+
+# ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
+os.environ.setdefault("GGML_CPU_TILED_MM_FORCE", "1")
+DEFAULT_PREFIX_CACHE_MIB = 256
 
 
 class PromptTooLong(ValueError):
@@ -58,6 +77,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     timings: dict[str, float]
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -75,6 +95,8 @@ class Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
     n_prefilled: int = 0
+    cached: int = 0       # prompt tokens taken from the prefix cache
+    n_past: int = 0       # tokens whose KV is in the slot (positions 0..n_past-1)
     generated: list[int] = field(default_factory=list)
     held: str = ""
     submitted: float = field(default_factory=time.perf_counter)
@@ -91,7 +113,8 @@ class Sequence:
 class Scheduler:
     """Owns the llama.cpp context; ``submit`` hands it a sequence, events come back on its queue."""
 
-    def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512) -> None:
+    def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_MIB << 20) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -107,6 +130,8 @@ class Scheduler:
         params.n_ubatch = n_batch
         params.n_seq_max = slots
         params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # batch invariance (module doc)
+        params.swa_full = True  # sliding-window layers keep every position: prefixes stay reusable, cells stay in order
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
@@ -115,10 +140,11 @@ class Scheduler:
         self.n_vocab = model.n_vocab()
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
-        self._current_adapter: str | None = None
+        self._current_adapter: int | None = None  # the address of the adapter set on the context
         self._pending: list[Sequence] = []
         self._running: list[Sequence] = []
         self._free_slots = list(range(slots))
+        self.cache = PrefixCache(slots, prefix_cache_bytes)
         self._group_turn = 0
         self._cv = threading.Condition()
         self._stopping = False
@@ -143,7 +169,7 @@ class Scheduler:
         with self._cv:
             if name not in self._adapters:
                 raise UnknownModel(f"no adapter named {name!r}")
-            self._adapters.pop(name)
+            self.cache.forget_adapter(_address(self._adapters.pop(name)))
 
     def adapter_names(self) -> list[str]:
         with self._cv:
@@ -175,6 +201,11 @@ class Scheduler:
     def load(self) -> dict[str, int]:
         with self._cv:
             return {"running": len(self._running), "waiting": len(self._pending), "slots": self.slots}
+
+    def cache_stats(self) -> dict[str, int]:
+        """The prefix cache's counters (lookups, hits, cached tokens, host entries and bytes)."""
+        with self._cv:
+            return self.cache.stats()
 
     def close(self) -> None:
         with self._cv:
@@ -209,9 +240,37 @@ class Scheduler:
             if seq.cancelled.is_set():
                 seq.sampler.close()
                 continue
-            seq.slot = self._free_slots.pop(0)
-            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            key = _address(seq.pointer)
+            plan = self.cache.plan(seq.prompt, key, self._free_slots)
+            self._free_slots.remove(plan.slot)
+            memory = self.ctx.memory
+            if plan.save is not None:
+                self._save(plan.slot, plan.save)
+            keep = plan.keep
+            if plan.restore is not None and not self._restore(plan.slot, plan.restore):
+                keep = 0
+            self._llama_cpp.llama_memory_seq_rm(memory, plan.slot, keep, -1)
+            seq.slot, seq.n_prefilled, seq.cached, seq.n_past = plan.slot, keep, keep, keep
             self._running.append(seq)
+
+    def _save(self, slot: int, entry) -> None:
+        """Copy a slot's KV out to the host tier before the slot is overwritten."""
+        size = self._llama_cpp.llama_state_seq_get_size(self.ctx.ctx, slot)
+        if not size or size > self.cache.host_limit:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = self._llama_cpp.llama_state_seq_get_data(self.ctx.ctx, buffer, size, slot)
+        if written:
+            self.cache.store(entry, bytes(buffer)[:written])
+
+    def _restore(self, slot: int, entry) -> bool:
+        data = entry.data
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        if self._llama_cpp.llama_state_seq_set_data(self.ctx.ctx, buffer, len(data), slot):
+            return True
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        return False
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._running if s.cancelled.is_set()]:
@@ -230,7 +289,8 @@ class Scheduler:
             return
         group = groups[self._group_turn % len(groups)]
         self._group_turn += 1
-        members = [s for s in self._running if s.adapter == group]
+        # by slot: llama.cpp puts only consecutive sequence ids of a non-unified cache in one ubatch
+        members = sorted((s for s in self._running if s.adapter == group), key=lambda s: s.slot)
         self._use_adapter(group, members[0])
 
         batch = self.batch.batch
@@ -250,18 +310,22 @@ class Scheduler:
             if not seq.prefilling:
                 add(seq.generated[-1], len(seq.prompt) + len(seq.generated) - 1, seq.slot, True)
                 sample_at.append((seq, n - 1))
+                seq.n_past += 1
         for seq in members:  # then as much prompt as the batch still holds
             if seq.prefilling and n < self.n_batch:
                 take = min(self.n_batch - n, len(seq.prompt) - seq.n_prefilled)
                 for i in range(seq.n_prefilled, seq.n_prefilled + take):
                     add(seq.prompt[i], i, seq.slot, False)
                 seq.n_prefilled += take
+                seq.n_past = seq.n_prefilled
                 if not seq.prefilling:
                     batch.logits[n - 1] = True
                     sample_at.append((seq, n - 1))
         batch.n_tokens = n
         code = self._llama_cpp.llama_decode(self.ctx.ctx, batch)
         if code != 0:
+            for seq in members:  # what llama.cpp kept of this step is unknown: no slot of it is reused
+                seq.n_past = 0
             raise RuntimeError(f"llama_decode failed with code {code}")
         self.steps += 1
         for seq, index in sample_at:
@@ -269,7 +333,8 @@ class Scheduler:
             self._advance(seq, token)
 
     def _use_adapter(self, name: str | None, seq: Sequence) -> None:
-        if name == self._current_adapter:
+        # by handle, not name: an adapter removed and added again under its name is another adapter
+        if _address(seq.pointer) == self._current_adapter:
             return
         started = time.perf_counter()
         if name is None:
@@ -278,7 +343,7 @@ class Scheduler:
             pointers = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(seq.pointer)
             scales = (ctypes.c_float * 1)(1.0)
             self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, pointers, 1, scales)
-        self._current_adapter = name
+        self._current_adapter = _address(seq.pointer)
         self.adapter_switches += 1
         self.switch_seconds += time.perf_counter() - started
 
@@ -320,7 +385,13 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str = "stop", failure: BaseException | None = None) -> None:
         if seq in self._running:
             self._running.remove(seq)
-            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            if failure is None and seq.n_past > 0:  # its KV stays for the next request with this prefix
+                kept = (seq.prompt + seq.generated)[:seq.n_past]
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, seq.n_past, -1)
+                self.cache.keep_resident(seq.slot, kept, _address(seq.pointer))
+            else:
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+                self.cache.drop_resident(seq.slot)
             self._free_slots.append(seq.slot)
             self._free_slots.sort()
         if seq.sampler is not None:
@@ -338,8 +409,16 @@ class Scheduler:
             reason=reason,
             prompt_tokens=len(seq.prompt),
             completion_tokens=len(seq.generated),
+            cached_tokens=seq.cached,
             timings={"queue_and_prompt_s": round(first - seq.submitted, 6), "total_s": round(end - seq.submitted, 6)},
         ))
+
+
+def _address(pointer: Any) -> int | None:
+    """A llama.cpp handle as a number (None for no adapter)."""
+    if pointer is None:
+        return None
+    return ctypes.cast(pointer, ctypes.c_void_p).value
 
 
 def _partial_stop_suffix(text: str, stops: list[str]) -> int:
