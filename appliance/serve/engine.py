@@ -31,7 +31,10 @@ __all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong"]
 class Engine:
     def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None,
                  adapters: dict[str, Path] | None = None, slots: int = 1,
-                 prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB) -> None:
+                 prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB, chat_template: str | None = None) -> None:
+        """``prefix_cache_mib`` bounds the prefix cache's host tier (0: only what the slots hold;
+        None: no prefix cache, every request prefills its whole prompt). ``chat_template`` serves a
+        GGUF that carries none (a benchmark on a raw file); a served version always has its own."""
         import llama_cpp
         from llama_cpp import _internals, _logger
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -47,7 +50,7 @@ class Engine:
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_extra_bufts = False  # no CPU_REPACK: its kernels are not batch invariant (scheduler.py)
         self._model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
-        template = metadata.get("tokenizer.chat_template")
+        template = metadata.get("tokenizer.chat_template") or chat_template
         if not template:
             raise ValueError(f"{self.model_path.name} carries no chat template; export it again")
         bos, eos = self._model.token_bos(), self._model.token_eos()
@@ -57,7 +60,7 @@ class Engine:
             bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
         self._scheduler = Scheduler(self._model, self.n_ctx, self.slots, n_threads or max(1, os.cpu_count() or 1),
-                                    prefix_cache_bytes=max(0, prefix_cache_mib) << 20)
+                                    prefix_cache_bytes=None if prefix_cache_mib is None else max(0, prefix_cache_mib) << 20)
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
 

@@ -56,7 +56,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class PrefixCache:
     """Bookkeeping only; the scheduler does the llama.cpp copies a :class:`Plan` asks for."""
 
-    def __init__(self, slots: int, host_bytes: int, min_tokens: int = 32) -> None:
+    def __init__(self, slots: int, host_bytes: int, min_tokens: int = 32, enabled: bool = True) -> None:
+        self.enabled = enabled  # off: every request prefills its whole prompt (a reference to compare with)
         self.resident: list[Entry | None] = [None] * slots
         self.host: OrderedDict[int, Entry] = OrderedDict()
         self.host_limit = host_bytes
@@ -124,7 +125,7 @@ class PrefixCache:
 
     def keep_resident(self, slot: int, tokens: list[int], adapter: int | None) -> None:
         """A finished request's KV stays in its slot."""
-        self.resident[slot] = Entry(list(tokens), adapter) if tokens else None
+        self.resident[slot] = Entry(list(tokens), adapter) if tokens and self.enabled else None
 
     def drop_resident(self, slot: int) -> None:
         self.resident[slot] = None

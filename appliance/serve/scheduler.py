@@ -114,7 +114,7 @@ class Scheduler:
     """Owns the llama.cpp context; ``submit`` hands it a sequence, events come back on its queue."""
 
     def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512,
-                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_MIB << 20) -> None:
+                 prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_MIB << 20) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -144,7 +144,8 @@ class Scheduler:
         self._pending: list[Sequence] = []
         self._running: list[Sequence] = []
         self._free_slots = list(range(slots))
-        self.cache = PrefixCache(slots, prefix_cache_bytes)
+        # None: no prefix cache at all; 0: only the slots' own (no host copies)
+        self.cache = PrefixCache(slots, prefix_cache_bytes or 0, enabled=prefix_cache_bytes is not None)
         self._group_turn = 0
         self._cv = threading.Condition()
         self._stopping = False
