@@ -192,8 +192,6 @@ def llama_server(binary: Path, base: Path, adapters: dict[str, Path], threads: i
 def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float, str]:
     """(latency s, completion tokens, time to first token s, text) of one greedy request."""
     body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0.0, "stream": stream, **model_field}
-    if "lora" in model_field or model_field.get("cache_prompt") is False:
-        body["cache_prompt"] = False  # llama-server: no prompt cache, like ours (each request prefills its prompt)
     started = time.perf_counter()
     if not stream:
         reply = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
@@ -308,11 +306,11 @@ def measure_llama_server(binary: Path, base: Path, adapters: dict[str, Path], ar
     out: dict = {}
     try:
         completion(server.url, {})
-        out["llama"] = {c: load(server.url, c, args.requests, [{"cache_prompt": False}]) for c in CLIENTS}
+        # both servers reuse cached prompt prefixes (llama-server's cache_prompt is on by default)
+        out["llama"] = {c: load(server.url, c, args.requests, [{}]) for c in CLIENTS}
         spread = [{"lora": [{"id": i, "scale": 1.0}]} for i in range(len(adapters))]
         out["llama_adapters"] = {c: load(server.url, c, args.requests, spread) for c in CLIENTS}
-        out["llama_ttft"] = statistics.median(completion(server.url, {"cache_prompt": False}, stream=True)[2]
-                                              for _ in range(5))
+        out["llama_ttft"] = statistics.median(completion(server.url, {}, stream=True)[2] for _ in range(5))
     finally:
         server.stop()
     return out

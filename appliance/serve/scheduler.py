@@ -6,8 +6,8 @@ One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``sl
 run at once, each in its own sequence id (its own stream of a non-unified KV cache). llama.cpp
 applies LoRA adapters per context, not per sequence, so every decode step serves one adapter
 group: the groups with running sequences take turns (round robin), and within a group the
-step decodes one token for every running sequence plus as much of the waiting prompts as the
-batch holds. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
+step decodes one token for every running sequence, then prefills the next chunk of one waiting
+prompt. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
 seed), its own stop strings and an exact ``max_tokens``. A finished request's KV stays in its
 slot for the next request with the same prefix (prefix_cache.py).
 
@@ -294,44 +294,43 @@ class Scheduler:
         members = sorted((s for s in self._running if s.adapter == group), key=lambda s: s.slot)
         self._use_adapter(group, members[0])
 
-        batch = self.batch.batch
-        n = 0
-        sample_at: list[tuple[Sequence, int]] = []
+        # one llama_decode for the group's generating rows, then one for a single prompt's next
+        # chunk: a batch never mixes prompts with each other or with decode rows, the regime
+        # bench/batch_invariance.py measured row for row
+        decoding = [s for s in members if not s.prefilling]
+        if decoding:
+            rows = [(s.generated[-1], len(s.prompt) + len(s.generated) - 1, s.slot, True) for s in decoding]
+            self._decode(rows, decoding)
+            for seq in decoding:
+                seq.n_past += 1
+            for i, seq in enumerate(decoding):
+                self._advance(seq, seq.sampler.sample(self.ctx, i))
+        prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
+        if prefilling is not None:
+            seq = prefilling
+            start = seq.n_prefilled
+            stop = min(len(seq.prompt), start + self.n_batch)
+            self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
+            seq.n_prefilled = seq.n_past = stop
+            if not seq.prefilling:
+                self._advance(seq, seq.sampler.sample(self.ctx, stop - start - 1))
 
-        def add(token: int, pos: int, slot: int, logits: bool) -> None:
-            nonlocal n
+    def _decode(self, rows: list[tuple[int, int, int, bool]], seqs: list[Sequence]) -> None:
+        """One llama_decode of (token, position, slot, wants logits) rows."""
+        batch = self.batch.batch
+        for n, (token, pos, slot, logits) in enumerate(rows):
             batch.token[n] = token
             batch.pos[n] = pos
             batch.seq_id[n][0] = slot
             batch.n_seq_id[n] = 1
             batch.logits[n] = logits
-            n += 1
-
-        for seq in members:  # one token for every sequence already generating
-            if not seq.prefilling:
-                add(seq.generated[-1], len(seq.prompt) + len(seq.generated) - 1, seq.slot, True)
-                sample_at.append((seq, n - 1))
-                seq.n_past += 1
-        for seq in members:  # then as much prompt as the batch still holds
-            if seq.prefilling and n < self.n_batch:
-                take = min(self.n_batch - n, len(seq.prompt) - seq.n_prefilled)
-                for i in range(seq.n_prefilled, seq.n_prefilled + take):
-                    add(seq.prompt[i], i, seq.slot, False)
-                seq.n_prefilled += take
-                seq.n_past = seq.n_prefilled
-                if not seq.prefilling:
-                    batch.logits[n - 1] = True
-                    sample_at.append((seq, n - 1))
-        batch.n_tokens = n
+        batch.n_tokens = len(rows)
         code = self._llama_cpp.llama_decode(self.ctx.ctx, batch)
         if code != 0:
-            for seq in members:  # what llama.cpp kept of this step is unknown: no slot of it is reused
+            for seq in seqs:  # what llama.cpp kept of this step is unknown: no slot of it is reused
                 seq.n_past = 0
             raise RuntimeError(f"llama_decode failed with code {code}")
         self.steps += 1
-        for seq, index in sample_at:
-            token = seq.sampler.sample(self.ctx, index)
-            self._advance(seq, token)
 
     def _use_adapter(self, name: str | None, seq: Sequence) -> None:
         # by handle, not name: an adapter removed and added again under its name is another adapter

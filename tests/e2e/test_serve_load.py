@@ -67,11 +67,14 @@ def admission(url: str) -> dict[str, float]:
 
 
 def hold_every_slot(url: str, model: str) -> list:
-    """Open one long stream per slot (a grammar for more booleans than the context holds) and read
-    its first chunk: every slot is taken until the streams are closed."""
+    """Open one long stream per slot (a grammar for more items than the context holds) and read
+    its first chunk: every slot is taken until the streams end. Each item is one of 300 words, a
+    grammar slow to sample (about 2.5 s per 1,000 tokens here, 10x a grammar of booleans), so the
+    streams outlast the burst's arrival on a loaded machine."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    words = [f"item{i:03d}-{'abcdefghij'[i % 10] * (i % 7 + 3)}" for i in range(300)]
     flags = {"type": "json_schema", "json_schema": {"name": "flags", "schema": {
-        "type": "array", "items": {"type": "boolean"}, "minItems": 2000, "maxItems": 2000}}}
+        "type": "array", "items": {"enum": words}, "minItems": 2000, "maxItems": 2000}}}
     streams = []
     for _ in range(SLOTS):
         stream = client.completions.create(model=model, prompt="Vault", max_tokens=1000, temperature=0, stream=True,
