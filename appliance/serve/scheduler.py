@@ -13,18 +13,19 @@ slot for the next request with the same prefix (prefix_cache.py).
 
 Batch invariance: a greedy answer is the same token for token whether its request runs alone or
 beside others, and whether its prompt prefix came from the cache or was prefilled. On this
-llama.cpp build (0.3.36, CPU) two kernels made a row's logits depend on its batch, each shown by
-``bench/serve_bench.py --invariance`` (logits of one row, max abs difference, Gemma 3 270M Q4_K_M):
+llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, each reproduced by
+``bench/batch_invariance.py`` (one row's logits, Gemma 3 270M Q4_K_M; figures in bench/README.md):
 - repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K rows go through a 4-row gemm or
-  a 1-row gemv by their position in the batch; off here (the model is loaded without them);
+  a 1-row gemv by their position in the batch; off here (engine.py loads models without them);
 - the tiled K-quant matmul (ggml-cpu/tiled/tiled.cpp) takes only batches of 8 rows or more,
   smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM_FORCE=1`` sends
   every row count to the tiled kernel (set below, before llama.cpp's first matmul reads it);
-- flash attention on the CPU splits the KV of a lone query row across threads once the KV holds
-  512 cells (``use_split_kv_path`` in ggml-cpu/ops.cpp) and tiles many-row prefills; it is off
-  here (plain attention: per-stream matmuls and softmax that are row-count invariant).
-llamafile's sgemm (batches of 2+ rows) and vec_dot (1 row) agree bit for bit on the Q5_0/Q8_0
-rows of these models, measured; ubatch splits are harmless once every kernel is row invariant.
+- flash attention on the CPU splits a lone query row's KV across threads once the KV holds 512
+  cells (``use_split_kv_path`` in ggml-cpu/ops.cpp); off here (plain attention);
+- a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
+  departed from solo; each step now decodes the generating rows in one call and one prompt's
+  next chunk in another.
+llamafile's sgemm (2+ rows) and vec_dot (1 row) agreed bit for bit on the Q5_0/Q8_0 rows measured.
 """
 from __future__ import annotations
 
