@@ -18,7 +18,8 @@ already there. Two tiers:
 Reuse is exact: the KV bytes are the ones a fresh prefill of the same tokens computes, because
 the scheduler runs llama.cpp in its batch-invariant configuration (scheduler.py). A prefix is
 reused only under the adapter (llama.cpp handle) it was computed with, since LoRA changes K and
-V; at least the prompt's last token is always prefilled again, for its logits.
+V; at least the prompt's last two tokens are always prefilled again (the last one for its logits,
+two because a one-row prefill is not batch invariant).
 """
 from __future__ import annotations
 
@@ -70,10 +71,11 @@ class PrefixCache:
 
     @staticmethod
     def usable(entry: Entry | None, prompt: list[int], adapter: int | None) -> int:
-        """Prompt tokens ``entry`` can supply: its common prefix, leaving the last token to prefill."""
+        """Prompt tokens ``entry`` can supply: its common prefix, leaving the last two tokens to prefill
+        (a one-row prefill is not batch invariant, scheduler.py)."""
         if entry is None or entry.adapter != adapter:
             return 0
-        return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 1))
+        return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 2))
 
     def plan(self, prompt: list[int], adapter: int | None, free: list[int]) -> Plan:
         """The slot among ``free`` for a request, and the prefix it keeps there."""

@@ -18,8 +18,12 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
 - repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K rows go through a 4-row gemm or
   a 1-row gemv by their position in the batch; off here (engine.py loads models without them);
 - the tiled K-quant matmul (ggml-cpu/tiled/tiled.cpp) takes only batches of 8 rows or more,
-  smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM_FORCE=1`` sends
-  every row count to the tiled kernel (set below, before llama.cpp's first matmul reads it);
+  smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM=0`` keeps every
+  row count on vec_dot (set below, before llama.cpp's first matmul reads it; forcing the tiled
+  kernel for every row count is invariant too, but made a one-row decode step 5-8x slower);
+- a prompt row prefilled alone differs from the same row prefilled among others (0.74 logits on
+  Gemma; two rows or more agree with any larger batch), so no prefill call has fewer than two rows
+  unless the whole prompt is one token, and a cached prefix leaves at least two prompt tokens;
 - flash attention on the CPU splits a lone query row's KV across threads once the KV holds 512
   cells (``use_split_kv_path`` in ggml-cpu/ops.cpp); off here (plain attention);
 - a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
@@ -43,7 +47,7 @@ from appliance.serve.prefix_cache import PrefixCache
 from appliance.serve.sampling import build_sampler
 
 # ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
-os.environ.setdefault("GGML_CPU_TILED_MM_FORCE", "1")
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 DEFAULT_PREFIX_CACHE_MIB = 256
 
 
@@ -311,6 +315,8 @@ class Scheduler:
             seq = prefilling
             start = seq.n_prefilled
             stop = min(len(seq.prompt), start + self.n_batch)
+            if len(seq.prompt) - stop == 1:  # never leave a one-row chunk (module doc)
+                stop -= 1
             self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
             seq.n_prefilled = seq.n_past = stop
             if not seq.prefilling:
