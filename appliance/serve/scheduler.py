@@ -29,7 +29,9 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
 - a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
   departed from solo; each step now decodes the generating rows in one call and one prompt's
   next chunk in another.
-llamafile's sgemm (2+ rows) and vec_dot (1 row) agreed bit for bit on the Q5_0/Q8_0 rows measured.
+- a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): an adapter step never
+  runs a row alone in its ubatch (``_padding``).
 """
 from __future__ import annotations
 
@@ -130,10 +132,11 @@ class Scheduler:
         self.n_ctx = n_ctx_per_seq
         self.n_batch = n_batch
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_seq * slots
+        # one stream more than the slots: a scratch sequence for padding rows (``_padding``)
+        params.n_ctx = n_ctx_per_seq * (slots + 1)
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = slots
+        params.n_seq_max = slots + 1
         params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # batch invariance (module doc)
         params.swa_full = True  # sliding-window layers keep every position: prefixes stay reusable, cells stay in order
@@ -305,11 +308,19 @@ class Scheduler:
         decoding = [s for s in members if not s.prefilling]
         if decoding:
             rows = [(s.generated[-1], len(s.prompt) + len(s.generated) - 1, s.slot, True) for s in decoding]
-            self._decode(rows, decoding)
+            padding = self._padding(decoding) if group is not None else []
+            rows = sorted(rows + [(decoding[0].generated[-1], pos, slot, True) for slot, pos in padding],
+                          key=lambda row: row[2])
+            index = {row[2]: i for i, row in enumerate(rows)}
+            try:
+                self._decode(rows, decoding)
+            finally:
+                for slot, pos in padding:
+                    self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, pos, pos + 1)
             for seq in decoding:
                 seq.n_past += 1
-            for i, seq in enumerate(decoding):
-                self._advance(seq, seq.sampler.sample(self.ctx, i))
+            for seq in decoding:
+                self._advance(seq, seq.sampler.sample(self.ctx, index[seq.slot]))
         prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
         if prefilling is not None:
             seq = prefilling
@@ -321,6 +332,28 @@ class Scheduler:
             seq.n_prefilled = seq.n_past = stop
             if not seq.prefilling:
                 self._advance(seq, seq.sampler.sample(self.ctx, stop - start - 1))
+
+    def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
+        """(slot, position) of one throwaway row beside each row that would sit alone in its ubatch.
+
+        llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
+        matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
+        differently (15/16 identical over 3 adapters at 8 clients without this); so an adapter
+        step never runs a row alone. The row is appended to a neighbouring slot's KV (its
+        request, its cached prefix, or nothing) and removed after the step."""
+        taken = {s.slot for s in decoding}
+        padding = []
+        for seq in decoding:
+            if seq.slot - 1 in taken or seq.slot + 1 in taken:
+                continue
+            slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
+            padding.append((slot, self._end(slot)))
+            taken.add(slot)
+        return padding
+
+    def _end(self, slot: int) -> int:
+        """The position after the last token whose KV ``slot`` holds."""
+        return self._llama_cpp.llama_memory_seq_pos_max(self.ctx.memory, slot) + 1
 
     def _decode(self, rows: list[tuple[int, int, int, bool]], seqs: list[Sequence]) -> None:
         """One llama_decode of (token, position, slot, wants logits) rows."""
@@ -392,7 +425,7 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str = "stop", failure: BaseException | None = None) -> None:
         if seq in self._running:
             self._running.remove(seq)
-            if failure is None and seq.n_past > 0:  # its KV stays for the next request with this prefix
+            if failure is None and seq.n_past > 0 and self.cache.enabled:  # its KV stays for the next request
                 kept = (seq.prompt + seq.generated)[:seq.n_past]
                 self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, seq.n_past, -1)
                 self.cache.keep_resident(seq.slot, kept, _address(seq.pointer))
