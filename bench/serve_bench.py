@@ -3,6 +3,8 @@
     .venv/bin/python bench/serve_bench.py [--threads 2] [--repeats 3] [--rounds 5] [--requests 3]
     .venv/bin/python bench/serve_bench.py --smoke --no-llama-server     # a tiny model, one repeat: minutes
     .venv/bin/python bench/serve_bench.py --decode-identity [--smoke]    # the decode-identity experiment only
+    .venv/bin/python bench/serve_bench.py --engine-gguf /tmp/gemma/gemma-3-270m-q4_k_m.gguf [--threads 1]
+                                           # in-process engine on any GGUF: identity, tok/s, prefix-cache TTFT
 
 In one run, on the same Q4_K_M GGUF of a ~100M-parameter random Llama (built locally, with three
 random LoRA adapters), with the same threads:
@@ -22,6 +24,13 @@ llama-server baseline (1.7 tok/s, p99 110 s) once printed an 88x ratio without a
 llama-server comes from bench/build_llama_server.sh (cached build, about 7-15 minutes the first
 time); without it the llama-server columns say so and are skipped. Figures go to
 bench/serve_bench.last.json.
+
+``--engine-gguf PATH`` measures the in-process engine alone on any GGUF (the real Gemma 3 270M
+file, which carries no chat template: completions only), in one run: greedy identity of 8 prompts
+x 48 tokens served 4 and 8 at a time against each served alone (the issue's real-model figure),
+aggregate tok/s at 1/4/8 clients, and time to first token of a request whose ~1,000-token prefix
+is in the prefix cache against the same request with the cache off (alternating, medians).
+Figures go to bench/serve_bench.engine.last.json.
 
 ``--decode-identity`` runs only the in-process experiment behind bench/README.md's decode-identity
 figures: 8 identical greedy requests, prompts prefilled one sequence at a time, then decoded with
@@ -183,8 +192,6 @@ def llama_server(binary: Path, base: Path, adapters: dict[str, Path], threads: i
 def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float, str]:
     """(latency s, completion tokens, time to first token s, text) of one greedy request."""
     body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0.0, "stream": stream, **model_field}
-    if "lora" in model_field or model_field.get("cache_prompt") is False:
-        body["cache_prompt"] = False  # llama-server: no prompt cache, like ours (each request prefills its prompt)
     started = time.perf_counter()
     if not stream:
         reply = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
@@ -299,11 +306,11 @@ def measure_llama_server(binary: Path, base: Path, adapters: dict[str, Path], ar
     out: dict = {}
     try:
         completion(server.url, {})
-        out["llama"] = {c: load(server.url, c, args.requests, [{"cache_prompt": False}]) for c in CLIENTS}
+        # both servers reuse cached prompt prefixes (llama-server's cache_prompt is on by default)
+        out["llama"] = {c: load(server.url, c, args.requests, [{}]) for c in CLIENTS}
         spread = [{"lora": [{"id": i, "scale": 1.0}]} for i in range(len(adapters))]
         out["llama_adapters"] = {c: load(server.url, c, args.requests, spread) for c in CLIENTS}
-        out["llama_ttft"] = statistics.median(completion(server.url, {"cache_prompt": False}, stream=True)[2]
-                                              for _ in range(5))
+        out["llama_ttft"] = statistics.median(completion(server.url, {}, stream=True)[2] for _ in range(5))
     finally:
         server.stop()
     return out
@@ -322,6 +329,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny model, by default one repeat of one round and one request: checks that the "
                              "bench runs (its figures mean nothing)")
+    parser.add_argument("--engine-gguf", type=Path, default=None,
+                        help="only the in-process engine figures on this GGUF (identity, tok/s, prefix-cache TTFT)")
     parser.add_argument("--decode-identity", action="store_true",
                         help="only the in-process batched vs row-wise decode identity experiment")
     args = parser.parse_args()
@@ -329,6 +338,12 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, 1 if args.smoke else default)
 
+    if args.engine_gguf:
+        results = engine_figures(args.engine_gguf, args.threads, args.repeats)
+        out = ROOT / "bench" / "serve_bench.engine.last.json"
+        out.write_text(json.dumps({"args": vars(args), **results}, indent=2, default=str))
+        print(f"figures: {out.relative_to(ROOT)}")
+        return
     base, adapters, folder = build_model(args.threads, smoke=args.smoke)
     print(f"model: random Llama, {params_count(folder) / 1e6:.1f}M parameters, {base.name} "
           f"({base.stat().st_size / 1e6:.1f} MB), {args.threads} threads, prompt ~{len(PROMPT.split())} words, "
@@ -444,6 +459,104 @@ def report(r: dict) -> None:
         print(f"WARNING: {line}")
     if not r["warnings"]:
         print("no measurement looked stalled or out of line")
+
+
+# -- the in-process engine on any GGUF ----------------------------------------------------------
+RAW_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+QUESTIONS = ["Summarise the calibration policy:", "Who signs the calibration record?",
+             "List the reference instruments:", "When is a sensor recalibrated?",
+             "What does the audit check?", "Describe the technician's duties:",
+             "How long are records kept?", "What happens when a check fails?"]
+
+
+def engine_figures(gguf: Path, threads: int, repeats: int) -> dict:
+    from appliance.serve.engine import Engine, SamplingParams
+
+    greedy = SamplingParams(max_tokens=48, temperature=0.0)
+    prompts = [f"{PROMPT} {q}" for q in QUESTIONS]
+    out: dict = {"gguf": str(gguf), "threads": threads}
+    engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, prefix_cache_mib=None,
+                    chat_template=RAW_TEMPLATE)
+    try:
+        def text(prompt: str) -> tuple[str, int]:
+            r = engine.complete(prompt, greedy)
+            return r["choices"][0]["text"], r["usage"]["completion_tokens"]
+
+        solo = [text(p)[0] for p in prompts]
+        for clients in (1, 4, 8):
+            same, tokens, latencies = [0], [0], []
+            lock = threading.Lock()
+
+            def client(i: int) -> None:
+                for j in range(i, len(prompts), clients):
+                    started = time.perf_counter()
+                    got, n = text(prompts[j])
+                    with lock:
+                        latencies.append(time.perf_counter() - started)
+                        same[0] += got == solo[j]
+                        tokens[0] += n
+
+            started = time.perf_counter()
+            workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            wall = time.perf_counter() - started
+            out[f"{clients} clients"] = {"identical_to_solo": f"{same[0]}/{len(prompts)}", "tok_s": tokens[0] / wall,
+                                         "p50": statistics.median(latencies), "max": max(latencies)}
+            print(f"{clients} clients: {same[0]}/{len(prompts)} greedy answers identical to solo, "
+                  f"{tokens[0] / wall:.1f} tok/s aggregate, p50 {statistics.median(latencies):.2f} s", flush=True)
+    finally:
+        engine.close()
+    out["prefix_cache_ttft"] = prefix_ttft(gguf, threads, repeats)
+    return out
+
+
+def prefix_ttft(gguf: Path, threads: int, repeats: int) -> dict:
+    """Time to first token with a ~1,000-token shared prefix: cached (the prefix cache holds it)
+    vs not (the cache off), alternating; the answers must be identical."""
+    from appliance.serve.engine import Engine, SamplingParams
+
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    engines = {"cached": Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=2, chat_template=RAW_TEMPLATE),
+               "uncached": Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=2, prefix_cache_mib=None,
+                                  chat_template=RAW_TEMPLATE)}
+    try:
+        preamble = PROMPT
+        while engines["cached"].count_tokens(preamble) < 1000:
+            preamble += " " + PROMPT
+        times: dict[str, list[float]] = {"cached": [], "uncached": []}
+        texts: dict[str, list[str]] = {"cached": [], "uncached": []}
+        cached_tokens, prompt_tokens = [], 0
+        engines["cached"].complete(preamble + " Warm up:", params)  # puts the preamble in the cache
+        for r in range(max(3, repeats)):
+            prompt = f"{preamble} {QUESTIONS[r % len(QUESTIONS)]}"
+            for name, engine in engines.items():
+                started = time.perf_counter()
+                first, usage, parts = None, None, []
+                for chunk in engine.complete_stream(prompt, params):
+                    piece = chunk["choices"][0]["text"]
+                    if piece and first is None:
+                        first = time.perf_counter() - started
+                    parts.append(piece)
+                    usage = chunk.get("usage") or usage
+                times[name].append(first if first is not None else time.perf_counter() - started)
+                texts[name].append("".join(parts))
+                if name == "cached":
+                    cached_tokens.append(usage["prompt_tokens_details"]["cached_tokens"])
+                    prompt_tokens = usage["prompt_tokens"]
+        result = {"prompt_tokens": prompt_tokens, "cached_tokens": cached_tokens,
+                  "ttft_cached_s": statistics.median(times["cached"]), "ttft_uncached_s": statistics.median(times["uncached"]),
+                  "identical": f"{sum(a == b for a, b in zip(texts['cached'], texts['uncached']))}/{len(texts['cached'])}"}
+        print(f"prefix cache: {prompt_tokens}-token prompts, cached tokens {cached_tokens}: TTFT cached "
+              f"{result['ttft_cached_s'] * 1000:.0f} ms vs uncached {result['ttft_uncached_s'] * 1000:.0f} ms "
+              f"({result['ttft_uncached_s'] / result['ttft_cached_s']:.1f}x); answers identical {result['identical']}",
+              flush=True)
+        return result
+    finally:
+        for engine in engines.values():
+            engine.close()
 
 
 # -- the decode-identity experiment -------------------------------------------------------------

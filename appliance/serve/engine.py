@@ -3,7 +3,8 @@
     appliance serve --model VERSION [--parallel 4] [--adapter legal=ADAPTER.gguf ...]
     appliance ask "question"               (uses the engine in-process when no server runs)
 
-A request names ``BASE`` (the model version) or ``BASE:ADAPTER``. The GGUF's own chat template
+A request names ``BASE`` (the model version) or ``BASE:ADAPTER``. ``usage.prompt_tokens_details.cached_tokens``
+says how much of the prompt came from the prefix cache (prefix_cache.py). The GGUF's own chat template
 formats chat messages; generation stops at any end-of-generation token of the vocabulary (every
 end-of-turn token the converter recorded), at a stop string, or at exactly ``max_tokens``.
 Batching, adapter switching and sampling live in ``scheduler.py``; this module turns requests
@@ -21,7 +22,8 @@ from appliance.artefacts import ADAPTER_SEPARATOR, served_name, split_served_nam
 from appliance.export.gguf import read_metadata
 from appliance.serve.logprobs import chat_logprobs, completion_logprobs
 from appliance.serve.scheduler import (
-    Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence, UnknownModel,
+    DEFAULT_PREFIX_CACHE_MIB, Delta, Failed, Finished, PromptTooLong, SamplingParams, Scheduler, Sequence,
+    UnknownModel,
 )
 
 __all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong"]
@@ -29,7 +31,11 @@ __all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong"]
 
 class Engine:
     def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None,
-                 adapters: dict[str, Path] | None = None, slots: int = 1) -> None:
+                 adapters: dict[str, Path] | None = None, slots: int = 1,
+                 prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB, chat_template: str | None = None) -> None:
+        """``prefix_cache_mib`` bounds the prefix cache's host tier (0: only what the slots hold;
+        None: no prefix cache, every request prefills its whole prompt). ``chat_template`` serves a
+        GGUF that carries none (a benchmark on a raw file); a served version always has its own."""
         import llama_cpp
         from llama_cpp import _internals, _logger
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -43,8 +49,9 @@ class Engine:
         self.n_ctx = min(n_ctx, trained) if trained else n_ctx  # never beyond what the model was trained on
         self.slots = max(1, slots)
         model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = False  # no CPU_REPACK: its kernels are not batch invariant (scheduler.py)
         self._model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
-        template = metadata.get("tokenizer.chat_template")
+        template = metadata.get("tokenizer.chat_template") or chat_template
         if not template:
             raise ValueError(f"{self.model_path.name} carries no chat template; export it again")
         self.chat_template = template
@@ -54,7 +61,8 @@ class Engine:
             eos_token=self._model.token_get_text(eos) if eos != -1 else "",
             bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
-        self._scheduler = Scheduler(self._model, self.n_ctx, self.slots, n_threads or max(1, os.cpu_count() or 1))
+        self._scheduler = Scheduler(self._model, self.n_ctx, self.slots, n_threads or max(1, os.cpu_count() or 1),
+                                    prefix_cache_bytes=None if prefix_cache_mib is None else max(0, prefix_cache_mib) << 20)
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
 
@@ -84,6 +92,10 @@ class Engine:
     def load(self) -> dict[str, int]:
         """Running and waiting sequences, and the number of slots."""
         return self._scheduler.load()
+
+    def cache_stats(self) -> dict[str, int]:
+        """The prompt prefix cache: lookups, hits, cached tokens, host entries and bytes (prefix_cache.py)."""
+        return self._scheduler.cache_stats()
 
     def close(self) -> None:
         self._scheduler.close()
@@ -206,6 +218,7 @@ def _collect(events: Iterator[Delta | Finished]) -> tuple[str, Finished]:
     raise RuntimeError("generation ended without a result")
 
 
-def _usage(finished: Finished) -> dict[str, int]:
+def _usage(finished: Finished) -> dict:
     return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": finished.cached_tokens}}

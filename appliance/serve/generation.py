@@ -155,6 +155,7 @@ def _remember(server: ServerContext, ctx: RequestContext, key: ApiKey | None, re
     server.memory.remember(result["id"], Served(ctx.record["model"], messages, text, key.id if key else None,
                                                 ctx.record["request_id"], ctx.record.get("adapter")))
     server.finish(ctx, 200, response_id=result["id"], prompt_tokens=usage.get("prompt_tokens"),
+                  cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
                   completion_tokens=usage.get("completion_tokens"),
                   finish_reason=result["choices"][0].get("finish_reason"))
 

@@ -8,6 +8,7 @@ Each app gets its own registry (several apps in one test process never collide):
 - ``appliance_request_latency_seconds{endpoint,model}``: total latency (histogram);
 - ``appliance_time_to_first_token_seconds{endpoint,model}``: first token from the engine (histogram);
 - ``appliance_prompt_tokens_total{model}`` / ``appliance_completion_tokens_total{model}``;
+- ``appliance_cached_prompt_tokens_total{model}``: prompt tokens served from the prefix cache;
 - ``appliance_redactions_total{type}``: values the output filter replaced, by PII type;
 - ``appliance_requests_in_flight`` / ``appliance_requests_queued``: admitted to the engine / waiting;
 - ``appliance_generation_tokens_per_second{endpoint,model}``: each answer's completion tokens over
@@ -50,6 +51,8 @@ class Metrics:
                               ["endpoint", "model"], buckets=TTFT_BUCKETS, registry=r)
         self.prompt_tokens = Counter("appliance_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
         self.completion_tokens = Counter("appliance_completion_tokens", "Tokens generated.", ["model"], registry=r)
+        self.cached_tokens = Counter("appliance_cached_prompt_tokens", "Prompt tokens taken from the prefix cache.",
+                                     ["model"], registry=r)
         self.redactions = Counter("appliance_redactions", "Values replaced by the output filter.", ["type"],
                                   registry=r)
         self.in_flight = Gauge("appliance_requests_in_flight", "Requests admitted to the engine.", registry=r)
@@ -71,6 +74,8 @@ class Metrics:
             self.ttft.labels(endpoint, model).observe(record["ttft_s"])
         if record.get("prompt_tokens"):
             self.prompt_tokens.labels(model).inc(record["prompt_tokens"])
+        if record.get("cached_tokens"):
+            self.cached_tokens.labels(model).inc(record["cached_tokens"])
         if record.get("completion_tokens"):
             self.completion_tokens.labels(model).inc(record["completion_tokens"])
         for kind, count in (record.get("redaction_counts") or {}).items():

@@ -7,7 +7,7 @@
 Each line: ``time`` (UTC ISO, when the request finished), ``request_id``, ``response_id`` (the
 completion id, for feedback), ``endpoint``, ``key_id`` (None without a key), ``model`` (as served),
 ``version`` (the model version behind it), ``adapter`` (None for the base), ``stream``, ``rag``,
-``prompt_tokens``, ``completion_tokens``, ``ttft_s`` (first token from the engine), ``first_text_s``
+``prompt_tokens``, ``cached_tokens``, ``completion_tokens``, ``ttft_s`` (first token from the engine), ``first_text_s``
 (first text sent to the client, after the output filter held back what it must) and ``latency_s``
 (all counted from the request's arrival at the app, api.py),
 ``status`` (HTTP status: 429 when the queue was full), ``finish_reason``, ``error`` (the error

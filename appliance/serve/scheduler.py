@@ -3,20 +3,41 @@
     appliance serve --model VERSION --parallel 4 --adapter legal=ADAPTER.gguf
 
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
-run at once, each in its own sequence id (its own slice of a non-unified KV cache). llama.cpp
+run at once, each in its own sequence id (its own stream of a non-unified KV cache). llama.cpp
 applies LoRA adapters per context, not per sequence, so every decode step serves one adapter
 group: the groups with running sequences take turns (round robin), and within a group the
-step decodes one token for every running sequence plus as much of the waiting prompts as the
-batch holds. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
-seed), its own stop strings and an exact ``max_tokens``.
+step decodes one token for every running sequence, then prefills the next chunk of one waiting
+prompt. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
+seed), its own stop strings and an exact ``max_tokens``. A finished request's KV stays in its
+slot for the next request with the same prefix (prefix_cache.py).
 
-``slots=1`` is the deterministic mode: no cross-request batching, so a greedy answer is the same
-token for token as the same request served alone.
+Batch invariance: a greedy answer is the same token for token whether its request runs alone or
+beside others, and whether its prompt prefix came from the cache or was prefilled. On this
+llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, each reproduced by
+``bench/batch_invariance.py`` (one row's logits, Gemma 3 270M Q4_K_M; figures in bench/README.md):
+- repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K rows go through a 4-row gemm or
+  a 1-row gemv by their position in the batch; off here (engine.py loads models without them);
+- the tiled K-quant matmul (ggml-cpu/tiled/tiled.cpp) takes only batches of 8 rows or more,
+  smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM=0`` keeps every
+  row count on vec_dot (set below, before llama.cpp's first matmul reads it; forcing the tiled
+  kernel for every row count is invariant too, but made a one-row decode step 5-8x slower);
+- a prompt row prefilled alone differs from the same row prefilled among others (0.74 logits on
+  Gemma; two rows or more agree with any larger batch), so no prefill call has fewer than two rows
+  unless the whole prompt is one token, and a cached prefix leaves at least two prompt tokens;
+- flash attention on the CPU splits a lone query row's KV across threads once the KV holds 512
+  cells (``use_split_kv_path`` in ggml-cpu/ops.cpp); off here (plain attention);
+- a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
+  departed from solo; each step now decodes the generating rows in one call and one prompt's
+  next chunk in another.
+- a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): an adapter step never
+  runs a row alone in its ubatch (``_padding``).
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import queue
 import random
 import threading
@@ -25,7 +46,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.serve.logprobs import TokenLogprob, logprobs_at
+from appliance.serve.prefix_cache import PrefixCache
 from appliance.serve.sampling import build_sampler
+
+# ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+DEFAULT_PREFIX_CACHE_MIB = 256
 
 
 class PromptTooLong(ValueError):
@@ -64,6 +90,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     timings: dict[str, float]
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -81,6 +108,8 @@ class Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
     n_prefilled: int = 0
+    cached: int = 0       # prompt tokens taken from the prefix cache
+    n_past: int = 0       # tokens whose KV is in the slot (positions 0..n_past-1)
     generated: list[int] = field(default_factory=list)
     held: str = ""
     submitted: float = field(default_factory=time.perf_counter)
@@ -98,7 +127,8 @@ class Sequence:
 class Scheduler:
     """Owns the llama.cpp context; ``submit`` hands it a sequence, events come back on its queue."""
 
-    def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512) -> None:
+    def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512,
+                 prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_MIB << 20) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -109,11 +139,14 @@ class Scheduler:
         self.n_ctx = n_ctx_per_seq
         self.n_batch = n_batch
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx_per_seq * slots
+        # one stream more than the slots: a scratch sequence for padding rows (``_padding``)
+        params.n_ctx = n_ctx_per_seq * (slots + 1)
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = slots
+        params.n_seq_max = slots + 1
         params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # batch invariance (module doc)
+        params.swa_full = True  # sliding-window layers keep every position: prefixes stay reusable, cells stay in order
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
@@ -122,10 +155,12 @@ class Scheduler:
         self.n_vocab = model.n_vocab()
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
-        self._current_adapter: str | None = None
+        self._current_adapter: int | None = None  # the address of the adapter set on the context
         self._pending: list[Sequence] = []
         self._running: list[Sequence] = []
         self._free_slots = list(range(slots))
+        # None: no prefix cache at all; 0: only the slots' own (no host copies)
+        self.cache = PrefixCache(slots, prefix_cache_bytes or 0, enabled=prefix_cache_bytes is not None)
         self._group_turn = 0
         self._cv = threading.Condition()
         self._stopping = False
@@ -150,7 +185,7 @@ class Scheduler:
         with self._cv:
             if name not in self._adapters:
                 raise UnknownModel(f"no adapter named {name!r}")
-            self._adapters.pop(name)
+            self.cache.forget_adapter(_address(self._adapters.pop(name)))
 
     def adapter_names(self) -> list[str]:
         with self._cv:
@@ -182,6 +217,11 @@ class Scheduler:
     def load(self) -> dict[str, int]:
         with self._cv:
             return {"running": len(self._running), "waiting": len(self._pending), "slots": self.slots}
+
+    def cache_stats(self) -> dict[str, int]:
+        """The prefix cache's counters (lookups, hits, cached tokens, host entries and bytes)."""
+        with self._cv:
+            return self.cache.stats()
 
     def close(self) -> None:
         with self._cv:
@@ -216,9 +256,37 @@ class Scheduler:
             if seq.cancelled.is_set():
                 seq.sampler.close()
                 continue
-            seq.slot = self._free_slots.pop(0)
-            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            key = _address(seq.pointer)
+            plan = self.cache.plan(seq.prompt, key, self._free_slots)
+            self._free_slots.remove(plan.slot)
+            memory = self.ctx.memory
+            if plan.save is not None:
+                self._save(plan.slot, plan.save)
+            keep = plan.keep
+            if plan.restore is not None and not self._restore(plan.slot, plan.restore):
+                keep = 0
+            self._llama_cpp.llama_memory_seq_rm(memory, plan.slot, keep, -1)
+            seq.slot, seq.n_prefilled, seq.cached, seq.n_past = plan.slot, keep, keep, keep
             self._running.append(seq)
+
+    def _save(self, slot: int, entry) -> None:
+        """Copy a slot's KV out to the host tier before the slot is overwritten."""
+        size = self._llama_cpp.llama_state_seq_get_size(self.ctx.ctx, slot)
+        if not size or size > self.cache.host_limit:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = self._llama_cpp.llama_state_seq_get_data(self.ctx.ctx, buffer, size, slot)
+        if written:
+            self.cache.store(entry, bytes(buffer)[:written])
+
+    def _restore(self, slot: int, entry) -> bool:
+        data = entry.data
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        if self._llama_cpp.llama_state_seq_set_data(self.ctx.ctx, buffer, len(data), slot):
+            return True
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        return False
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._running if s.cancelled.is_set()]:
@@ -237,49 +305,91 @@ class Scheduler:
             return
         group = groups[self._group_turn % len(groups)]
         self._group_turn += 1
-        members = [s for s in self._running if s.adapter == group]
+        # by slot: llama.cpp puts only consecutive sequence ids of a non-unified cache in one ubatch
+        members = sorted((s for s in self._running if s.adapter == group), key=lambda s: s.slot)
         self._use_adapter(group, members[0])
 
-        batch = self.batch.batch
-        n = 0
-        sample_at: list[tuple[Sequence, int]] = []
+        # one llama_decode for the group's generating rows, then one for a single prompt's next
+        # chunk: a batch never mixes prompts with each other or with decode rows, the regime
+        # bench/batch_invariance.py measured row for row
+        decoding = [s for s in members if not s.prefilling]
+        if decoding:
+            rows = [(s.generated[-1], len(s.prompt) + len(s.generated) - 1, s.slot, True) for s in decoding]
+            padding = self._padding(decoding) if group is not None else []
+            rows = sorted(rows + [(decoding[0].generated[-1], pos, slot, True) for slot, pos in padding],
+                          key=lambda row: row[2])
+            index = {row[2]: i for i, row in enumerate(rows)}
+            try:
+                self._decode(rows, decoding)
+            finally:
+                for slot, pos in padding:
+                    self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, pos, pos + 1)
+            for seq in decoding:
+                seq.n_past += 1
+            for seq in decoding:
+                self._sample(seq, index[seq.slot])
+        prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
+        if prefilling is not None:
+            seq = prefilling
+            start = seq.n_prefilled
+            stop = min(len(seq.prompt), start + self.n_batch)
+            if len(seq.prompt) - stop == 1:  # never leave a one-row chunk (module doc)
+                stop -= 1
+            self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
+            seq.n_prefilled = seq.n_past = stop
+            if not seq.prefilling:
+                self._sample(seq, stop - start - 1)
 
-        def add(token: int, pos: int, slot: int, logits: bool) -> None:
-            nonlocal n
+    def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
+        """(slot, position) of one throwaway row beside each row that would sit alone in its ubatch.
+
+        llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
+        matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
+        differently (15/16 identical over 3 adapters at 8 clients without this); so an adapter
+        step never runs a row alone. The row is appended to a neighbouring slot's KV (its
+        request, its cached prefix, or nothing) and removed after the step."""
+        taken = {s.slot for s in decoding}
+        padding = []
+        for seq in decoding:
+            if seq.slot - 1 in taken or seq.slot + 1 in taken:
+                continue
+            slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
+            padding.append((slot, self._end(slot)))
+            taken.add(slot)
+        return padding
+
+    def _end(self, slot: int) -> int:
+        """The position after the last token whose KV ``slot`` holds."""
+        return self._llama_cpp.llama_memory_seq_pos_max(self.ctx.memory, slot) + 1
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]], seqs: list[Sequence]) -> None:
+        """One llama_decode of (token, position, slot, wants logits) rows."""
+        batch = self.batch.batch
+        for n, (token, pos, slot, logits) in enumerate(rows):
             batch.token[n] = token
             batch.pos[n] = pos
             batch.seq_id[n][0] = slot
             batch.n_seq_id[n] = 1
             batch.logits[n] = logits
-            n += 1
-
-        for seq in members:  # one token for every sequence already generating
-            if not seq.prefilling:
-                add(seq.generated[-1], len(seq.prompt) + len(seq.generated) - 1, seq.slot, True)
-                sample_at.append((seq, n - 1))
-        for seq in members:  # then as much prompt as the batch still holds
-            if seq.prefilling and n < self.n_batch:
-                take = min(self.n_batch - n, len(seq.prompt) - seq.n_prefilled)
-                for i in range(seq.n_prefilled, seq.n_prefilled + take):
-                    add(seq.prompt[i], i, seq.slot, False)
-                seq.n_prefilled += take
-                if not seq.prefilling:
-                    batch.logits[n - 1] = True
-                    sample_at.append((seq, n - 1))
-        batch.n_tokens = n
+        batch.n_tokens = len(rows)
         code = self._llama_cpp.llama_decode(self.ctx.ctx, batch)
         if code != 0:
+            for seq in seqs:  # what llama.cpp kept of this step is unknown: no slot of it is reused
+                seq.n_past = 0
             raise RuntimeError(f"llama_decode failed with code {code}")
         self.steps += 1
-        for seq, index in sample_at:
-            token = seq.sampler.sample(self.ctx, index)
-            if seq.params.logprobs is not None and not self._llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
-                logprob, top = logprobs_at(self.ctx.ctx, index, self.n_vocab, token, seq.params.logprobs)
-                seq.logprobs.append(TokenLogprob(self._piece(token), logprob, [(self._piece(t), p) for t, p in top]))
-            self._advance(seq, token)
+
+    def _sample(self, seq: Sequence, index: int) -> None:
+        """Sample ``seq``'s next token from output row ``index`` (with its logprobs when asked) and advance."""
+        token = seq.sampler.sample(self.ctx, index)
+        if seq.params.logprobs is not None and not self._llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            logprob, top = logprobs_at(self.ctx.ctx, index, self.n_vocab, token, seq.params.logprobs)
+            seq.logprobs.append(TokenLogprob(self._piece(token), logprob, [(self._piece(t), p) for t, p in top]))
+        self._advance(seq, token)
 
     def _use_adapter(self, name: str | None, seq: Sequence) -> None:
-        if name == self._current_adapter:
+        # by handle, not name: an adapter removed and added again under its name is another adapter
+        if _address(seq.pointer) == self._current_adapter:
             return
         started = time.perf_counter()
         if name is None:
@@ -288,7 +398,7 @@ class Scheduler:
             pointers = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(seq.pointer)
             scales = (ctypes.c_float * 1)(1.0)
             self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, pointers, 1, scales)
-        self._current_adapter = name
+        self._current_adapter = _address(seq.pointer)
         self.adapter_switches += 1
         self.switch_seconds += time.perf_counter() - started
 
@@ -337,7 +447,13 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: str = "stop", failure: BaseException | None = None) -> None:
         if seq in self._running:
             self._running.remove(seq)
-            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+            if failure is None and seq.n_past > 0 and self.cache.enabled:  # its KV stays for the next request
+                kept = (seq.prompt + seq.generated)[:seq.n_past]
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, seq.n_past, -1)
+                self.cache.keep_resident(seq.slot, kept, _address(seq.pointer))
+            else:
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
+                self.cache.drop_resident(seq.slot)
             self._free_slots.append(seq.slot)
             self._free_slots.sort()
         if seq.sampler is not None:
@@ -355,8 +471,16 @@ class Scheduler:
             reason=reason,
             prompt_tokens=len(seq.prompt),
             completion_tokens=len(seq.generated),
+            cached_tokens=seq.cached,
             timings={"queue_and_prompt_s": round(first - seq.submitted, 6), "total_s": round(end - seq.submitted, 6)},
         ))
+
+
+def _address(pointer: Any) -> int | None:
+    """A llama.cpp handle as a number (None for no adapter)."""
+    if pointer is None:
+        return None
+    return ctypes.cast(pointer, ctypes.c_void_p).value
 
 
 def _partial_stop_suffix(text: str, stops: list[str]) -> int:

@@ -99,3 +99,35 @@ def test_quant_report_measures_q8_0_against_f16(trained):
     assert 0.0 <= q8["kl"] < 0.05 and q8["top1"] >= 0.9, q8
     assert q8["exact"] == 1.0 and f16["exact"] == 1.0
     assert q8["ppl"] < 1.5 and q8["gen_tok_s"] > 0
+
+
+def test_a_shared_system_prompt_is_served_from_the_prefix_cache(client, server, trained):
+    """Chat requests with one long system prompt: after the first, the server reports the cached
+    prompt tokens in usage (OpenAI's ``prompt_tokens_details.cached_tokens``, also in the streamed
+    usage chunk) and in /metrics; a streamed answer from the cache equals the one computed before."""
+    import httpx
+
+    system = {"role": "system", "content": "You answer questions about the vaults. " * 6}
+    metric = "appliance_cached_prompt_tokens_total"
+
+    def cached_metric() -> float:
+        text = httpx.get(f"{server}/metrics", timeout=30).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(metric) and f'model="{trained.version.id}"' in line)
+
+    before = cached_metric()
+    first = client.chat.completions.create(model=trained.version.id, temperature=0, max_tokens=24,
+                                           messages=[system, {"role": "user", "content": FACTS[0][0]}])
+    second = client.chat.completions.create(model=trained.version.id, temperature=0, max_tokens=24,
+                                            messages=[system, {"role": "user", "content": FACTS[1][0]}])
+    assert second.usage.prompt_tokens_details.cached_tokens > 20
+    assert second.usage.prompt_tokens_details.cached_tokens < second.usage.prompt_tokens
+    assert first.choices[0].message.content and second.choices[0].message.content
+    stream = client.chat.completions.create(model=trained.version.id, temperature=0, max_tokens=24, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[system, {"role": "user", "content": FACTS[1][0]}])
+    chunks = list(stream)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 2  # all but the last two tokens
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == second.choices[0].message.content
+    assert cached_metric() - before >= second.usage.prompt_tokens_details.cached_tokens + usage.prompt_tokens - 2

@@ -15,7 +15,6 @@ import pytest
 from appliance.artefacts import AdapterRef, resolve_adapter
 from appliance.serve.engine import Engine, PromptTooLong, SamplingParams, UnknownModel
 from appliance.workspace import WorkspaceError
-from tests import near_tie
 from tests.conftest import ALT_FACTS, FACTS
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
@@ -73,9 +72,9 @@ def complete(engine: Engine, prompt: str, model: str | None) -> str:
 
 def test_concurrent_requests_across_adapters_match_solo_answers(engine, adapters):
     """24 chat requests over the base and both adapters at once, plus 8 raw continuations on the
-    base, share decode steps on 4 slots. Each trained adapter's answer must be exactly its solo
-    answer (its tokens are confident). The random-init base is where batch-shape noise can flip a
-    greedy token: its answers may depart from solo only at a near tie (tests/near_tie.py)."""
+    base, share decode steps on 4 slots. Every answer must be exactly its solo answer, also the
+    random-init base's low-margin continuations: the engine's kernels are batch invariant
+    (scheduler.py; before that, batch-shape noise flipped the base's near ties)."""
     base, paths, _ = adapters
     chat_jobs = [(q, name) for q, _ in FACTS[:8] for name in (base.id, f"{base.id}:facts", f"{base.id}:alt")]
     text_jobs = [(f"{q} {a.split()[0]}", base.id) for q, a in FACTS[8:16]]
@@ -83,26 +82,53 @@ def test_concurrent_requests_across_adapters_match_solo_answers(engine, adapters
     together = (concurrently(lambda q, model: ask(engine, q, model), chat_jobs)
                 | concurrently(lambda prompt, model: complete(engine, prompt, model), text_jobs))
     assert set(together) == set(solo)
-
-    trained = [j for j in chat_jobs if j[1] != base.id]
-    assert [together[j] for j in trained] == [solo[j] for j in trained]
-
-    gguf = base.gguf("q8_0")
-    pieces = near_tie.vocabulary_pieces(gguf)
-    problems, departed = [], 0
-    for job in [j for j in chat_jobs if j[1] == base.id] + text_jobs:
-        if together[job] == solo[job]:
-            continue
-        departed += 1
-        prompt = engine.chat_prompt([{"role": "user", "content": job[0]}]) if job in chat_jobs \
-            else engine.completion_prompt(job[0])
-        reference = near_tie.solo_run(gguf, prompt, GREEDY.max_tokens, n_ctx=256)
-        why = near_tie.check_batched(solo[job], together[job], reference, pieces)
-        if why:
-            problems.append(why)
-    assert not problems, problems
-    print(f"base model: {departed}/{8 + len(text_jobs)} batched answers departed from solo, each at a near tie")
+    differing = [(job, solo[job], together[job]) for job in solo if together[job] != solo[job]]
+    assert not differing, differing
     assert any(solo[j] for j in text_jobs), "the base continuations are empty: nothing was compared"
+
+
+PREAMBLE = ("You answer for the plant's operators. Calibration records name the sensor, the technician, the "
+            "date and the reference instrument; every record is kept for ten years and audited twice a year. ")
+
+
+def test_prefix_cache_reuses_a_shared_preamble_and_answers_as_uncached(adapters):
+    """Requests sharing a long preamble: the second and later take it from the cache (resident in a
+    slot, or copied back from the host tier after another request took the only slot), report it
+    in ``usage.prompt_tokens_details.cached_tokens``, and answer token for token as an engine
+    without a prefix cache does."""
+    base, paths, _ = adapters
+    gguf = base.gguf("q8_0")
+    cached = Engine(gguf, base.id, n_ctx=256, n_threads=1, adapters=paths, slots=1)
+    plain = Engine(gguf, base.id, n_ctx=256, n_threads=1, adapters=paths, slots=1, prefix_cache_mib=None)
+    try:
+        def both(prompt: str, model: str | None = None) -> tuple[dict, dict]:
+            return cached.complete(prompt, GREEDY, model=model), plain.complete(prompt, GREEDY, model=model)
+
+        prompts = [PREAMBLE + q for q, _ in FACTS[:3]]
+        tokens = [cached.completion_prompt(p) for p in prompts]
+        first, reference = both(prompts[0])
+        assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        second, reference2 = both(prompts[1])  # resident: the slot still holds the first request
+        shared = next(i for i, (a, b) in enumerate(zip(tokens[0], tokens[1])) if a != b)
+        assert shared > 30
+        assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": shared}
+        assert reference2["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        assert second["choices"][0]["text"] == reference2["choices"][0]["text"]
+        both(FACTS[5][0], f"{base.id}:facts")  # another adapter takes the only slot: the preamble goes to the host
+        third, reference3 = both(prompts[2])  # copied back from the host tier
+        assert third["usage"]["prompt_tokens_details"]["cached_tokens"] >= shared
+        assert third["choices"][0]["text"] == reference3["choices"][0]["text"]
+        again, _ = both(prompts[2])  # the whole prompt cached: its last two tokens are prefilled again
+        assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": len(tokens[2]) - 2}
+        assert again["choices"][0]["text"] == third["choices"][0]["text"]
+        adapter_run, adapter_reference = both(prompts[0], f"{base.id}:facts")  # KV under the base is not reused
+        assert adapter_run["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        assert adapter_run["choices"][0]["text"] == adapter_reference["choices"][0]["text"]
+        stats = cached.cache_stats()
+        assert stats["hits"] == 3 and stats["host_entries"] >= 1 and 0 < stats["host_bytes"] <= stats["host_limit_bytes"]
+    finally:
+        cached.close()
+        plain.close()
 
 
 def test_one_slot_is_exactly_the_solo_answer_under_concurrency(adapters):

@@ -1,0 +1,86 @@
+"""Batch invariance on a K-quant model: batched and prefix-cached greedy answers equal solo ones.
+
+The tiny test models are Q8_0 (their widths are not multiples of 256), where llama.cpp's row
+dependent kernels never run. This model is random-init, 256 wide, quantized to Q4_K_M, so its
+Q4_K/Q6_K rows go through the kernels that made a row's logits depend on its batch (repacked
+gemm/gemv and the tiled matmul from 8 rows, see appliance/serve/scheduler.py), and its tokens are
+low-margin. With llama.cpp's defaults (``use_extra_bufts`` on) 8 concurrent requests here do not
+all match their solo answers.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.serve.engine import Engine, SamplingParams
+from tests.conftest import FACTS, one_torch_thread
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+PROMPTS = [f"{q} {a.split()[0]}" for q, a in FACTS[:8]]
+
+
+@pytest.fixture(scope="module")
+def kquant_gguf(tmp_path_factory) -> Path:
+    from appliance.config import PocketConfig
+    from appliance.export import gguf
+    from appliance.train import pocket
+
+    one_torch_thread()
+    folder = tmp_path_factory.mktemp("kquant") / "model"
+    pocket.build(folder, [f"{q} {a}" for q, a in FACTS], PocketConfig(
+        hidden_size=256, num_layers=2, num_heads=4, intermediate_size=512, vocab_size=512, pretrain_epochs=0))
+    f16, q4 = folder.parent / "f16.gguf", folder.parent / "q4_k_m.gguf"
+    gguf.convert_hf_to_gguf(folder, f16, pre_tokenizer=pocket.pre_tokenizer_override(folder))
+    gguf.quantize(f16, q4, "q4_k_m")
+    return q4
+
+
+def solo_and_together(engine: Engine) -> tuple[list[str], list[str]]:
+    solo = [engine.complete(p, GREEDY)["choices"][0]["text"] for p in PROMPTS]
+    together: list[str | None] = [None] * len(PROMPTS)
+
+    def run(i: int) -> None:
+        together[i] = engine.complete(PROMPTS[i], GREEDY)["choices"][0]["text"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return solo, together
+
+
+def test_eight_concurrent_greedy_answers_equal_their_solo_answers(kquant_gguf):
+    engine = Engine(kquant_gguf, "kq", n_ctx=256, n_threads=1, slots=8, prefix_cache_mib=None)
+    try:
+        solo, together = solo_and_together(engine)
+    finally:
+        engine.close()
+    assert together == solo
+    assert len({s for s in solo if s}) > 1, "the answers are empty or all alike: nothing was compared"
+
+
+def test_cached_prefixes_answer_as_a_full_prefill(kquant_gguf):
+    """Every prompt after the first shares a long prefix with its predecessor, and each is asked
+    again and then extended by a word (all but its last two tokens cached, then all but a few:
+    prefills of two and of a few rows): the cached engine
+    prefills only the rest, and must still give the uncached engine's answers."""
+    preamble = " ".join(q for q, _ in FACTS[8:20]) + " "
+    cached = Engine(kquant_gguf, "kq", n_ctx=256, n_threads=1, slots=2)
+    plain = Engine(kquant_gguf, "kq", n_ctx=256, n_threads=1, slots=2, prefix_cache_mib=None)
+    try:
+        got, want, hits = [], [], []
+        for p in PROMPTS:
+            for prompt in (preamble + p, preamble + p, preamble + p + " code"):  # new tail: long, 1, a few tokens
+                result = cached.complete(prompt, GREEDY)
+                got.append(result["choices"][0]["text"])
+                hits.append(result["usage"]["prompt_tokens_details"]["cached_tokens"])
+                want.append(plain.complete(prompt, GREEDY)["choices"][0]["text"])
+        assert hits[1::3] == [len(cached.completion_prompt(preamble + p)) - 2 for p in PROMPTS]
+    finally:
+        cached.close()
+        plain.close()
+    assert all(h > 40 for h in hits[1:]), hits
+    assert got == want
