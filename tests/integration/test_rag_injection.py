@@ -16,6 +16,13 @@ instruction.
 - Through ``rag.answer.build_messages`` (what ``appliance ask`` and ``rag: true`` send) the same
   passage is fenced and defused (its control tokens cannot open a turn) and flagged: the model
   does not follow it, on every attacked question.
+
+What fails when: with the defusing removed (checked by hand, 2026-12-05: ``defuse`` patched to
+return the text as is), the structural assertion fails (a control token reaches the template), but
+this model still did not follow the injection: in the RAG prompt the fake turn is followed by the
+fence's closing text and the reminder, not by the user's turn as in the raw attack. So the model
+check shows the RAG path's answer is not the attacked one for a model the raw attack does take
+over; the defusing itself is proven by the structural check.
 """
 from __future__ import annotations
 
