@@ -24,6 +24,8 @@ def train_sft(
     base: str = typer.Option("pocket", "--base", "-b", help="'pocket' or a local Hugging Face model folder."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (overrides the recipe)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (overrides the recipe)."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", min=0, help="Train at least N optimizer steps "
+                                            "however small the dataset (overrides the recipe; 0 = the epochs decide)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="SFT recipe TOML (see appliance/config.py)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe's backend; "
                                                                   "auto = unsloth on CUDA when it imports, else hf)."),
@@ -38,7 +40,7 @@ def train_sft(
     ws = open_workspace(workspace)
     with report_errors(), show_progress() as progress:
         sft_recipe = sft_recipe_for(base, recipe, ws.bases, epochs=epochs, learning_rate=learning_rate,
-                                    backend=backend, load_in_4bit=four_bit)
+                                    min_steps=min_steps, backend=backend, load_in_4bit=four_bit)
         ref = resolve_dataset(ws, dataset)
         base_path = resolve_base(ws, base, progress)
         pinned = set(_recipe_fields(recipe)) | ({"load_in_4bit"} if four_bit is not None else set())
