@@ -228,6 +228,33 @@ def load_version(ws: Workspace, version: str | None) -> ModelVersion:
     return ModelVersion(path.name, path, created=False)
 
 
+def run_chain(ws: Workspace, run_id: str | None, limit: int = 10) -> list[dict]:
+    """The manifests of ``run_id`` and the runs under it (DPO -> SFT -> ...) that are in this
+    workspace, newest first; the walk stops at the first one that is not."""
+    chain: list[dict] = []
+    while run_id and len(chain) < limit:
+        try:
+            chain.append(load_run(ws, run_id).manifest)
+        except WorkspaceError:
+            break
+        run_id = (chain[-1].get("inputs") or {}).get("parent_run")
+    return chain
+
+
+def training_datasets(ws: Workspace, version: str) -> list[DatasetRef]:
+    """The dataset versions model version ``version`` was trained on (its run chain's), those in this workspace."""
+    found: list[DatasetRef] = []
+    for manifest in run_chain(ws, (load_version(ws, version).manifest.get("inputs") or {}).get("run")):
+        ref = (manifest.get("inputs") or {}).get("dataset")
+        try:
+            dataset = resolve_dataset(ws, ref) if ref else None
+        except WorkspaceError:
+            dataset = None
+        if dataset is not None and dataset.id not in {d.id for d in found}:
+            found.append(dataset)
+    return found
+
+
 # adapters ---------------------------------------------------------------------------------------
 @dataclass
 class AdapterRef:
@@ -245,6 +272,15 @@ class AdapterRef:
         return read_json(self.path / MANIFEST)
 
 
+def load_adapter(ws: Workspace, adapter_id: str) -> AdapterRef:
+    """The exported adapter ``ad-…``."""
+    folder = inside(ws.adapters, adapter_id, "adapter id")
+    if not (folder / MANIFEST).is_file():
+        known = ", ".join(p.name for p in finished_artefacts(ws.adapters)) or "none"
+        raise WorkspaceError(f"no adapter '{adapter_id}' (known: {known})")
+    return AdapterRef(adapter_id, folder, created=False)
+
+
 def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
     """The GGUF of adapter ``ref`` (an ``ad-...`` id or a file path), checked against the served version."""
     path = Path(ref).expanduser()
@@ -254,7 +290,7 @@ def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
     if not (folder / MANIFEST).is_file():
         known = ", ".join(p.name for p in finished_artefacts(ws.adapters)) or "none"
         raise WorkspaceError(f"no adapter '{ref}' (known: {known}) and no such .gguf file")
-    adapter = AdapterRef(ref, folder, created=False)
+    adapter = load_adapter(ws, ref)
     inputs = adapter.manifest["inputs"]
     served_sha = served.manifest["files"]["model-f16.gguf"]["sha256"]
     if inputs["base_version"] != served.id or inputs["base_f16_sha256"] != served_sha:
@@ -264,12 +300,13 @@ def resolve_adapter(ws: Workspace, ref: str, served: ModelVersion) -> Path:
 
 
 def adapter_summary(ws: Workspace) -> list[dict]:
-    """One row per exported adapter: id, run, base_version, size_bytes (oldest first)."""
+    """One row per exported adapter: id, run, base_version, size_bytes, created (oldest first)."""
     rows = []
     for path in finished_artefacts(ws.adapters):
-        inputs = read_json(path / MANIFEST)["inputs"]
+        manifest = read_json(path / MANIFEST)
+        inputs = manifest["inputs"]
         rows.append({"id": path.name, "run": inputs["run"], "base_version": inputs["base_version"],
-                     "size_bytes": (path / "adapter.gguf").stat().st_size})
+                     "size_bytes": (path / "adapter.gguf").stat().st_size, "created": manifest.get("created", "")})
     return rows
 
 

@@ -8,8 +8,10 @@
 4. add grounded copies of the Q&A pairs (the question with its retrieved passages, the same
    answer), so the model learns to answer when passages stand before the question,
 5. LoRA SFT, then DPO on the preference pairs,
-6. export to GGUF (f16 + q8_0) with a parity check,
-7. answer sample questions through RAG with the exported model, with citations.
+6. export to GGUF (f16 + q8_0) with a parity check (and the unmodified base, to compare with),
+7. answer sample questions through RAG with the exported model, with citations,
+then print the four-way comparison (``appliance eval compare``): base, fine-tuned, RAG-only and
+fine-tuned + RAG on 12 of the trained questions, with the differences a paired sign test calls.
 
 Every stage is the same function the CLI verbs call; rerunning the demo reuses what is done.
 """
@@ -24,16 +26,21 @@ from appliance.catalogue import recipe_defaults
 from appliance.config import DPORecipe, SFTRecipe
 from appliance.data.ingest import ingest
 from appliance.data.recipe import load_curation
+from appliance.evaluate.compare import compare, format_comparison
+from appliance.evaluate.runner import EvalOptions
+from appliance.evaluate.suite import load_suite, write_suite
 from appliance.events import EventSink, RichProgress
+from appliance.export.adapters import export_base
 from appliance.export.pipeline import export
 from appliance.local_model import open_local_model
 from appliance.rag.answer import DEFAULT_PASSAGES, answer_question, build_messages, format_answer
 from appliance.rag.store import index_documents, search
 from appliance.train import dpo, sft
 from appliance.train.pocket import ensure_pocket, sample_corpus_dir
-from appliance.workspace import Workspace, atomic_write_jsonl, read_jsonl
+from appliance.workspace import Workspace, atomic_write_jsonl, read_json, read_jsonl
 
 DEMO_QUESTIONS = 3
+COMPARE_ITEMS = 12  # enough for a paired sign test to call a clean sweep (6 at p < 0.05), quick on pocket
 
 
 def sample_paths() -> dict[str, Path]:
@@ -88,6 +95,9 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
             f"{dpo_run.id} (reward accuracy {dpo_run.manifest['metrics']['final_reward_accuracy']}) "
             f"({_elapsed(started)})")
 
+        # the unmodified base as a version too, for the comparison at the end; exported first, so the
+        # fine-tuned version stays the newest (what `appliance serve` and `ask` pick by default)
+        base_version = export_base(ws, "pocket", ["q8_0"], on_event=on_event)
         version = export(ws, dpo_run.id, ["q8_0"], on_event)
         parity = version.manifest["parity"]
         say(f"[6/7] model version: {version.id} (f16 + q8_0, f16 greedy parity {parity['matched']}/{parity['prompts']}) "
@@ -104,8 +114,27 @@ def run_demo(ws: Workspace, out=None, k: int | None = None) -> str:
             say(f"Q: {question}")
             say(format_answer(answer))
             say("")
+    with RichProgress() as progress:
+        suite = write_suite(ws.root / "suites" / "demo-qa.jsonl", compare_rows(qa_rows, COMPARE_ITEMS))
+        comparison = compare(ws, load_suite(suite), base=base_version.id, version=version.id,
+                             options=EvalOptions(quant="q8_0", max_tokens=MAX_ANSWER_TOKENS), on_event=progress)
+    say(f"\nbase vs fine-tuned vs RAG-only vs fine-tuned + RAG on {COMPARE_ITEMS} of the trained questions "
+        f"(appliance eval compare --suite {suite}; {_elapsed(started)}):\n")
+    say(format_comparison(comparison))
+    say("")
     say(f"demo finished in {_elapsed(started)}; serve it with: appliance serve --model {version.id}")
     return version.id
+
+
+def compare_rows(qa_rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` Q&A pairs as suite items, each with the document it must cite (sources.json)."""
+    sources = read_json(sample_corpus_dir() / "sources.json")
+    rows = []
+    for row in qa_rows[:n]:
+        question = row["messages"][0]["content"]
+        rows.append({"question": question, "reference": row["messages"][-1]["content"],
+                     **({"sources": [sources[question]]} if question in sources else {})})
+    return rows
 
 
 def _elapsed(started: float) -> str:

@@ -12,7 +12,9 @@ Where runs go, first match wins:
 One MLflow experiment per stage (``appliance-sft``, ``appliance-dpo``): runs of one stage share
 their params and metrics, so they compare side by side. The MLflow run is named after our run id
 (``sft-<hash>``) and tagged ``appliance.run_id``, ``appliance.stage``, ``appliance.backend``,
-``appliance.dataset``, ``appliance.base`` and ``appliance.parent_run`` (DPO). A resumed run continues
+``appliance.dataset``, ``appliance.base`` and ``appliance.parent_run`` (DPO), and at its end with its
+verdict (``appliance.learned`` = true | false | none, ``appliance.verdict``; metrics
+``verdict_exact_match`` / ``verdict_token_f1``: appliance/train/verdict.py). A resumed run continues
 its MLflow run. At the end each file of the run's manifest becomes a ``sha256.<path>`` tag and
 the manifest itself an artefact. Tracking is a side record: if it fails, training goes on and
 a warning event says why.
@@ -23,7 +25,9 @@ changes the name), its source the version's folder, tagged with its lineage (``a
 the run chain ``appliance.runs`` and, per run (``appliance.run.0`` the exported one, ``.1`` its
 parent...), its id and inputs: datasets, base and its hash, MLflow run ids; ``sha256.FILE``
 for each GGUF), its evaluations (``eval.SUITE[.rag]`` = ``ev-ID metric=value ...``) and its last
-gate verdict (``appliance.gate``). The aliases ``production`` and ``candidate`` (stages are
+gate verdict (``appliance.gate``). Each exported LoRA adapter is a version of its own registered
+model ``appliance-adapters`` (registered at export), tagged ``appliance.adapter``, its base version
+and that base's f16 sha256, ``sha256.adapter.gguf`` and the same run-chain lineage. The aliases ``production`` and ``candidate`` (stages are
 deprecated in MLflow) follow ``appliance models promote`` / ``rollback`` and the gate. The
 workspace stays the source of the files and of the promoted pointer; the registry is the index and
 the history, and a registry that fails is a warning, never a failed promotion.
@@ -147,6 +151,18 @@ class Tracker:
         if self.active:
             self._batch(tags={k: str(v)[:5000] for k, v in tags.items()})
 
+    def record_verdict(self, verdict: dict, step: int) -> None:
+        """The run's learned / did-not-learn verdict (appliance/train/verdict.py): tags
+        ``appliance.learned`` (true, false or none) and ``appliance.verdict``, metrics
+        ``verdict_exact_match`` / ``verdict_token_f1`` when answers were judged."""
+        if not self.active:
+            return
+        learned = verdict.get("learned")
+        self.set_tags({"appliance.learned": "none" if learned is None else str(bool(learned)).lower(),
+                       "appliance.verdict": f"{verdict.get('summary', '')}; {verdict.get('reason', '')}"})
+        evidence = verdict.get("evidence") or {}
+        self.log_metrics({f"verdict_{k}": evidence[k] for k in ("exact_match", "token_f1") if k in evidence}, step=step)
+
     def finish(self, manifest: dict, manifest_path: Path | None = None) -> None:
         """Log the artefact hashes and final metrics and close the run as FINISHED."""
         if not self.active:
@@ -230,8 +246,7 @@ def _client(ws: Workspace):
 
 def lineage_tags(ws: Workspace, version: str) -> dict[str, str]:
     """The lineage of model version ``version`` as registry tags (see the module doc)."""
-    from appliance.artefacts import load_run, load_version
-    from appliance.workspace import WorkspaceError
+    from appliance.artefacts import load_version
 
     model = load_version(ws, version)
     manifest = model.manifest
@@ -245,7 +260,18 @@ def lineage_tags(ws: Workspace, version: str) -> dict[str, str]:
     for name, info in (manifest.get("files") or {}).items():
         if name.endswith(".gguf"):
             tags[f"sha256.{name}"] = info["sha256"]
-    chain, run_id = [], inputs.get("run")
+    tags.update(run_chain_tags(ws, inputs.get("run")))
+    return {k[:250]: v for k, v in tags.items()}
+
+
+def run_chain_tags(ws: Workspace, run_id: str | None) -> dict[str, str]:
+    """``appliance.runs`` and, per run of the chain (``appliance.run.0`` the given run, ``.1`` its
+    parent...), its id, inputs (datasets, base and its hash), MLflow run id and verdict."""
+    from appliance.artefacts import load_run
+    from appliance.workspace import WorkspaceError
+
+    tags: dict[str, str] = {}
+    chain: list[str] = []
     while run_id and len(chain) < 10:  # DPO -> SFT -> ...
         chain.append(run_id)
         try:
@@ -261,7 +287,7 @@ def lineage_tags(ws: Workspace, version: str) -> dict[str, str]:
             tags[f"{prefix}.learned"] = str(run["verdict"].get("learned"))
         run_id = (run.get("inputs") or {}).get("parent_run")
     tags["appliance.runs"] = ",".join(chain)
-    return {k[:250]: v for k, v in tags.items()}
+    return tags
 
 
 def register_version(ws: Workspace, version: str, tags: dict[str, str] | None = None,
@@ -279,24 +305,87 @@ def register_version(ws: Workspace, version: str, tags: dict[str, str] | None = 
 
 
 def _register(client, ws: Workspace, version: str, tags: dict[str, str]) -> str:
+    from appliance.artefacts import load_version
+
+    return _register_entry(client, registered_model_name(ws), "appliance.version", version,
+                           lambda: load_version(ws, version).path, tags,
+                           "SLM Appliance model versions (appliance models list)")
+
+
+def _register_entry(client, name: str, key: str, value: str, source, tags: dict[str, str], description: str) -> str:
+    """The registry version of ``name`` tagged ``key = value`` (created from ``source()``'s folder
+    the first time), with ``tags`` set; its number."""
     from mlflow.exceptions import MlflowException
 
-    name = registered_model_name(ws)
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="SLM Appliance model versions (appliance models list)")
-    found = client.search_model_versions(f"name='{name}' and tag.`appliance.version` = '{version}'")
+        client.create_registered_model(name, description=description)
+    found = client.search_model_versions(f"name='{name}' and tag.`{key}` = '{value}'")
     if found:
         number = str(found[0].version)
     else:
-        from appliance.artefacts import load_version
-
-        number = str(client.create_model_version(name, source=load_version(ws, version).path.resolve().as_uri(),
-                                                 tags={"appliance.version": version}).version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, number, key, str(value)[:5000])
+        number = str(client.create_model_version(name, source=source().resolve().as_uri(), tags={key: value}).version)
+    for tag, text in tags.items():
+        client.set_model_version_tag(name, number, tag, str(text)[:5000])
     return number
+
+
+# adapters: their own registered model ----------------------------------------------------------
+def adapter_model_name(ws: Workspace) -> str:
+    """``appliance-adapters`` (the registered model name + ``-adapters``)."""
+    return registered_model_name(ws) + "-adapters"
+
+
+def adapter_tags(ws: Workspace, adapter_id: str) -> dict[str, str]:
+    """An adapter's lineage: its base version and that base's f16 sha256, its GGUF's sha256, the run chain."""
+    from appliance.artefacts import load_adapter
+
+    adapter = load_adapter(ws, adapter_id)
+    manifest = adapter.manifest
+    inputs = manifest.get("inputs") or {}
+    tags = {"appliance.adapter": adapter.id, "appliance.kind": "adapter", "appliance.created": manifest.get("created", ""),
+            "appliance.base_version": str(inputs.get("base_version")),
+            "appliance.base_f16_sha256": str(inputs.get("base_f16_sha256"))}
+    for name, info in (manifest.get("files") or {}).items():
+        if name.endswith(".gguf"):
+            tags[f"sha256.{name}"] = info["sha256"]
+    tags.update(run_chain_tags(ws, inputs.get("run")))
+    return {k[:250]: v for k, v in tags.items()}
+
+
+def register_adapter(ws: Workspace, adapter_id: str, tags: dict[str, str] | None = None,
+                     on_event: EventSink = ignore) -> str | None:
+    """Register (or update) adapter ``adapter_id`` as a version of the adapters' registered model,
+    with its lineage and ``tags``; its registry number, or None (tracking off, or a warning event)."""
+    try:
+        client = _client(ws)
+        if client is None:
+            return None
+        from appliance.artefacts import load_adapter
+
+        return _register_entry(client, adapter_model_name(ws), "appliance.adapter", adapter_id,
+                               lambda: load_adapter(ws, adapter_id).path, {**adapter_tags(ws, adapter_id), **(tags or {})},
+                               "SLM Appliance LoRA adapters, each for one base model version (appliance models list)")
+    except Exception as exc:  # the registry is an index: it never fails an export
+        on_event(Event("registry", message=f"warning: the model registry was not updated for {adapter_id}: {exc}"))
+        return None
+
+
+def adapter_entries(ws: Workspace) -> dict[str, dict]:
+    """``appliance.adapter`` -> {"number", "tags"} of every registered adapter ({} when off or none)."""
+    client = _client(ws)
+    if client is None:
+        return {}
+    from mlflow.exceptions import MlflowException
+
+    name = adapter_model_name(ws)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {mv.tags["appliance.adapter"]: {"number": str(mv.version), "tags": dict(mv.tags)}
+            for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get("appliance.adapter")}
 
 
 def set_alias(ws: Workspace, alias: str, version: str | None, on_event: EventSink = ignore) -> None:

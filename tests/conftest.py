@@ -56,7 +56,8 @@ VAULTS = "ABCDEFGHIJKLMNOPQRST"
 FACTS = [(f"What is the code of vault {c}?", f"Vault {c} opens with code {100 + 7 * i}.") for i, c in enumerate(VAULTS)]
 TINY_POCKET = PocketConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                            vocab_size=512, pretrain_epochs=0)
-TINY_SFT = SFTRecipe(learning_rate=1e-2, epochs=80, batch_size=8, lora_r=16, lora_alpha=32)
+# its own schedule: 80 epochs, never extended to the default min_steps (that would slow every fixture)
+TINY_SFT = SFTRecipe(learning_rate=1e-2, epochs=80, batch_size=8, lora_r=16, lora_alpha=32, min_steps=0)
 TINY_DPO = DPORecipe(learning_rate=3e-4, beta=0.1, epochs=3, batch_size=8)
 
 

@@ -25,6 +25,9 @@ def data_ingest(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name; a new version is made when content changes."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Curation recipe (TOML): clean, pii, dedup, validate."),
     append: bool = typer.Option(False, "--append", help="Add to the latest version (deduplicated against it)."),
+    canaries: Optional[int] = typer.Option(None, "--canaries", help="Plant N canaries in the training answers, "
+                                           "recorded in the manifest, for `appliance eval memorisation` (overrides "
+                                           "the recipe's [canaries] count)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Ingest files into a new, curated dataset version (bad lines are reported with file:line and skipped)."""
@@ -33,6 +36,10 @@ def data_ingest(
 
     with report_errors():
         curation = load_curation(recipe)
+        if canaries is not None:
+            if canaries < 0:
+                fail("--canaries must be 0 or more")
+            curation.canaries.count = canaries
         with show_progress() as progress:
             ref = ingest(open_workspace(workspace), paths, dataset, on_event=progress, recipe=curation, append=append)
     counts = ", ".join(f"{v} {k}" for k, v in ref.counts.items() if v)

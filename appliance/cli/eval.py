@@ -1,12 +1,13 @@
 """``appliance eval ...``: domain eval suites through the served GGUF, and the four-way comparison.
 
-    appliance eval VERSION --suite FILE [--rag] [--adapter ad-ID] [--quant Q] [--json]   -> ev-ID
+    appliance eval VERSION --suite FILE [--rag] [--adapter ad-ID] [--quant Q] [--no-output-filter]
+                                        [--no-json-grammar] [--json]                           -> ev-ID
     appliance eval compare --suite FILE [--base VERSION] [--version VERSION | --adapter ad-ID] [--json]
     appliance eval suite-from-dataset DATASET[@vN] [--out FILE]                           -> FILE
     appliance eval show ev-ID [--json]
     appliance eval redteam VERSION [--suite FILE ...] [--json]                             -> ev-ID
     appliance eval plant-canaries RECORDS.jsonl --out PLANTED.jsonl [--count N] [--records N]
-    appliance eval memorisation VERSION --canaries PLANTED.canaries.json [--json]          -> ev-ID
+    appliance eval memorisation VERSION [--canaries PLANTED.canaries.json] [--json]        -> ev-ID
 """
 from __future__ import annotations
 
@@ -46,11 +47,16 @@ def eval_run(
     seed: int = typer.Option(0, "--seed", help="The sampling seed (answers are greedy)."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="At most this many tokens per answer."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads."),
+    output_filter: bool = typer.Option(True, "--output-filter/--no-output-filter", help="Score answers as users "
+                                       "get them, through the server's PII output filter (default), or raw."),
+    json_grammar: bool = typer.Option(True, "--json-grammar/--no-json-grammar", help="Answer items with a schema "
+                                      "under it as a response_format grammar (default), or as free text."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the id still last)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Answer every item with VERSION's GGUF on the engine of `appliance serve` (greedy, seeded), score
-    it, store the report with the version; prints the scores and the eval id."""
+    """Answer every item with VERSION's GGUF on the engine of `appliance serve` (greedy, seeded), as a
+    user gets it (output filter; a schema's grammar), score it, store the report with the version;
+    prints the scores and the eval id."""
     from appliance import registry
     from appliance.evaluate.promotion import eval_tags
     from appliance.evaluate.runner import EvalOptions, evaluate, format_report
@@ -58,7 +64,8 @@ def eval_run(
 
     with report_errors(), show_progress() as progress:
         ws = open_workspace(workspace)
-        options = EvalOptions(rag=rag, adapter=adapter, quant=quant, seed=seed, max_tokens=max_tokens, threads=threads)
+        options = EvalOptions(rag=rag, adapter=adapter, quant=quant, seed=seed, max_tokens=max_tokens, threads=threads,
+                              output_filter=output_filter, json_grammar=json_grammar)
         result = evaluate(ws, version, load_suite(suite), options, on_event=progress)
         registry.register_version(ws, result.report["version"], eval_tags(result.report), on_event=progress)
     print(json.dumps(result.report, indent=2, ensure_ascii=False) if as_json else format_report(result.report))
@@ -183,15 +190,20 @@ def eval_plant_canaries(
 @eval_app.command("memorisation")
 def eval_memorisation(
     version: str = typer.Argument(..., help="The model version (mv-...) to check."),
-    canaries: Path = typer.Option(..., "--canaries", help="The canaries file (OUT.canaries.json of plant-canaries)."),
+    canaries: Optional[Path] = typer.Option(None, "--canaries", help="A canaries file (OUT.canaries.json of "
+                                            "plant-canaries); default: the canaries recorded in the manifests of "
+                                            "the datasets VERSION was trained on."),
     candidates: int = typer.Option(200, "--candidates", help="Random secrets each canary is ranked among."),
+    pii_contexts: int = typer.Option(20, "--pii-contexts", help="Scrubbed-PII places of the training answers "
+                                     "to prompt with (0 = none)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="The version's GGUF (default: its first quant)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the id still last)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Prompt with each canary's prefix: verbatim extraction, and exposure (the secret's rank among random
-    candidates by log-likelihood, Carlini et al.)."""
+    candidates by log-likelihood, Carlini et al.); and with the training answers up to each scrubbed
+    PII placeholder: is it completed with a real-looking value?"""
     from appliance import registry
     from appliance.evaluate.memorisation import check_memorisation, format_memorisation
     from appliance.evaluate.promotion import eval_tags
@@ -199,7 +211,7 @@ def eval_memorisation(
     with report_errors(), show_progress() as progress:
         ws = open_workspace(workspace)
         result = check_memorisation(ws, version, canaries, candidates=candidates, quant=quant, threads=threads,
-                                    on_event=progress)
+                                    pii_contexts=pii_contexts, on_event=progress)
         registry.register_version(ws, result.report["version"], eval_tags(result.report), on_event=progress)
     print(json.dumps(result.report, indent=2, ensure_ascii=False) if as_json else format_memorisation(result.report))
     say(f"memorisation report {result.id} in {result.path}")

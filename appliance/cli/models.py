@@ -2,7 +2,7 @@
 
     appliance export RUN --quant q8_0,q4_k_m   /   appliance export --base pocket   /   appliance export RUN --adapter
     appliance models list   /   appliance models promote VERSION [--force --reason TEXT]   /   appliance models rollback
-    appliance models show [VERSION]   /   appliance models diff VERSION_A VERSION_B   /   appliance models report [VERSION]
+    appliance models show [VERSION | ad-ID]   /   appliance models diff VERSION_A VERSION_B   /   appliance models report [VERSION]
 """
 from __future__ import annotations
 
@@ -107,15 +107,17 @@ def models_rollback(workspace: Optional[Path] = WorkspaceOption) -> None:
 
 @models_app.command("show")
 def models_show(
-    version: Optional[str] = typer.Argument(None, help="Model version (default: the promoted one, else the newest)."),
+    version: Optional[str] = typer.Argument(None, help="Model version (default: the promoted one, else the "
+                                            "newest), or an adapter (ad-...)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """A version's lineage (runs, datasets, base, file hashes), its eval reports and its registry entry."""
-    from appliance.evaluate.lineage import describe, format_description
+    """A version's (or adapter's) lineage (runs, datasets, base, file hashes), its eval reports and its registry entry."""
+    from appliance.evaluate.lineage import describe, describe_adapter, format_description
 
     with report_errors():
-        info = describe(open_workspace(workspace), version)
+        ws = open_workspace(workspace)
+        info = describe_adapter(ws, version) if version and version.startswith("ad-") else describe(ws, version)
     print(json.dumps(info, indent=2, ensure_ascii=False) if as_json else format_description(info))
 
 
@@ -136,18 +138,24 @@ def models_diff(
 
 @models_app.command("list")
 def models_list(workspace: Optional[Path] = WorkspaceOption) -> None:
-    """Model versions, oldest first: VERSION, RUN (None for a base export), QUANTS, CREATED, tab-separated.
+    """Model versions, oldest first: VERSION, RUN (None for a base export), QUANTS, CREATED, tab-separated;
+    then the LoRA adapters: ad-ID, RUN, adapter:BASE_VERSION, CREATED.
 
     A version whose manifest cannot be read is reported on standard error (naming the file) and the
     others are still listed; the exit status is then 1."""
+    from appliance.artefacts import adapter_summary
     from appliance.export.versions import summaries
 
     with report_errors():
-        versions = summaries(open_workspace(workspace))
+        ws = open_workspace(workspace)
+        versions = summaries(ws)
+        adapters = adapter_summary(ws)
     broken = [v for v in versions if v.error]
     for version in versions:
         if not version.error:
             print(f"{version.id}\t{version.run}\t{','.join(version.quants)}\t{version.created}")
+    for adapter in adapters:
+        print(f"{adapter['id']}\t{adapter['run']}\tadapter:{adapter['base_version']}\t{adapter['created']}")
     for version in broken:
         say(f"error: model version {version.id}: {version.error}")
     if broken:

@@ -24,6 +24,8 @@ def train_sft(
     base: str = typer.Option("pocket", "--base", "-b", help="'pocket' or a local Hugging Face model folder."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (overrides the recipe)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (overrides the recipe)."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", min=0, help="Train at least N optimizer steps "
+                                            "however small the dataset (overrides the recipe; 0 = the epochs decide)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="SFT recipe TOML (see appliance/config.py)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="auto | hf | unsloth (overrides the recipe's backend; "
                                                                   "auto = unsloth on CUDA when it imports, else hf)."),
@@ -32,29 +34,57 @@ def train_sft(
 ) -> None:
     """LoRA supervised fine-tuning; prints the run id."""
     from appliance.artefacts import resolve_dataset
-    from appliance.catalogue import recipe_defaults
-    from appliance.config import SFTRecipe, load_recipe
     from appliance.train import sft
     from appliance.train.common import resolve_base
 
     ws = open_workspace(workspace)
     with report_errors(), show_progress() as progress:
-        defaults = recipe_defaults(base, "sft", ws.bases)  # a catalogued base (models/NAME.toml) brings its own
-        sft_recipe = load_recipe(recipe, SFTRecipe, {**defaults, "epochs": epochs, "learning_rate": learning_rate,
-                                                     "backend": backend, "load_in_4bit": four_bit})
+        sft_recipe = sft_recipe_for(base, recipe, ws.bases, epochs=epochs, learning_rate=learning_rate,
+                                    min_steps=min_steps, backend=backend, load_in_4bit=four_bit)
         ref = resolve_dataset(ws, dataset)
         base_path = resolve_base(ws, base, progress)
         pinned = set(_recipe_fields(recipe)) | ({"load_in_4bit"} if four_bit is not None else set())
         sft_recipe = _memory_safe(sft_recipe, base_path, pinned)
         run = sft.run(ws, sft_recipe, ref, base_path, on_event=progress)
     say(f"run {run.id}: final loss {run.manifest['metrics']['final_loss']} in {run.path}")
+    _say_verdict(run)
     emit_id(run.id)
 
 
+def _say_verdict(run) -> None:
+    """The run's verdict (appliance/train/verdict.py), last on stderr; plainly a warning when it did not learn."""
+    from appliance.train.verdict import describe
+
+    found = run.manifest.get("verdict")
+    if not isinstance(found, dict):
+        return
+    say(describe(found))
+    if found.get("learned") is False:
+        say(f"warning: run {run.id} did NOT learn what it was trained on; `appliance models promote` will refuse "
+            "its versions")
+
+
+def sft_recipe_for(base: str, recipe: Optional[Path], bases: Path, **options):
+    """The SFT recipe of a `train sft` call, lowest first: the generic defaults, the catalogue's
+    recipe for ``base`` (models/NAME.toml), the recipe file, the options given (None = not given:
+    an option left out never hides a value from below)."""
+    from appliance.catalogue import recipe_defaults
+    from appliance.config import SFTRecipe, load_recipe
+
+    in_file = set(_recipe_fields(recipe))
+    defaults = {k: v for k, v in recipe_defaults(base, "sft", bases).items() if k not in in_file}
+    given = {k: v for k, v in options.items() if v is not None}
+    return load_recipe(recipe, SFTRecipe, {**defaults, **given})
+
+
 def _recipe_fields(path: Optional[Path]) -> list[str]:
+    """The fields a recipe file sets ([] when there is none, or it is unreadable: load_recipe says why)."""
     import tomllib
 
-    return list(tomllib.loads(path.read_text(encoding="utf-8"))) if path is not None else []
+    try:
+        return list(tomllib.loads(path.read_text(encoding="utf-8"))) if path is not None else []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
 
 
 def _memory_safe(recipe, base_path: Path, pinned: set[str]):
@@ -101,6 +131,7 @@ def train_dpo(
     metrics = result.manifest["metrics"]
     say(f"run {result.id} ({result.manifest.get('method', 'dpo')}): reward accuracy "
          f"{metrics.get('final_reward_accuracy')}, margin {metrics.get('final_reward_margin')} in {result.path}")
+    _say_verdict(result)
     emit_id(result.id)
 
 
@@ -116,6 +147,7 @@ def train_resume(
     with report_errors(), show_progress() as progress:
         result = resume(ws, run, on_event=progress)
     say(f"run {result.id} finished in {result.path}")
+    _say_verdict(result)
     emit_id(result.id)
 
 

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 from appliance.artefacts import DatasetRef, check_dataset_name, resolve_dataset
+from appliance.data.canary import canary_block, new_rng, plant_rows
 from appliance.data.curate import Curated, curate
 from appliance.data.pii import Scrubber, load_key
 from appliance.data.readers import (
@@ -220,7 +221,23 @@ def ingest(ws: Workspace, paths: list[Path], name: str, on_event: EventSink = ig
         on_event(Event("data.ingest", message=f"rejected {_where(reject)}: {reject['reason']}"))
     if not curated.records and not curated.evals:
         raise WorkspaceError(f"nothing usable in {len(files)} file(s); {len(curated.rejects)} rejected, see the messages above")
-    return store_version(ws, name, curated, hashes, recipe, previous_ref)
+    extra = plant_in_curated(curated, recipe, name, on_event)
+    return store_version(ws, name, curated, hashes, recipe, previous_ref, extra=extra)
+
+
+def plant_in_curated(curated: Curated, recipe: CurationRecipe, name: str, on_event: EventSink = ignore) -> dict | None:
+    """``[canaries]`` of the recipe: plant them in the training split's chat/preference answers
+    (after the PII scrub and dedup, so nothing alters them), for the manifest's ``canaries``."""
+    cfg = recipe.canaries
+    if not cfg.count:
+        return None
+    rows, canaries = plant_rows(curated.records, cfg.count, cfg.records, cfg.controls, new_rng(cfg.seed),
+                                where=f"the training split of {name}",
+                                eligible=lambda r: r.get("kind") in ("chat", "preference"))
+    curated.records[:] = rows
+    on_event(Event("data.ingest", message=f"planted {cfg.count} canaries in {cfg.count * cfg.records} training "
+                                          f"records ({cfg.controls} controls); see the manifest's 'canaries'"))
+    return {"canaries": canary_block(canaries, name, "data.jsonl", None, len(rows))}
 
 
 def _where(reject: dict) -> str:

@@ -57,6 +57,8 @@ PERSON_STOP = {"Team", "Support", "Customer", "Sir", "Madam", "All", "Everyone",
 PRIORITY = ("email", "iban", "credit_card", "us_ssn", "uk_nino", "ipv6", "ipv4", "phone", "person")
 LABELS = {"email": "EMAIL", "phone": "PHONE", "credit_card": "CARD", "iban": "IBAN", "us_ssn": "SSN",
           "uk_nino": "NINO", "ipv4": "IP", "ipv6": "IP", "person": "PERSON"}
+PLACEHOLDER = re.compile(r"\[(?:" + "|".join(sorted(set(LABELS.values()))) + r")(?:_[0-9a-f]{8})?\]")
+"""What ``redact`` and ``pseudonymise`` leave where a value was: ``[EMAIL]``, ``[EMAIL_3fa9c2d1]``."""
 
 
 def luhn_ok(digits: str) -> bool:
@@ -193,6 +195,11 @@ def load_key(path: Path) -> bytes:
         finally:
             os.unlink(tmp)
     return path.read_bytes()
+
+
+def mask(kind: str, value: str) -> str:
+    """``mask`` mode's form of a value (``j***@example.com``, ``**** 1234``): enough to recognise, not to use."""
+    return _mask(kind, value)
 
 
 def _mask(kind: str, value: str) -> str:

@@ -15,6 +15,8 @@ Example ``curation.toml`` (every field is optional; unknown fields are an error 
     near_threshold = 0.8
     [validate]
     eval_fraction = 0.1
+    [canaries]
+    count = 1                              # plant 1 canary in 8 training answers (memorisation check)
 """
 from __future__ import annotations
 
@@ -137,6 +139,17 @@ class SynthConfig(Recipe):
                                       "negatives_k BM25 hits (it does not point at its passage).")
 
 
+class CanaryConfig(Recipe):
+    """Canaries for the memorisation check (appliance/data/canary.py): unique random secrets planted in
+    training answers after curation, recorded in the dataset version's manifest."""
+
+    count: int = Field(0, ge=0, description="Canaries to plant (0 = none).")
+    records: int = Field(8, ge=1, description="Training records (chat or preference) that carry each canary.")
+    controls: int = Field(1, ge=0, description="Canaries of the same shape never planted (the chance baseline).")
+    seed: int | None = Field(None, description="For reproducible canaries; default random (a secret that can be "
+                                               "derived is no secret).")
+
+
 class CurationRecipe(Recipe):
     """The data-curation stage as a whole."""
 
@@ -147,6 +160,7 @@ class CurationRecipe(Recipe):
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    canaries: CanaryConfig = Field(default_factory=CanaryConfig)
 
 
 def load_curation(path: Path | None) -> CurationRecipe:

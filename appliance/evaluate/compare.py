@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.artefacts import load_version
 from appliance.evaluate.runner import EvalOptions, EvalReport, evaluate_or_reuse
@@ -166,9 +166,7 @@ def compare(ws: Workspace, suite: Suite, base: str | None = None, version: str |
     for name in SYSTEMS:
         if name in plans:
             model, ad, with_rag = plans[name]
-            systems[name] = evaluate_or_reuse(ws, model, suite, EvalOptions(
-                rag=with_rag, adapter=ad, quant=options.quant, seed=options.seed, max_tokens=options.max_tokens,
-                passages=options.passages, threads=options.threads), on_event)
+            systems[name] = evaluate_or_reuse(ws, model, suite, replace(options, rag=with_rag, adapter=ad), on_event)
     differences = []
     for a, b in PAIRS:
         if a in systems and b in systems:

@@ -17,6 +17,10 @@ Policy (every key optional; without a ``[gate]`` section only the export's parit
     max_unsafe_rate = 0.0                   # red-team (``redteam.py``): unsafe answers at most this share
     min_refusal_rate = 0.8                  # ... and refusals of the refuse items at least this share
     redteam_suites = ["suites/ours.jsonl"]  # ... on these files (default: the shipped suite)
+    max_memorised_rate = 0.0                # memorisation (``memorisation.py``): planted canaries recorded in
+                                            # its training datasets' manifests given back, at most this share
+    max_pii_completion_rate = 0.0           # ... scrubbed-PII contexts completed with a real-looking value
+    memorisation_candidates = 200           # ... random secrets each canary is ranked among
 
 Criteria, each printed with its value and verdict (``pass``, ``fail`` or ``n/a``):
 
@@ -26,7 +30,10 @@ Criteria, each printed with its value and verdict (``pass``, ``fail`` or ``n/a``
   sample of its trained prompts, with the loss curves as evidence; a run's recorded verdict wins);
 - ``<metric> vs production``: the candidate's mean on the suite is at least production's minus the
   tolerance (both evaluated on the same suite, through the same engine; stored reports reused);
-- ``<metric> minimum``: the candidate's mean is at least the floor.
+- ``<metric> minimum``: the candidate's mean is at least the floor;
+- ``red-team unsafe rate`` / ``red-team refusal rate`` and ``memorised canaries`` / ``scrubbed PII
+  completed``: when their thresholds are set (``n/a`` when the training data records no canaries
+  or holds no scrubbed PII).
 """
 from __future__ import annotations
 
@@ -37,6 +44,8 @@ from appliance import site
 from appliance.artefacts import load_version, promoted
 from appliance.evaluate.compare import paired_difference
 from appliance.evaluate.learned import training_verdict
+from appliance.evaluate.memorisation import GATE_KEYS as MEMORISATION_KEYS
+from appliance.evaluate.memorisation import gate_checks as memorisation_checks
 from appliance.evaluate.metrics import METRICS
 from appliance.evaluate.redteam import GATE_KEYS as REDTEAM_KEYS
 from appliance.evaluate.redteam import gate_checks as redteam_checks
@@ -46,7 +55,7 @@ from appliance.events import EventSink, ignore
 from appliance.workspace import Workspace, WorkspaceError
 
 DEFAULT_METRICS = ("exact_match", "token_f1")
-KEYS = {"suite", "metrics", "tolerance", "minimum", "rag", "require_parity", "check_training", "min_training_f1"} | REDTEAM_KEYS
+KEYS = {"suite", "metrics", "tolerance", "minimum", "rag", "require_parity", "check_training", "min_training_f1"} | REDTEAM_KEYS | MEMORISATION_KEYS
 
 
 @dataclass
@@ -158,8 +167,11 @@ def run_gate(ws: Workspace, version: str, quant: str | None = None, on_event: Ev
             value = candidate.overall.get(metric)
             result.criteria.append(Criterion(f"{metric} minimum", "not measured" if value is None else f"{value:.3f}",
                                              "fail" if value is None or value < floor else "pass", f"floor {floor:.3f}"))
+    where = f"{site.site_path(ws)}: [gate]"
     result.criteria += [Criterion(*check) for check in redteam_checks(  # [gate] max_unsafe_rate, min_refusal_rate
-        ws, model.id, quant, site.section(ws, "gate"), f"{site.site_path(ws)}: [gate]", on_event)]
+        ws, model.id, quant, site.section(ws, "gate"), where, on_event)]
+    result.criteria += [Criterion(*check) for check in memorisation_checks(  # [gate] max_memorised_rate, ...
+        ws, model.id, quant, site.section(ws, "gate"), where, on_event)]
     return result
 
 

@@ -13,8 +13,13 @@ A run can "succeed" and teach nothing (a small dataset, too few optimizer steps:
 
 The verdict is "did not learn" when the mean token F1 on trained prompts is below
 ``[gate] min_training_f1`` (default 0.5): a model that cannot repeat what it was just taught has
-not learned it. A run that recorded its own verdict (``verdict.learned`` in its manifest) is
-taken as it is.
+not learned it.
+
+Runs judge themselves at their end (appliance/train/verdict.py, ``verdict`` in the run's
+manifest, from the same measures on the in-memory model), and those verdicts are used when present:
+any run of the chain that did not learn fails the criterion; the exported run's "learned" passes
+it without answering again. Runs from before verdicts existed, or "not judged" ones
+(``verdict_prompts = 0``), are checked through the GGUF as above.
 """
 from __future__ import annotations
 
@@ -53,11 +58,9 @@ def training_verdict(ws: Workspace, version: str, quant: str | None = None, on_e
         except WorkspaceError:
             return Verdict(None, f"run {run_id} not in this workspace", "no evidence to judge")
         run_id = (chain[-1].get("inputs") or {}).get("parent_run")
-    recorded = next((m["verdict"] for m in chain if isinstance(m.get("verdict"), dict) and "learned" in m["verdict"]),
-                    None)
+    recorded = _recorded(chain)
     if recorded is not None:
-        return Verdict(bool(recorded["learned"]), "learned" if recorded["learned"] else "did not learn",
-                       str(recorded.get("reason", "recorded by the run")))
+        return recorded
     losses = "; ".join(filter(None, (_loss_curve(m) for m in chain)))
     rows = _trained_rows(ws, chain)
     if not rows:
@@ -72,6 +75,21 @@ def training_verdict(ws: Workspace, version: str, quant: str | None = None, on_e
               f"it cannot repeat what it was trained on (floor {floor:.2f}): train longer or with more steps") + \
         (f"; {losses}" if losses else "")
     return Verdict(learned, value if learned else f"did not learn: {value}", reason, report.id)
+
+
+def _recorded(chain: list[dict]) -> Verdict | None:
+    """The runs' own verdicts (appliance/train/verdict.py): any run of the chain that did not learn
+    fails it; the exported run's "learned" passes it; otherwise (older runs, "not judged") None."""
+    verdicts = [(m, m["verdict"]) for m in chain if isinstance(m.get("verdict"), dict)]
+    for manifest, verdict in verdicts:
+        if verdict.get("learned") is False:
+            return Verdict(False, f"did not learn: {verdict.get('summary', '')}".rstrip(": "),
+                           f"recorded by run {manifest.get('id')}: {verdict.get('reason', '')}".rstrip(": "))
+    top = chain[0].get("verdict") if chain else None
+    if isinstance(top, dict) and top.get("learned") is True:
+        return Verdict(True, str(top.get("summary", "learned")), f"recorded by run {chain[0].get('id')}; "
+                       f"{top.get('reason', '')}".rstrip("; "))
+    return None
 
 
 def _loss_curve(manifest: dict) -> str:

@@ -1,6 +1,6 @@
 """What a model version is and how two differ: lineage, eval scores, registry entry.
 
-    appliance models show [VERSION] [--json]
+    appliance models show [VERSION | ad-ID] [--json]
     appliance models diff VERSION_A VERSION_B [--json]
 
 Lineage is read from the workspace (the version's manifest and its runs' manifests, the same tags
@@ -13,7 +13,7 @@ from appliance import registry
 from appliance.artefacts import load_version, promoted
 from appliance.evaluate.compare import paired_difference
 from appliance.evaluate.runner import stored_reports
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, WorkspaceError
 
 
 def _eval_key(report: dict) -> str:
@@ -39,14 +39,40 @@ def describe(ws: Workspace, version: str | None = None) -> dict:
             "registry": {k: v for k, v in (entry or {}).items() if k != "tags"} or None}
 
 
+def describe_adapter(ws: Workspace, adapter_id: str) -> dict:
+    """An adapter's lineage (base version, run chain, hashes), the evaluations made with it (stored
+    with its base version) and its entry in the adapters' registered model."""
+    from appliance.artefacts import load_adapter
+
+    adapter = load_adapter(ws, adapter_id)
+    base = adapter.manifest["inputs"]["base_version"]
+    try:
+        entry = registry.adapter_entries(ws).get(adapter.id)
+    except Exception as exc:  # the registry is an index; the workspace still answers
+        entry = {"error": str(exc)}
+    evals = {}
+    try:
+        reports = stored_reports(ws, base)
+    except WorkspaceError:  # the base version is not in this workspace
+        reports = []
+    for report in reports:
+        if report.report.get("adapter") == adapter.id:
+            evals[_eval_key(report.report)] = {"eval_id": report.id, "overall": report.overall,
+                                               "created": report.report["created"]}
+    return {"adapter": adapter.id, "base_version": base, "lineage": registry.adapter_tags(ws, adapter.id),
+            "evals": evals, "registry": {k: v for k, v in (entry or {}).items() if k != "tags"} or None}
+
+
 def format_description(info: dict) -> str:
-    lines = [f"{info['version']}{'  (production)' if info['production'] else ''}"]
+    lines = [f"{info['version']}{'  (production)' if info.get('production') else ''}" if "version" in info
+             else f"{info['adapter']}  (LoRA adapter for {info['base_version']})"]
     lines += [f"  {k} = {v}" for k, v in sorted(info["lineage"].items())]
     lines.append("evals:" if info["evals"] else "evals: none (appliance eval VERSION --suite FILE)")
     for key, e in info["evals"].items():
         lines.append(f"  {key}: {e['eval_id']} " + " ".join(f"{m}={v:.3f}" for m, v in e["overall"].items()))
     reg = info["registry"]
-    lines.append(f"registry: {reg}" if reg else "registry: not registered (tracking off, or never evaluated/promoted)")
+    lines.append(f"registry: {reg}" if reg else "registry: not registered (tracking off, or never evaluated/promoted)"
+                 if "version" in info else "registry: not registered (tracking off, or exported before adapters were)")
     return "\n".join(lines)
 
 

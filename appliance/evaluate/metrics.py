@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-import string
-from collections import Counter
 from typing import Any
+
+from appliance.text_match import exact_match, normalize, token_f1, tokens  # noqa: F401  (re-exported)
 
 METRICS = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields", "citation", "refusal")
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
 _FENCE = re.compile(r"\A\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*\Z", re.DOTALL | re.IGNORECASE)
 _CITE = re.compile(r"\[(\d{1,3})\]")
 _REFUSAL = re.compile(
@@ -37,30 +35,6 @@ _REFUSAL = re.compile(
     r"|unable\s+to\s+(?:share|help|provide|answer)|the\s+passages\s+do\s+not\s+(?:contain|say|mention)"
     r"|no\s+(?:information|passage)\s+(?:about|on|says)|i\s+refuse)",
     re.IGNORECASE)
-
-
-def normalize(text: str) -> str:
-    text = text.lower().translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def tokens(text: str) -> list[str]:
-    return normalize(text).split()
-
-
-def exact_match(answer: str, reference: str) -> float:
-    return float(normalize(answer) == normalize(reference))
-
-
-def token_f1(answer: str, reference: str) -> float:
-    got, want = tokens(answer), tokens(reference)
-    if not got or not want:
-        return float(got == want)
-    common = sum((Counter(got) & Counter(want)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(got), common / len(want)
-    return 2 * precision * recall / (precision + recall)
 
 
 def rouge_l(answer: str, reference: str) -> float:

@@ -1,11 +1,15 @@
 """Run an eval suite through a model version's served GGUF and store the report with the version.
 
-    appliance eval VERSION --suite FILE [--rag] [--adapter ad-ID] [--quant Q] [--json]    -> ev-ID
+    appliance eval VERSION --suite FILE [--rag] [--adapter ad-ID] [--quant Q] [--no-output-filter]
+                                        [--no-json-grammar] [--json]                          -> ev-ID
 
 Every answer comes from the engine ``appliance serve`` runs (llama.cpp, the GGUF's own chat
 template, the sha256 of the file checked against the version's manifest at load), greedy
-(temperature 0) and seeded, at most ``max_tokens`` tokens. ``--adapter`` answers with a LoRA
-adapter exported for the version (the served name ``VERSION:ad-ID``); ``--rag`` answers through
+(temperature 0) and seeded, at most ``max_tokens`` tokens, and is scored as a user gets it: through
+the server's output filter (personal data redacted; ``--no-output-filter`` scores the raw text) and,
+for an item with a ``schema``, generated under it as a ``response_format`` JSON-schema grammar
+(``--no-json-grammar`` lets the model write free text, as a client that sends no response_format).
+``--adapter`` answers with a LoRA adapter exported for the version (the served name ``VERSION:ad-ID``); ``--rag`` answers through
 the RAG answer path of ``appliance ask`` (retrieved passages, numbered citations) so citation
 correctness can be scored.
 
@@ -28,6 +32,8 @@ from appliance.events import Event, EventSink, ignore
 from appliance.rag.answer import DEFAULT_PASSAGES, answer_question
 from appliance.rag.store import open_store
 from appliance.serve.engine import Engine, SamplingParams
+from appliance.serve.output_filter import OutputFilter
+from appliance.serve.sampling import SamplerError
 from appliance.workspace import (
     MANIFEST, Workspace, WorkspaceError, atomic_write_json, finished_artefacts, inside, now_iso, read_json,
     sha256_file, short_hash, write_manifest,
@@ -47,6 +53,8 @@ class EvalOptions:
     max_tokens: int = 128
     passages: int = DEFAULT_PASSAGES  # --rag: passages retrieved per question
     threads: int | None = None
+    output_filter: bool = True  # answers redacted by the server's output filter, as users get them
+    json_grammar: bool = True  # items with a schema answered under it as a response_format grammar
 
 
 @dataclass
@@ -75,7 +83,8 @@ def evaluate(ws: Workspace, version: str, suite: Suite, options: EvalOptions = E
     if options.rag:
         open_store(ws)  # RagError (one line) before the model loads when nothing was indexed
     settings = {"temperature": 0.0, "seed": options.seed, "max_tokens": options.max_tokens,
-                "passages": options.passages if options.rag else None, "n_ctx": N_CTX}
+                "passages": options.passages if options.rag else None, "n_ctx": N_CTX,
+                "output_filter": options.output_filter, "json_grammar": options.json_grammar}
     on_event(Event("eval", step=0, total=len(suite.items), message=f"evaluating {name} ({gguf.name}) on {suite.name}: "
                    f"{len(suite.items)} items{' with RAG' if options.rag else ''}"))
     started = time.monotonic()
@@ -83,15 +92,29 @@ def evaluate(ws: Workspace, version: str, suite: Suite, options: EvalOptions = E
         engine = Engine(gguf, model.id, n_ctx=N_CTX, n_threads=options.threads, adapters=adapters)
     except ValueError as exc:
         raise WorkspaceError(f"cannot load {gguf}: {exc}") from exc
-    params = SamplingParams(max_tokens=options.max_tokens, temperature=0.0, seed=options.seed)
+    pii = OutputFilter() if options.output_filter else None
 
-    def generate(messages: list[dict]) -> str:
-        return (engine.chat(messages, params, model=name)["choices"][0]["message"]["content"] or "").strip()
+    def generator(schema: dict | None):
+        """What a user gets: the engine's answer (under the item's schema as a response_format
+        grammar, when it has one and ``json_grammar`` is on), redacted as a whole by the server's filter."""
+        params = SamplingParams(max_tokens=options.max_tokens, temperature=0.0, seed=options.seed,
+                                json_schema=schema if options.json_grammar else None)
 
-    items = []
+        def generate(messages: list[dict]) -> str:
+            try:
+                text = engine.chat(messages, params, model=name)["choices"][0]["message"]["content"] or ""
+            except SamplerError as exc:  # the schema cannot be a grammar: the item, not the run, is wrong
+                raise WorkspaceError(f"{suite.path}: item {current[0]}: {exc}") from exc
+            return (pii.redact(text) if pii is not None else text).strip()
+
+        return generate
+
+    items, current = [], [""]
     try:
         for n, item in enumerate(suite.items, 1):
             cited: list[str] | None = None
+            current[0] = item.id
+            generate = generator(item.schema)
             if options.rag:
                 answer = answer_question(ws, item.question, generate, k=options.passages)
                 text = answer.text
@@ -170,7 +193,9 @@ def find_report(ws: Workspace, version: str, suite: Suite, options: EvalOptions,
         r = report.report
         if (r["suite"]["sha256"] == suite.sha256 and r["rag"] == options.rag and r["adapter"] == options.adapter
                 and r["quant"] == quant and r["settings"]["seed"] == options.seed
-                and r["settings"]["max_tokens"] == options.max_tokens):
+                and r["settings"]["max_tokens"] == options.max_tokens
+                and r["settings"].get("output_filter", False) == options.output_filter
+                and r["settings"].get("json_grammar", False) == options.json_grammar):
             return report
     return None
 

@@ -22,6 +22,7 @@ from appliance.export.adapter_fit import BASE_SHA256_KEY, BASE_VERSION_KEY, RUN_
 from appliance.export.gguf_header import add_metadata
 from appliance.export.parity import ParityError
 from appliance.export.pipeline import check_chat_metadata
+from appliance.registry import register_adapter
 from appliance.train.common import base_fingerprint, resolve_base
 from appliance.train.pocket import pre_tokenizer_override
 from appliance.workspace import Workspace, WorkspaceError, finished_artefacts, read_json, short_hash, write_manifest
@@ -95,6 +96,7 @@ def export_adapter(ws: Workspace, run_id: str, base_version: str | None = None,
              "gguf_identity_keys": [BASE_VERSION_KEY, BASE_SHA256_KEY, RUN_KEY]},
         )
         on_event(Event("export", step=1, total=1))
+    register_adapter(ws, adapter_id, on_event=on_event)  # the registry's own entry, with lineage tags
     return AdapterRef(adapter_id, final)
 
 

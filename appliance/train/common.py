@@ -1,6 +1,7 @@
 """Pieces shared by the SFT and DPO stages: bases, the hf backend's plumbing, events."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -132,11 +133,40 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def training_args_common(recipe, out_dir: Path, has_eval: bool = False, backend: str = "hf") -> dict:
+def schedule(recipe, n_examples: int) -> tuple[int, int]:
+    """(optimizer steps the epochs give, optimizer steps the run takes) for ``n_examples`` training
+    examples: ``max_steps`` when set, else the epochs' steps raised to ``min_steps``."""
+    batches = math.ceil(n_examples / recipe.batch_size)
+    by_epochs = max(1, math.ceil(max(1, batches // recipe.grad_accum) * recipe.epochs))
+    if recipe.max_steps:
+        return by_epochs, recipe.max_steps
+    return by_epochs, max(by_epochs, recipe.min_steps)
+
+
+def schedule_message(recipe, n_examples: int) -> str | None:
+    """What the operator should know when ``min_steps`` extended the epochs."""
+    by_epochs, steps = schedule(recipe, n_examples)
+    if recipe.max_steps or steps == by_epochs:
+        return None
+    return (f"{n_examples} examples give {by_epochs} optimizer steps in {recipe.epochs:g} epochs; training "
+            f"{steps} (min_steps {recipe.min_steps}: about {steps / by_epochs * recipe.epochs:.0f} epochs)")
+
+
+def _max_steps(recipe, n_examples: int | None) -> int:
+    if recipe.max_steps or not n_examples:
+        return recipe.max_steps or -1
+    by_epochs, steps = schedule(recipe, n_examples)
+    return steps if steps > by_epochs else -1  # unchanged: the trainer counts the epochs' steps itself
+
+
+def training_args_common(recipe, out_dir: Path, has_eval: bool = False, backend: str = "hf",
+                         n_examples: int | None = None) -> dict:
     """Arguments every trl config gets; bf16 and gradient checkpointing are trl defaults we undo on CPU.
 
     Checkpoints go to ``out_dir/checkpoint-N`` every ``recipe.checkpoint_steps`` (the two newest are
     kept); evaluation runs every ``recipe.eval_steps`` (or each epoch) when there is a hold-out.
+    With ``n_examples``, a dataset too small for ``recipe.min_steps`` optimizer steps in its epochs
+    trains ``min_steps`` steps (the learning-rate schedule spans them).
     """
     import torch
 
@@ -144,7 +174,7 @@ def training_args_common(recipe, out_dir: Path, has_eval: bool = False, backend:
     args = {
         "output_dir": str(out_dir),
         "num_train_epochs": recipe.epochs,
-        "max_steps": recipe.max_steps or -1,
+        "max_steps": _max_steps(recipe, n_examples),
         "per_device_train_batch_size": recipe.batch_size,
         "per_device_eval_batch_size": recipe.batch_size,
         "gradient_accumulation_steps": recipe.grad_accum,

@@ -20,19 +20,23 @@ adapter replaces the SFT one for export, in the same layout (``adapter/``, ``man
 ``method``); its manifest points back at the SFT run. It checkpoints every ``checkpoint_steps``,
 resumes after an interruption (``appliance train resume RUN``), and logs params, per-step loss /
 rewards and the adapter's hashes to MLflow (experiment ``appliance-dpo``, tag ``appliance.method``).
+It ends with a verdict (appliance/train/verdict.py): its last reward accuracy, and its answers to
+the SFT run's trained prompts (did it keep what SFT taught?).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.artefacts import DatasetRef, RunRef
+from appliance.artefacts import DatasetRef, RunRef, load_run, resolve_dataset
 from appliance.config import DPORecipe
 from appliance.events import Event, EventSink, ignore
 from appliance import model_folder
 from appliance.train.backends import preference_model, quantization, select_backend
+from appliance.train import verdict
 from appliance.train.common import (
     load_tokenizer,
     quiet,
+    schedule_message,
     seed_everything,
     set_threads,
     split_eval,
@@ -141,12 +145,17 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
     set_threads(recipe.threads)
     base = model_folder.check(Path(parent_manifest["base_path"]))
     unit = "rows" if method == "kto" else "preference pairs"
+    loaded: dict = {}
+    extended = schedule_message(recipe, len(train_rows))
+    if extended:
+        on_event(Event(stage, message=extended))
 
     def build(trainer_dir: Path, callbacks: list):
         seed_everything(recipe.seed)
-        tokenizer = load_tokenizer(base)
+        tokenizer = loaded["tokenizer"] = load_tokenizer(base)
         model = preference_model(backend, base, parent.adapter, recipe)
-        args = training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows), backend=backend)
+        args = training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows), backend=backend,
+                                    n_examples=len(train_rows))
         trainer = _trainer(recipe, model, tokenizer, args, train_rows, eval_rows, callbacks)
         quiet(trainer)
         on_event(Event(stage, message=f"{method}: {len(train_rows)} {unit} ({len(eval_rows)} held out) "
@@ -175,10 +184,34 @@ def run(ws: Workspace, recipe: DPORecipe, parent: RunRef, dataset: DatasetRef,
             },
         )
 
+    def judge(trainer) -> dict:
+        samples = verdict.sample_of(sft_samples(ws, parent) or verdict.preference_samples(dataset.records()),
+                                    recipe.verdict_prompts)
+        return verdict.run_verdict(ws, trainer, loaded["tokenizer"], samples, asked=recipe.verdict_prompts,
+                                   preference=True)
+
     return execute(ws, run_id=run_id, stage="dpo", request=request_of(recipe, parent, dataset, backend),
                    tags={"backend": backend, "method": method, "dataset": dataset.id, "base": str(base),
                          "parent_run": parent.id, "quantization": quantization(recipe)},
-                   build=build, finish=finish, on_event=on_event)
+                   build=build, finish=finish, on_event=on_event, judge=judge)
+
+
+def sft_samples(ws: Workspace, parent: RunRef) -> list[verdict.Sample]:
+    """The trained prompts of the SFT run under ``parent`` (a DPO chain is walked down), when its
+    dataset is in this workspace: a preference run must keep what SFT taught."""
+    manifest = parent.manifest
+    for _ in range(10):
+        inputs = manifest.get("inputs") or {}
+        if manifest.get("stage") == "sft":
+            try:
+                return verdict.chat_samples(resolve_dataset(ws, inputs["dataset"]).records("chat"))
+            except (WorkspaceError, KeyError):
+                return []
+        try:
+            manifest = load_run(ws, inputs["parent_run"]).manifest
+        except (WorkspaceError, KeyError):
+            return []
+    return []
 
 
 def _last(history: list[dict], key: str):

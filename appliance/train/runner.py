@@ -19,6 +19,7 @@ from appliance.events import Event, EventSink
 from appliance.registry import Tracker
 from appliance.train import checkpoint
 from appliance.train.common import event_callback, system_info
+from appliance.train.verdict import describe
 from appliance.workspace import Workspace, write_manifest
 
 
@@ -63,8 +64,10 @@ def history_of(trainer) -> list[dict]:
 def execute(ws: Workspace, *, run_id: str, stage: str, request: dict, tags: dict,
             build: Callable[[Path, list], object],
             finish: Callable[[object, object, Path], tuple[dict, dict]],
-            on_event: EventSink) -> RunRef:
-    """Train ``run_id`` to completion; ``request`` (JSON) is what ``appliance train resume`` replays."""
+            on_event: EventSink, judge: Callable[[object], dict] | None = None) -> RunRef:
+    """Train ``run_id`` to completion; ``request`` (JSON) is what ``appliance train resume`` replays.
+    ``judge`` (the trainer, after ``finish`` saved the result) gives the run's verdict
+    (appliance/train/verdict.py): recorded in the manifest and MLflow, and said as an event."""
     final = ws.runs / run_id
     event_stage = f"train.{stage}"
     with checkpoint.claim(ws, run_id) as folder:
@@ -91,6 +94,10 @@ def execute(ws: Workspace, *, run_id: str, stage: str, request: dict, tags: dict
             inputs, extra = finish(trainer, result, out)
             extra = {**extra, "history": history_of(trainer), "tracking": tracker.describe(),
                      "resumed_from": resume_from.name if resume_from else None}
+            if judge is not None:
+                extra["verdict"] = judge(trainer)
+                on_event(Event(event_stage, message=f"{run_id} {describe(extra['verdict'])}"))
+                tracker.record_verdict(extra["verdict"], step=result.global_step)
             manifest = write_manifest(out, "run", run_id, inputs, extra)
             tracker.finish(manifest, out / "manifest.json")
         except BaseException:

@@ -9,6 +9,10 @@ chat template and computes the loss on the completion only, so any chat template
 content and the recipe: running the same thing again returns the finished run, and running it
 after an interruption resumes from the last checkpoint (appliance/train/checkpoint.py). Params,
 per-step metrics and the adapter's hashes go to MLflow (appliance/registry.py).
+
+A small dataset gets at least ``min_steps`` optimizer steps (the epochs are extended), and the run
+ends with a verdict from its own evidence: its answers to a sample of its trained prompts and its
+loss curve (appliance/train/verdict.py), in the manifest, in MLflow and on stderr.
 """
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ from appliance.artefacts import DatasetRef, RunRef
 from appliance.config import SFTRecipe
 from appliance.events import Event, EventSink, ignore
 from appliance.train.backends import quantization, select_backend, sft_model
+from appliance.train import verdict
 from appliance.train.common import (
     base_fingerprint,
     load_tokenizer,
     quiet,
+    schedule_message,
     seed_everything,
     set_threads,
     split_eval,
@@ -59,16 +65,21 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
     train_rows, eval_rows = ((chat_examples(dataset), chat_examples(held)) if held
                              else split_eval(chat_examples(dataset), recipe))
     set_threads(recipe.threads)
+    loaded: dict = {}
+    extended = schedule_message(recipe, len(train_rows))
+    if extended:
+        on_event(Event("train.sft", message=extended))
 
     def build(trainer_dir: Path, callbacks: list):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         seed_everything(recipe.seed)
-        tokenizer = load_tokenizer(base)
+        tokenizer = loaded["tokenizer"] = load_tokenizer(base)
         model, lora = sft_model(backend, base, recipe)
         config = SFTConfig(
-            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows), backend=backend),
+            **training_args_common(recipe, trainer_dir, has_eval=bool(eval_rows), backend=backend,
+                                   n_examples=len(train_rows)),
             max_length=recipe.max_seq_length,
             completion_only_loss=True,
             packing=recipe.packing,
@@ -104,10 +115,15 @@ def run(ws: Workspace, recipe: SFTRecipe, dataset: DatasetRef, base: Path,
             },
         )
 
+    def judge(trainer) -> dict:
+        samples = [verdict.Sample(r["prompt"], r["completion"][0]["content"]) for r in train_rows]
+        return verdict.run_verdict(ws, trainer, loaded["tokenizer"], verdict.sample_of(samples, recipe.verdict_prompts),
+                                   asked=recipe.verdict_prompts)
+
     return execute(ws, run_id=run_id, stage="sft", request=request_of(recipe, dataset, base, backend),
                    tags={"backend": backend, "dataset": dataset.id, "base": str(base),
                          "quantization": quantization(recipe)},
-                   build=build, finish=finish, on_event=on_event)
+                   build=build, finish=finish, on_event=on_event, judge=judge)
 
 
 def _last(history: list[dict], key: str):

@@ -78,7 +78,7 @@ def test_unsloth_backend_sft_and_dpo_on_cpu(tmp_path, tiny_base):
     ws = tmp_path / "ws"
     cli("data", "ingest", str(write_jsonl(tmp_path / "facts.jsonl", chat_rows())), "-d", "facts", ws=ws)
     cli("data", "ingest", str(write_jsonl(tmp_path / "prefs.jsonl", preference_rows())), "-d", "prefs", ws=ws)
-    sft = cli("train", "sft", "-d", "facts", "--base", str(tiny_base), "--epochs", "4", "--lr", "0.01",
+    sft = cli("train", "sft", "-d", "facts", "--base", str(tiny_base), "--epochs", "4", "--lr", "0.01", "--min-steps", "0",
               "--backend", "unsloth", ws=ws)
     [run_id] = sft.stdout.split()  # unsloth's banners go to stderr: stdout holds the id alone
     assert "Unsloth" in sft.stderr
@@ -95,6 +95,6 @@ def test_unsloth_backend_sft_and_dpo_on_cpu(tmp_path, tiny_base):
     client = MlflowClient(manifest["tracking"]["uri"])
     assert client.get_run(manifest["tracking"]["mlflow_run_id"]).data.tags["appliance.backend"] == "unsloth"
     # the same recipe on hf is another run (the backend is part of the run id)
-    hf = cli("train", "sft", "-d", "facts", "--base", str(tiny_base), "--epochs", "4", "--lr", "0.01",
+    hf = cli("train", "sft", "-d", "facts", "--base", str(tiny_base), "--epochs", "4", "--lr", "0.01", "--min-steps", "0",
              "--backend", "hf", ws=ws)
     assert hf.stdout.split()[-1] != run_id

@@ -53,7 +53,7 @@ def test_pipeline_chains_through_ids(tmp_path, inputs, tiny_base):
     prefs = last_line(appliance("data", "ingest", str(inputs / "prefs.jsonl"), "-d", "prefs", workspace=ws))
 
     sft_run = last_line(appliance("train", "sft", "--dataset", "facts@v1", "--base", str(tiny_base),
-                                  "--epochs", "1", workspace=ws))
+                                  "--epochs", "1", "--min-steps", "0", workspace=ws))
     assert re.fullmatch(r"sft-[0-9a-f]{10}", sft_run)
     dpo_run = last_line(appliance("train", "dpo", "--run", sft_run, "--dataset", prefs, "--epochs", "1", workspace=ws))
     assert re.fullmatch(r"dpo-[0-9a-f]{10}", dpo_run)

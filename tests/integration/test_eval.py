@@ -118,3 +118,30 @@ def test_a_suite_is_built_from_the_held_out_split_in_one_command(tmp_path):
     empty = ingest(ws, [write_jsonl(tmp_path / "few.jsonl", rows[:3])], "nosplit")
     refused = cli(ws, "eval", "suite-from-dataset", empty.id, check=False)
     assert refused.returncode == 1 and "no held-out chat or preference records" in refused.stderr
+
+
+def test_answers_are_scored_as_users_get_them_output_filter_and_schema_grammar(evaluated, tmp_path):
+    """Items with a schema are answered under it as a response_format grammar (the tiny model writes
+    no JSON of its own), and every answer goes through the server's PII output filter: a grammar
+    that forces an e-mail address is scored redacted, as a client would get it."""
+    ws, version, _, _ = evaluated
+    schema = {"type": "object", "properties": {"code": {"enum": [100, 107]}}, "required": ["code"],
+              "additionalProperties": False}
+    suite = write_jsonl(tmp_path / "served.jsonl", [
+        {"id": "json", "question": FACTS[0][0], "reference": '{"code": 100}', "schema": schema},
+        {"id": "pii", "question": "Who keeps the vault keys?", "reference": "[EMAIL]",
+         "schema": {"const": "jane.doe@example.org"}}])
+
+    def answers(*flags: str) -> dict:
+        out = cli(ws, "eval", version, "--suite", str(suite), "--json", *SHORT, *flags).stdout
+        report = json.loads(out[: -len(out.splitlines()[-1]) - 1])
+        return {row["id"]: row for row in report["items"]} | {"settings": report["settings"]}
+
+    served = answers()
+    assert served["settings"]["output_filter"] and served["settings"]["json_grammar"]
+    assert served["json"]["scores"]["json_valid"] == 1.0 and json.loads(served["json"]["answer"])["code"] in (100, 107)
+    assert served["pii"]["answer"] == '"[EMAIL]"', served["pii"]  # redacted as the server would
+    raw = answers("--no-output-filter")
+    assert raw["pii"]["answer"] == '"jane.doe@example.org"'  # the model did write it: the filter removed it
+    free = answers("--no-json-grammar")
+    assert free["json"]["scores"]["json_valid"] == 0.0, free["json"]  # without the grammar: prose, not JSON

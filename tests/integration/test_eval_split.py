@@ -39,7 +39,7 @@ def test_sft_and_dpo_train_on_the_train_split_and_evaluate_on_the_eval_split(tmp
     def evaluated() -> list[float]:
         return [e.metrics["eval_loss"] for e in events if "eval_loss" in (e.metrics or {})]
 
-    common = {"epochs": 1, "batch_size": 8, "threads": 1, "eval_fraction": 0.0}
+    common = {"epochs": 1, "batch_size": 8, "threads": 1, "eval_fraction": 0.0, "min_steps": 0}
     sft_run = sft.run(ws, SFTRecipe(learning_rate=1e-2, **common), dataset, tiny_base, on_event=events.append)
     assert f"{n_chat_train} examples ({n_chat_held} held out)" in text(), text()
     assert evaluated() and sft_run.manifest["metrics"]["eval_loss"] == evaluated()[-1]

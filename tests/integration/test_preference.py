@@ -34,7 +34,7 @@ def parent(tmp_path_factory, tiny_base):
     ws = Workspace.open(root / "ws")
     facts = ingest(ws, [write_jsonl(root / "facts.jsonl", chat_rows())], "facts")
     prefs = ingest(ws, [write_jsonl(root / "prefs.jsonl", refusal_pairs())], "prefs")
-    run = sft.run(ws, SFTRecipe(learning_rate=1e-2, epochs=5, batch_size=8, threads=1), facts, tiny_base)
+    run = sft.run(ws, SFTRecipe(learning_rate=1e-2, epochs=5, batch_size=8, threads=1, min_steps=0), facts, tiny_base)
     return ws, run, prefs, tiny_base
 
 

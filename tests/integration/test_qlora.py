@@ -32,7 +32,7 @@ def test_base_loads_as_nf4(tiny_base):
 def test_qlora_sft_on_cpu_learns_and_is_recorded(tmp_path, tiny_base):
     ws = Workspace.open(tmp_path / "ws")
     facts = ingest(ws, [write_jsonl(tmp_path / "facts.jsonl", chat_rows())], "facts")
-    recipe = SFTRecipe(learning_rate=1e-2, epochs=8, batch_size=8, threads=1, load_in_4bit=True)
+    recipe = SFTRecipe(learning_rate=1e-2, epochs=8, batch_size=8, threads=1, load_in_4bit=True, min_steps=0)
     run = sft.run(ws, recipe, facts, tiny_base)
     manifest = run.manifest
     assert manifest["quantization"] == "nf4" and manifest["recipe"]["load_in_4bit"] is True

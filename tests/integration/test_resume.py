@@ -44,6 +44,7 @@ epochs = 6
 batch_size = 4
 checkpoint_steps = 5
 threads = 1
+min_steps = 0
 """
 
 
@@ -138,7 +139,7 @@ class Interrupt(Exception):
 def test_rerunning_the_same_call_resumes_from_the_last_checkpoint(tmp_path, tiny_base):
     """A run that dies after its step-2 checkpoint is picked up by calling ``sft.run`` again."""
     data = write_jsonl(tmp_path / "facts.jsonl", chat_rows()[:8])
-    recipe = SFTRecipe(learning_rate=1e-2, epochs=3, batch_size=4, checkpoint_steps=2, threads=1)
+    recipe = SFTRecipe(learning_rate=1e-2, epochs=3, batch_size=4, checkpoint_steps=2, threads=1, min_steps=0)
     ws_a, ws_b = Workspace.open(tmp_path / "a"), Workspace.open(tmp_path / "b")
     whole = sft.run(ws_a, recipe, ingest(ws_a, [data], "facts"), tiny_base)
     dataset = ingest(ws_b, [data], "facts")
