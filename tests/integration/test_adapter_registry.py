@@ -23,8 +23,10 @@ def test_each_exported_adapter_is_registered_with_its_lineage_and_listed(adapter
     ws = adapter_set.ws
     client = MlflowClient(tracking_uri=f"sqlite:///{ws.root / 'mlflow.db'}", registry_uri=f"sqlite:///{ws.root / 'mlflow.db'}")
     listed = {mv.tags["appliance.adapter"]: mv for mv in client.search_model_versions("name='appliance-adapters'")}
-    assert set(listed) == {adapter_set.facts, adapter_set.alt}
-    for adapter_id, mv in listed.items():
+    # the session's workspace is shared: other tests export adapters into it too
+    assert {adapter_set.facts, adapter_set.alt} <= set(listed)
+    for adapter_id in (adapter_set.facts, adapter_set.alt):
+        mv = listed[adapter_id]
         manifest = load_adapter(ws, adapter_id).manifest
         tags = mv.tags
         assert tags["appliance.kind"] == "adapter" and tags["appliance.base_version"] == adapter_set.base.id
@@ -34,11 +36,12 @@ def test_each_exported_adapter_is_registered_with_its_lineage_and_listed(adapter
         assert tags["appliance.runs"] == run and tags["appliance.run.0.id"] == run
         assert tags["appliance.run.0.dataset"] == read_json(ws.runs / run / "manifest.json")["inputs"]["dataset"]
         assert tags["appliance.run.0.learned"] == "True"  # the run's own verdict
-    assert not client.search_model_versions("name='appliance'")  # model versions keep their own registered model
+    # model versions keep their own registered model: no adapter among them
+    assert not [mv for mv in client.search_model_versions("name='appliance'") if "appliance.adapter" in mv.tags]
 
     rows = [line.split("\t") for line in cli(ws, "models", "list").stdout.splitlines()]
     adapters = {row[0]: row for row in rows if row[0].startswith("ad-")}
-    assert set(adapters) == {adapter_set.facts, adapter_set.alt}
+    assert {adapter_set.facts, adapter_set.alt} <= set(adapters) and set(adapters) <= set(listed)
     assert adapters[adapter_set.alt][2] == f"adapter:{adapter_set.base.id}"
     assert rows[0][0].startswith("mv-")  # versions first, as before
     shown = cli(ws, "models", "show", adapter_set.alt).stdout
