@@ -15,7 +15,7 @@ venv:
 demo: venv
 	$(BIN)/appliance demo
 
-# The full suite, what CI runs: the lint contracts, then every test (about 15 minutes on 2 cores).
+# The full suite, what CI runs: the lint contracts, then every test (about 25 minutes on 2 cores).
 test: venv lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
