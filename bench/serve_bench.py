@@ -14,7 +14,9 @@ random LoRA adapters), with the same threads:
      llama-server (continuous batching, --parallel 8) built from the same sdist (goal: >= 1.0 at 8);
   3. the same with the clients spread over 3 adapters (llama-server cannot batch across adapters);
   4. adapter switch cost (in-process engine: alternating adapters vs one adapter);
-  5. streaming time to first token at 1 client.
+  5. streaming time to first token at 1 client;
+  6. one decode step across adapters (in-process engine, 8 clients over 3 adapters): llama.cpp
+     with the routing patch (scripts/patch_llama_cpp.py) against one step per adapter group.
 The servers run one at a time, never beside each other, alternating: each of ``--repeats`` rounds
 starts our server, measures, stops it, then does the same with llama-server. Every figure is the
 median over the repeats with its range, ratios are ratios of medians, and the run warns about any
@@ -279,6 +281,52 @@ def switch_cost(base: Path, adapters: dict[str, Path], threads: int) -> dict:
 
 
 
+def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, rounds: int = 2) -> dict:
+    """In-process, 8 clients over 3 adapters, 64 greedy tokens each: llama.cpp with the routing
+    patch decoding every adapter's rows in one step, against one step per adapter group (the
+    scheduler without routing), alternating; aggregate tok/s and answers identical to solo."""
+    from appliance.serve.engine import Engine, SamplingParams
+
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    names = [f"bench:{n}" for n in adapters]
+    jobs = [names[i % len(names)] for i in range(8)]
+    engines = {mode: Engine(base, "bench", n_ctx=512, n_threads=threads, adapters=adapters, slots=8,
+                            prefix_cache_mib=None, adapter_routing=mode == "routed")
+               for mode in ("routed", "grouped")}
+    try:
+        if not engines["routed"].routes_adapters:
+            return {"error": "llama.cpp lacks the routing patch (scripts/patch_llama_cpp.py): run make venv"}
+        solo = {name: engines["grouped"].complete(PROMPT, params, model=name)["choices"][0]["text"] for name in names}
+        rates: dict[str, list[float]] = {mode: [] for mode in engines}
+        same: dict[str, int] = {mode: 0 for mode in engines}
+        steps: dict[str, int] = {mode: 0 for mode in engines}
+        for _ in range(rounds):
+            for mode, engine in engines.items():
+                texts: list[str] = [""] * len(jobs)
+                tokens = [0] * len(jobs)
+
+                def run(i: int, engine=engine, texts=texts, tokens=tokens) -> None:
+                    out = engine.complete(PROMPT, params, model=jobs[i])
+                    texts[i], tokens[i] = out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+                before = engine._scheduler.steps
+                started = time.perf_counter()
+                threads_ = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+                for t in threads_:
+                    t.start()
+                for t in threads_:
+                    t.join()
+                rates[mode].append(sum(tokens) / (time.perf_counter() - started))
+                steps[mode] += engine._scheduler.steps - before
+                same[mode] += sum(text == solo[name] for text, name in zip(texts, jobs))
+        return {mode: {"tok_s": statistics.median(rates[mode]), "runs": rates[mode],
+                       "llama_decode_calls": steps[mode] // rounds,
+                       "identical_to_solo": f"{same[mode]}/{rounds * len(jobs)}"} for mode in engines}
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+
 # -- one repeat of each server ------------------------------------------------------------------
 def measure_ours(base: Path, folder: Path, adapters: dict[str, Path], args, work: Path) -> dict:
     """Single stream (alternating with direct in-process calls), load at 1/4/8 clients, TTFT."""
@@ -376,7 +424,9 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats} measured", flush=True)
     summary = summarise(runs)
     results = {"args": vars(args), "runs": runs, "summary": summary,
-               "switch": switch_cost(base, adapters, args.threads), "warnings": warnings(runs, summary)}
+               "switch": switch_cost(base, adapters, args.threads),
+               "routed_vs_grouped": routed_vs_grouped(base, adapters, args.threads),
+               "warnings": warnings(runs, summary)}
     report(results)
     out = ROOT / "bench" / "serve_bench.last.json"
     out.write_text(json.dumps(results, indent=2, default=str))
@@ -452,6 +502,15 @@ def report(r: dict) -> None:
     print(f"\nadapter switch: llama_set_adapters_lora {w['set_adapters_ms']:.3f} ms; 8-token request "
           f"{w['same_s'] * 1000:.1f} ms on one adapter vs {w['alternating_s'] * 1000:.1f} ms alternating "
           f"(cost per switch ~{(w['alternating_s'] - w['same_s']) * 1000:.1f} ms)")
+    g = r["routed_vs_grouped"]
+    if "error" in g:
+        print(f"\none decode step across adapters: {g['error']}")
+    else:
+        print(f"\none decode step across adapters (in-process, 8 clients over 3 adapters): routed "
+              f"{g['routed']['tok_s']:.1f} tok/s in {g['routed']['llama_decode_calls']} llama_decode calls vs one step "
+              f"per adapter group {g['grouped']['tok_s']:.1f} tok/s in {g['grouped']['llama_decode_calls']} "
+              f"(ratio {g['routed']['tok_s'] / g['grouped']['tok_s']:.2f}); identical to solo: routed "
+              f"{g['routed']['identical_to_solo']}, grouped {g['grouped']['identical_to_solo']}")
     theirs = f"{sm['llama_ttft']['median'] * 1000:.0f} ms" if "llama_ttft" in sm else "n/a"
     print(f"streaming time to first token, 1 client: ours {sm['ours_ttft']['median'] * 1000:.0f} ms, "
           f"llama-server {theirs}")

@@ -8,8 +8,9 @@
 #    machines get the same bytes. torch is the CPU wheel 2.13.0+cpu from pip's find-links.
 # 2. llama-cpp-python is compiled from its PyPI sdist (sha256 pinned below) with
 #    CMAKE_ARGS=-DGGML_NATIVE=OFF (the native build enables AMX kernels that die with "Illegal
-#    instruction" on some CPUs). The wheel is kept in a cache folder so a second venv, or CI on
-#    the same machine, reuses it.
+#    instruction" on some CPUs), after scripts/patch_llama_cpp.py has added per-sequence LoRA
+#    routing to its vendored llama.cpp. The wheel is kept in a cache folder named after the flags
+#    and the patch, so a second venv, or CI on the same machine, reuses it.
 # 3. The project itself, editable and with --no-deps (everything it needs is in the lock).
 # 4. llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
 #    convert_lora_to_gguf.py) are taken from that same sdist into $VENV/share/slm-appliance/llama.cpp.
@@ -28,6 +29,7 @@ LOCK="$ROOT/requirements.lock"
 STAMP="$VENV/.slm-appliance-installed"
 # re-install when any input of the environment changes
 want=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" "$LOCK" "$ROOT/scripts/hatch_build.py" \
+  "$ROOT/scripts/patch_llama_cpp.py" \
   | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
@@ -51,14 +53,18 @@ if [ "$got" != "$LLAMA_CPP_PYTHON_SDIST_SHA256" ]; then
   exit 1
 fi
 
-flags_id=$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)
-wheel_dir="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$flags_id"
+# the folder is named after the build: flags and patch (appliance/bundle/build.py computes the same)
+build_id=$( { printf '%s\n' "$LLAMA_CMAKE_ARGS"; cat "$ROOT/scripts/patch_llama_cpp.py"; } | sha256sum | cut -c1-8)
+wheel_dir="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$build_id"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  log "compiling llama-cpp-python with CMAKE_ARGS=$LLAMA_CMAKE_ARGS (7-25 minutes on 2 cores)"
-  mkdir -p "$wheel_dir.partial"
+  log "compiling llama-cpp-python with CMAKE_ARGS=$LLAMA_CMAKE_ARGS and the LoRA routing patch (7-25 minutes on 2 cores)"
+  src=$(mktemp -d)
+  tar -xzf "$sdist" -C "$src"
+  "$VENV/bin/python" "$ROOT/scripts/patch_llama_cpp.py" "$src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+  rm -rf "$wheel_dir.partial" && mkdir -p "$wheel_dir.partial"
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-    $PIP wheel --no-deps --no-cache-dir "$sdist" -w "$wheel_dir.partial"
-  rm -rf "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
+    $PIP wheel --no-deps --no-cache-dir "$src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION" -w "$wheel_dir.partial"
+  rm -rf "$src" "$wheel_dir" && mv "$wheel_dir.partial" "$wheel_dir"
 fi
 
 log "installing the locked stack ($(grep -c '^[A-Za-z0-9]' "$LOCK") packages, torch 2.13.0+cpu) from requirements.lock"

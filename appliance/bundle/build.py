@@ -171,13 +171,20 @@ def llama_wheel(explicit: Path | None) -> tuple[Path, str | None]:
         if not Path(explicit).is_file():
             raise BundleError(f"{explicit}: no such llama-cpp-python wheel")
         return Path(explicit), sdist_sha
-    flags_id = hashlib.sha256(LLAMA_CMAKE_ARGS.encode()).hexdigest()[:8]
-    folder = cache_dir() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-{flags_id}"
+    folder = cache_dir() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-{llama_build_id()}"
     wheels = sorted(folder.glob("llama_cpp_python-*.whl"))
     if len(wheels) != 1:
         raise BundleError(f"{folder}: expected the one llama-cpp-python wheel that scripts/setup_env.sh builds "
                           f"(found {len(wheels)}); run `make venv`, or pass --llama-wheel")
     return wheels[0], sdist_sha
+
+
+def llama_build_id() -> str:
+    """The name scripts/setup_env.sh gives the wheel's cache folder: its CMake flags and llama.cpp patch."""
+    patch = Path(__file__).resolve().parents[2] / "scripts" / "patch_llama_cpp.py"
+    if not patch.is_file():
+        raise BundleError(f"{patch} missing: build bundles from a source checkout, or pass --llama-wheel")
+    return hashlib.sha256(f"{LLAMA_CMAKE_ARGS}\n".encode() + patch.read_bytes()).hexdigest()[:8]
 
 
 def project_wheel(source: Path, dest: Path) -> Path:
@@ -291,7 +298,7 @@ def build(opts: BuildOptions, say=lambda message: None) -> BuildResult:
         _place(llama, house / llama.name)
         llama_sha = sha256_file(llama)
         requirements.append(f"llama-cpp-python=={LLAMA_CPP_PYTHON} --hash=sha256:{llama_sha}")
-        props = {"file": llama.name, "built-with": f"CMAKE_ARGS={LLAMA_CMAKE_ARGS}" if opts.llama_wheel is None
+        props = {"file": llama.name, "built-with": f"CMAKE_ARGS={LLAMA_CMAKE_ARGS} + scripts/patch_llama_cpp.py" if opts.llama_wheel is None
                  else "given with --llama-wheel"}
         if sdist_sha:
             props["built-from-sdist-sha256"] = sdist_sha

@@ -26,6 +26,12 @@ def serve_cmd(
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="NAME=ad-ID or NAME=FILE.gguf: a LoRA "
                                                 "adapter served as MODEL:NAME (repeatable)."),
     parallel: int = typer.Option(4, "--parallel", min=1, help="Sequences the engine decodes together (slots)."),
+    prefix_cache_mib: int = typer.Option(256, "--prefix-cache-mib", min=0,
+                                         help="Host memory (MiB) for cached prompt prefixes beyond the slots' own KV; "
+                                              "0: only what the slots hold."),
+    prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
+                                      help="Reuse the KV of earlier prompts' shared prefixes (off: every request "
+                                           "prefills its whole prompt)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
                                                  help="Requests in the engine at once (default: --parallel)."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting beyond those; more get HTTP 429."),
@@ -61,6 +67,7 @@ def serve_cmd(
 
     with report_errors():
         options = ServeOptions(host=host, port=port, n_ctx=n_ctx, threads=threads, parallel=parallel,
+                               prefix_cache_mib=prefix_cache_mib if prefix_cache else None,
                                adapters=parse_adapters(adapter or []), max_concurrent=max_concurrent,
                                max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, timeout_s=timeout,
                                graceful_timeout_s=graceful_timeout, require_keys=require_keys,

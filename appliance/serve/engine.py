@@ -32,10 +32,13 @@ __all__ = ["Engine", "SamplingParams", "UnknownModel", "PromptTooLong"]
 class Engine:
     def __init__(self, model_path: Path, model_id: str, n_ctx: int = 2048, n_threads: int | None = None,
                  adapters: dict[str, Path] | None = None, slots: int = 1,
-                 prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB, chat_template: str | None = None) -> None:
+                 prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB, chat_template: str | None = None,
+                 adapter_routing: bool = True) -> None:
         """``prefix_cache_mib`` bounds the prefix cache's host tier (0: only what the slots hold;
         None: no prefix cache, every request prefills its whole prompt). ``chat_template`` serves a
-        GGUF that carries none (a benchmark on a raw file); a served version always has its own."""
+        GGUF that carries none (a benchmark on a raw file); a served version always has its own.
+        ``adapter_routing=False`` gives each adapter group its own decode steps (scheduler.py), as
+        on a llama.cpp without the routing patch: for benchmarks and comparisons."""
         import llama_cpp
         from llama_cpp import _internals, _logger
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -62,7 +65,8 @@ class Engine:
             bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
         self._scheduler = Scheduler(self._model, self.n_ctx, self.slots, n_threads or max(1, os.cpu_count() or 1),
-                                    prefix_cache_bytes=None if prefix_cache_mib is None else max(0, prefix_cache_mib) << 20)
+                                    prefix_cache_bytes=None if prefix_cache_mib is None else max(0, prefix_cache_mib) << 20,
+                                    adapter_routing=adapter_routing)
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
 
@@ -92,6 +96,11 @@ class Engine:
     def load(self) -> dict[str, int]:
         """Running and waiting sequences, and the number of slots."""
         return self._scheduler.load()
+
+    @property
+    def routes_adapters(self) -> bool:
+        """True when sequences of different adapters share decode steps (llama.cpp with the routing patch)."""
+        return self._scheduler.routes_adapters
 
     def cache_stats(self) -> dict[str, int]:
         """The prompt prefix cache: lookups, hits, cached tokens, host entries and bytes (prefix_cache.py)."""

@@ -1,15 +1,18 @@
-"""Continuous batching over one llama.cpp context, with LoRA adapters switched per decode step.
+"""Continuous batching over one llama.cpp context, with LoRA adapters chosen per sequence.
 
     appliance serve --model VERSION --parallel 4 --adapter legal=ADAPTER.gguf
 
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
-run at once, each in its own sequence id (its own stream of a non-unified KV cache). llama.cpp
-applies LoRA adapters per context, not per sequence, so every decode step serves one adapter
-group: the groups with running sequences take turns (round robin), and within a group the
-step decodes one token for every running sequence, then prefills the next chunk of one waiting
-prompt. Each sequence keeps its own sampler chain (grammar, penalties, top-p, temperature,
-seed), its own stop strings and an exact ``max_tokens``. A finished request's KV stays in its
-slot for the next request with the same prefix (prefix_cache.py).
+run at once, each in its own sequence id (its own stream of a non-unified KV cache). Each step
+decodes one token for every running sequence in one ``llama_decode``, whatever adapter each one
+uses, then prefills the next chunk of one waiting prompt. Upstream llama.cpp applies LoRA
+adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
+the appliance's build patches it (scripts/patch_llama_cpp.py) so that each adapter's delta
+reaches only the rows of the sequences routed to it. On a llama.cpp without the patch the
+scheduler falls back to adapter groups: the groups with running sequences take turns (round
+robin), one decode step each. Each sequence keeps its own sampler chain (grammar, penalties,
+top-p, temperature, seed), its own stop strings and an exact ``max_tokens``. A finished
+request's KV stays in its slot for the next request with the same prefix (prefix_cache.py).
 
 Batch invariance: a greedy answer is the same token for token whether its request runs alone or
 beside others, and whether its prompt prefix came from the cache or was prefilled. On this
@@ -30,8 +33,9 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
   departed from solo; each step now decodes the generating rows in one call and one prompt's
   next chunk in another.
 - a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
-  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): an adapter step never
-  runs a row alone in its ubatch (``_padding``).
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): a row with an adapter
+  never runs alone in its ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
+  delta and + 0.0 * every other adapter's, the same bits as with its adapter alone on the context.
 """
 from __future__ import annotations
 
@@ -128,7 +132,10 @@ class Scheduler:
     """Owns the llama.cpp context; ``submit`` hands it a sequence, events come back on its queue."""
 
     def __init__(self, model, n_ctx_per_seq: int, slots: int, n_threads: int, n_batch: int = 512,
-                 prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_MIB << 20) -> None:
+                 prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_MIB << 20,
+                 adapter_routing: bool = True) -> None:
+        """``adapter_routing``: decode sequences of different adapters in one step when llama.cpp
+        has the routing patch (``False``: one step per adapter group, as on an unpatched build)."""
         import llama_cpp
         from llama_cpp import _internals
 
@@ -155,7 +162,10 @@ class Scheduler:
         self.n_vocab = model.n_vocab()
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
-        self._current_adapter: int | None = None  # the address of the adapter set on the context
+        self._current_adapters: tuple[int, ...] = ()  # the addresses of the adapters set on the context
+        self._routing = lora_routing(llama_cpp) if adapter_routing else None
+        if self._routing is not None:
+            self._routing.enable(self.ctx.ctx, True)
         self._pending: list[Sequence] = []
         self._running: list[Sequence] = []
         self._free_slots = list(range(slots))
@@ -167,6 +177,7 @@ class Scheduler:
         self.steps = 0
         self.adapter_switches = 0
         self.switch_seconds = 0.0
+        self.mixed_steps = 0  # decode steps whose rows used more than one adapter (or base and adapter)
         self._thread = threading.Thread(target=self._loop, name="llama-scheduler", daemon=True)
         self._thread.start()
 
@@ -190,6 +201,11 @@ class Scheduler:
     def adapter_names(self) -> list[str]:
         with self._cv:
             return sorted(self._adapters)
+
+    @property
+    def routes_adapters(self) -> bool:
+        """True when sequences of different adapters share a decode step (patched llama.cpp)."""
+        return self._routing is not None
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> Sequence:
@@ -267,6 +283,8 @@ class Scheduler:
                 keep = 0
             self._llama_cpp.llama_memory_seq_rm(memory, plan.slot, keep, -1)
             seq.slot, seq.n_prefilled, seq.cached, seq.n_past = plan.slot, keep, keep, keep
+            if self._routing is not None:
+                self._routing.route(self.ctx.ctx, seq.slot, seq.pointer)
             self._running.append(seq)
 
     def _save(self, slot: int, entry) -> None:
@@ -300,25 +318,30 @@ class Scheduler:
         return order
 
     def _step(self) -> None:
-        groups = self._groups()
-        if not groups:
+        if not self._running:
             return
-        group = groups[self._group_turn % len(groups)]
-        self._group_turn += 1
-        # by slot: llama.cpp puts only consecutive sequence ids of a non-unified cache in one ubatch
-        members = sorted((s for s in self._running if s.adapter == group), key=lambda s: s.slot)
-        self._use_adapter(group, members[0])
+        if self._routing is not None:
+            members = self._running
+            self._use_adapters([s.pointer for s in members])
+        else:
+            groups = self._groups()
+            group = groups[self._group_turn % len(groups)]
+            self._group_turn += 1
+            members = [s for s in self._running if s.adapter == group]
+            self._use_adapters([members[0].pointer])
 
-        # one llama_decode for the group's generating rows, then one for a single prompt's next
-        # chunk: a batch never mixes prompts with each other or with decode rows, the regime
+        # one llama_decode for the generating rows, then one for a single prompt's next chunk:
+        # a batch never mixes prompts with each other or with decode rows, the regime
         # bench/batch_invariance.py measured row for row
-        decoding = [s for s in members if not s.prefilling]
+        decoding = sorted((s for s in members if not s.prefilling), key=lambda s: s.slot)
         if decoding:
             rows = [(s.generated[-1], len(s.prompt) + len(s.generated) - 1, s.slot, True) for s in decoding]
-            padding = self._padding(decoding) if group is not None else []
+            padding = self._padding(decoding)
+            # by slot: llama.cpp puts only consecutive sequence ids of a non-unified cache in one ubatch
             rows = sorted(rows + [(decoding[0].generated[-1], pos, slot, True) for slot, pos in padding],
                           key=lambda row: row[2])
             index = {row[2]: i for i, row in enumerate(rows)}
+            self.mixed_steps += len({_address(s.pointer) for s in decoding}) > 1
             try:
                 self._decode(rows, decoding)
             finally:
@@ -341,17 +364,19 @@ class Scheduler:
                 self._sample(seq, stop - start - 1)
 
     def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
-        """(slot, position) of one throwaway row beside each row that would sit alone in its ubatch.
+        """(slot, position) of one throwaway row beside each adapter row that would sit alone in its ubatch.
 
         llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
         matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
-        differently (15/16 identical over 3 adapters at 8 clients without this); so an adapter
-        step never runs a row alone. The row is appended to a neighbouring slot's KV (its
-        request, its cached prefix, or nothing) and removed after the step."""
+        differently (15/16 identical over 3 adapters at 8 clients without this); so a row with an
+        adapter never runs alone. The row is appended to a neighbouring slot's KV (its request,
+        its cached prefix, or nothing) and removed after the step. A base-model row may run
+        alone: the quantized matmuls agree for 1 and more rows (module doc), and a routed
+        adapter's delta reaches it multiplied by 0."""
         taken = {s.slot for s in decoding}
         padding = []
         for seq in decoding:
-            if seq.slot - 1 in taken or seq.slot + 1 in taken:
+            if seq.pointer is None or seq.slot - 1 in taken or seq.slot + 1 in taken:
                 continue
             slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
             padding.append((slot, self._end(slot)))
@@ -387,18 +412,23 @@ class Scheduler:
             seq.logprobs.append(TokenLogprob(self._piece(token), logprob, [(self._piece(t), p) for t, p in top]))
         self._advance(seq, token)
 
-    def _use_adapter(self, name: str | None, seq: Sequence) -> None:
-        # by handle, not name: an adapter removed and added again under its name is another adapter
-        if _address(seq.pointer) == self._current_adapter:
+    def _use_adapters(self, pointers: list[Any]) -> None:
+        """Set these adapters (None: the base model) on the context, unless they are set already.
+
+        By handle, not name: an adapter removed and added again under its name is another adapter.
+        A change makes llama.cpp rebuild its graph at the next decode."""
+        handles = {_address(p): p for p in pointers if p is not None}
+        wanted = tuple(sorted(handles))
+        if wanted == self._current_adapters:
             return
         started = time.perf_counter()
-        if name is None:
+        if not wanted:
             self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
         else:
-            pointers = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(seq.pointer)
-            scales = (ctypes.c_float * 1)(1.0)
-            self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, pointers, 1, scales)
-        self._current_adapter = _address(seq.pointer)
+            array = (self._llama_cpp.llama_adapter_lora_p_ctypes * len(wanted))(*(handles[a] for a in wanted))
+            scales = (ctypes.c_float * len(wanted))(*([1.0] * len(wanted)))
+            self._llama_cpp.llama_set_adapters_lora(self.ctx.ctx, array, len(wanted), scales)
+        self._current_adapters = wanted
         self.adapter_switches += 1
         self.switch_seconds += time.perf_counter() - started
 
@@ -454,6 +484,8 @@ class Scheduler:
             else:
                 self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, -1, -1)
                 self.cache.drop_resident(seq.slot)
+            if self._routing is not None:
+                self._routing.route(self.ctx.ctx, seq.slot, None)
             self._free_slots.append(seq.slot)
             self._free_slots.sort()
         if seq.sampler is not None:
@@ -474,6 +506,26 @@ class Scheduler:
             cached_tokens=seq.cached,
             timings={"queue_and_prompt_s": round(first - seq.submitted, 6), "total_s": round(end - seq.submitted, 6)},
         ))
+
+
+@dataclass(frozen=True)
+class LoraRouting:
+    """The routing functions scripts/patch_llama_cpp.py adds to llama.cpp."""
+    enable: Any  # llama_set_adapters_lora_routing(ctx, bool)
+    route: Any   # llama_set_adapter_lora_seq(ctx, seq_id, adapter or NULL)
+
+
+def lora_routing(llama_cpp) -> LoraRouting | None:
+    """llama.cpp's per-sequence LoRA routing, or None when the library lacks the patch."""
+    library = getattr(getattr(llama_cpp, "llama_cpp", None), "_lib", None)
+    try:
+        enable = library.llama_set_adapters_lora_routing
+        route = library.llama_set_adapter_lora_seq
+    except AttributeError:
+        return None
+    enable.argtypes, enable.restype = [ctypes.c_void_p, ctypes.c_bool], None
+    route.argtypes, route.restype = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p], None
+    return LoraRouting(enable, route)
 
 
 def _address(pointer: Any) -> int | None:

@@ -33,6 +33,7 @@ from appliance.export.gguf_header import GGUFHeader, read_header
 from appliance.serve.auth import ApiKey
 from appliance.serve.engine import Engine
 from appliance.serve.hotswap import EngineHolder, PromotionWatcher
+from appliance.serve.scheduler import DEFAULT_PREFIX_CACHE_MIB
 from appliance.workspace import MANIFEST, Workspace, WorkspaceError
 
 
@@ -56,6 +57,8 @@ class EngineOptions:
     threads: int | None = None
     slots: int = 4
     """Sequences the engine decodes together (``--parallel``)."""
+    prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB
+    """Host memory for cached prompt prefixes (``--prefix-cache-mib``; 0: only the slots' own KV; None: off)."""
 
 
 class ServedModels:
@@ -191,7 +194,7 @@ def build_engine(ws: Workspace, options: EngineOptions, adapters: dict[str, str]
             print(f"warning: not serving adapter {name} on {model.id}: {exc}", file=sys.stderr, flush=True)
     try:
         return Engine(gguf, model.id, n_ctx=options.n_ctx, n_threads=options.threads, adapters=paths,
-                      slots=options.slots)
+                      slots=options.slots, prefix_cache_mib=options.prefix_cache_mib)
     except ValueError as exc:  # llama.cpp refused the model or an adapter: one line, not a traceback
         raise WorkspaceError(str(exc)) from exc
 

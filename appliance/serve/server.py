@@ -44,6 +44,7 @@ from appliance.serve.connections import ConnectionLimits, default_per_address, e
 from appliance.serve.context import ServeSettings
 from appliance.serve.hotswap import PromotionWatcher
 from appliance.serve.limits import Limits
+from appliance.serve.scheduler import DEFAULT_PREFIX_CACHE_MIB
 from appliance.serve.served_models import EngineOptions, ServedModels
 from appliance.workspace import Workspace, WorkspaceError, atomic_write_json, read_json
 
@@ -56,6 +57,8 @@ class ServeOptions:
     threads: int | None = None
     parallel: int = 4
     """Sequences the engine decodes together (its slots)."""
+    prefix_cache_mib: int | None = DEFAULT_PREFIX_CACHE_MIB
+    """Host memory for cached prompt prefixes (0: only the slots' own KV; None: no prefix cache)."""
     adapters: dict[str, str] = field(default_factory=dict)
     """name -> ``ad-...`` id or .gguf path."""
     max_concurrent: int | None = None
@@ -141,7 +144,8 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
                                                              models.current.model_path.name))
         print(f"now serving {', '.join(models.names())}", file=sys.stderr, flush=True)
 
-    engine_options = EngineOptions(n_ctx=options.n_ctx, threads=options.threads, slots=options.parallel)
+    engine_options = EngineOptions(n_ctx=options.n_ctx, threads=options.threads, slots=options.parallel,
+                                   prefix_cache_mib=options.prefix_cache_mib)
     models = ServedModels.load(ws, version, quant, engine_options, options.adapters, on_swap=announce)
     engine = models.current
     path = engine.model_path

@@ -87,6 +87,37 @@ def test_concurrent_requests_across_adapters_match_solo_answers(engine, adapters
     assert any(solo[j] for j in text_jobs), "the base continuations are empty: nothing was compared"
 
 
+def test_adapters_share_decode_steps_and_answer_as_alone(adapters):
+    """llama.cpp as make venv builds it carries the LoRA routing patch (scripts/patch_llama_cpp.py):
+    sequences of the base and both adapters decode in the same ``llama_decode``, in fewer steps
+    than one step per adapter group, and every answer equals its solo answer and the grouped
+    engine's, token for token (a row gets exactly its own adapter's delta)."""
+    base, paths, _ = adapters
+    gguf = base.gguf("q8_0")
+    routed = Engine(gguf, base.id, n_ctx=256, n_threads=1, adapters=paths, slots=6, prefix_cache_mib=None)
+    grouped = Engine(gguf, base.id, n_ctx=256, n_threads=1, adapters=paths, slots=6, prefix_cache_mib=None,
+                     adapter_routing=False)
+    try:
+        assert routed.routes_adapters, "llama.cpp lacks the LoRA routing patch: rebuild it with make venv"
+        assert not grouped.routes_adapters
+        jobs = [(f"{q} {a.split()[0]}", name) for q, a in FACTS[8:10]
+                for name in (base.id, f"{base.id}:facts", f"{base.id}:alt")]
+        solo = {job: complete(routed, *job) for job in jobs}
+        results, steps, mixed = [], [], []
+        for engine in (routed, grouped):
+            before, mixed_before = engine._scheduler.steps, engine._scheduler.mixed_steps
+            results.append(concurrently(lambda prompt, model, e=engine: complete(e, prompt, model), jobs))
+            steps.append(engine._scheduler.steps - before)
+            mixed.append(engine._scheduler.mixed_steps - mixed_before)
+    finally:
+        routed.close()
+        grouped.close()
+    assert results[0] == solo and results[1] == solo, (solo, results)
+    assert len(set(solo.values())) > 2, "the answers are empty or alike: nothing was compared"
+    assert mixed[0] > 0 and mixed[1] == 0, mixed
+    assert steps[0] < 0.75 * steps[1], f"routed {steps[0]} llama_decode calls vs grouped {steps[1]}"
+
+
 PREAMBLE = ("You answer for the plant's operators. Calibration records name the sensor, the technician, the "
             "date and the reference instrument; every record is kept for ten years and audited twice a year. ")
 
