@@ -27,12 +27,15 @@ llama-server comes from bench/build_llama_server.sh (cached build, about 7-15 mi
 time); without it the llama-server columns say so and are skipped. Figures go to
 bench/serve_bench.last.json.
 
-``--engine-gguf PATH`` measures the in-process engine alone on any GGUF (the real Gemma 3 270M
-file, which carries no chat template: completions only), in one run: greedy identity of 8 prompts
-x 48 tokens served 4 and 8 at a time against each served alone (the issue's real-model figure),
-aggregate tok/s at 1/4/8 clients, and time to first token of a request whose ~1,000-token prefix
-is in the prefix cache against the same request with the cache off (alternating, medians).
-Figures go to bench/serve_bench.engine.last.json.
+``--engine-gguf PATH`` measures the in-process engine on any GGUF (the real Gemma 3 270M file,
+which carries no chat template: completions only), in one run: greedy identity of 8 prompts x 48
+tokens served 4 and 8 at a time against each served alone (the issue's real-model figure),
+aggregate tok/s at 1/4/8 clients; 8 clients over 3 random LoRA adapters (rank 8 on attn_q/attn_v,
+made for that GGUF and cached) with the routing patch against one step per adapter group; the
+same prompts through llama-server on the same GGUF (HTTP, ``--parallel 8``; skipped with
+``--no-llama-server``); and time to first token of a request whose ~1,000-token prefix is in the
+prefix cache against the same request with the cache off (alternating, medians). Figures go to
+bench/serve_bench.engine.last.json.
 
 ``--decode-identity`` runs only the in-process experiment behind bench/README.md's decode-identity
 figures: 8 identical greedy requests, prompts prefilled one sequence at a time, then decoded with
@@ -191,9 +194,10 @@ def llama_server(binary: Path, base: Path, adapters: dict[str, Path], threads: i
 
 
 # -- clients ------------------------------------------------------------------------------------
-def completion(url: str, model_field: dict, stream: bool = False) -> tuple[float, int, float, str]:
+def completion(url: str, model_field: dict, stream: bool = False, prompt: str = PROMPT,
+               max_tokens: int = NEW_TOKENS) -> tuple[float, int, float, str]:
     """(latency s, completion tokens, time to first token s, text) of one greedy request."""
-    body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0.0, "stream": stream, **model_field}
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": stream, **model_field}
     started = time.perf_counter()
     if not stream:
         reply = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
@@ -281,22 +285,25 @@ def switch_cost(base: Path, adapters: dict[str, Path], threads: int) -> dict:
 
 
 
-def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, rounds: int = 2) -> dict:
-    """In-process, 8 clients over 3 adapters, 64 greedy tokens each: llama.cpp with the routing
-    patch decoding every adapter's rows in one step, against one step per adapter group (the
-    scheduler without routing), alternating; aggregate tok/s and answers identical to solo."""
+def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, rounds: int = 2,
+                      prompts: list[str] | None = None, chat_template: str | None = None,
+                      new_tokens: int = NEW_TOKENS) -> dict:
+    """In-process, 8 clients over 3 adapters, greedy: llama.cpp with the routing patch decoding
+    every adapter's rows in one step, against one step per adapter group (the scheduler without
+    routing), alternating; aggregate tok/s and answers identical to solo."""
     from appliance.serve.engine import Engine, SamplingParams
 
-    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0)
     names = [f"bench:{n}" for n in adapters]
-    jobs = [names[i % len(names)] for i in range(8)]
-    engines = {mode: Engine(base, "bench", n_ctx=512, n_threads=threads, adapters=adapters, slots=8,
-                            prefix_cache_mib=None, adapter_routing=mode == "routed")
+    prompts = prompts or [PROMPT]
+    jobs = [(names[i % len(names)], prompts[i % len(prompts)]) for i in range(8)]
+    engines = {mode: Engine(base, "bench", n_ctx=1024, n_threads=threads, adapters=adapters, slots=8,
+                            prefix_cache_mib=None, adapter_routing=mode == "routed", chat_template=chat_template)
                for mode in ("routed", "grouped")}
     try:
         if not engines["routed"].routes_adapters:
             return {"error": "llama.cpp lacks the routing patch (scripts/patch_llama_cpp.py): run make venv"}
-        solo = {name: engines["grouped"].complete(PROMPT, params, model=name)["choices"][0]["text"] for name in names}
+        solo = {job: engines["grouped"].complete(job[1], params, model=job[0])["choices"][0]["text"] for job in set(jobs)}
         rates: dict[str, list[float]] = {mode: [] for mode in engines}
         same: dict[str, int] = {mode: 0 for mode in engines}
         steps: dict[str, int] = {mode: 0 for mode in engines}
@@ -306,7 +313,7 @@ def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, round
                 tokens = [0] * len(jobs)
 
                 def run(i: int, engine=engine, texts=texts, tokens=tokens) -> None:
-                    out = engine.complete(PROMPT, params, model=jobs[i])
+                    out = engine.complete(jobs[i][1], params, model=jobs[i][0])
                     texts[i], tokens[i] = out["choices"][0]["text"], out["usage"]["completion_tokens"]
 
                 before = engine._scheduler.steps
@@ -318,7 +325,7 @@ def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, round
                     t.join()
                 rates[mode].append(sum(tokens) / (time.perf_counter() - started))
                 steps[mode] += engine._scheduler.steps - before
-                same[mode] += sum(text == solo[name] for text, name in zip(texts, jobs))
+                same[mode] += sum(text == solo[job] for text, job in zip(texts, jobs))
         return {mode: {"tok_s": statistics.median(rates[mode]), "runs": rates[mode],
                        "llama_decode_calls": steps[mode] // rounds,
                        "identical_to_solo": f"{same[mode]}/{rounds * len(jobs)}"} for mode in engines}
@@ -387,7 +394,8 @@ def main() -> None:
             setattr(args, name, 1 if args.smoke else default)
 
     if args.engine_gguf:
-        results = engine_figures(args.engine_gguf, args.threads, args.repeats)
+        results = engine_figures(args.engine_gguf, args.threads, args.repeats,
+                                 None if args.no_llama_server else llama_server_binary())
         out = ROOT / "bench" / "serve_bench.engine.last.json"
         out.write_text(json.dumps({"args": vars(args), **results}, indent=2, default=str))
         print(f"figures: {out.relative_to(ROOT)}")
@@ -404,13 +412,7 @@ def main() -> None:
         out.write_text(json.dumps({"args": vars(args), "decode_identity": rows}, indent=2))
         print(f"figures: {out.relative_to(ROOT)}")
         return
-    binary = None
-    if not args.no_llama_server:
-        built = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], capture_output=True, text=True)
-        if built.returncode == 0:
-            binary = Path(built.stdout.strip().splitlines()[-1])
-        else:
-            print(f"llama-server unavailable (build failed): {built.stderr.strip()[-300:]}")
+    binary = None if args.no_llama_server else llama_server_binary()
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -431,6 +433,15 @@ def main() -> None:
     out = ROOT / "bench" / "serve_bench.last.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nfigures: {out.relative_to(ROOT)} (copy it under bench/results/ to quote a figure from it)")
+
+
+def llama_server_binary() -> Path | None:
+    """llama.cpp's llama-server from the same sdist (bench/build_llama_server.sh, cached), or None."""
+    built = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], capture_output=True, text=True)
+    if built.returncode == 0:
+        return Path(built.stdout.strip().splitlines()[-1])
+    print(f"llama-server unavailable (build failed): {built.stderr.strip()[-300:]}")
+    return None
 
 
 # -- medians, ranges and warnings ---------------------------------------------------------------
@@ -528,7 +539,33 @@ QUESTIONS = ["Summarise the calibration policy:", "Who signs the calibration rec
              "How long are records kept?", "What happens when a check fails?"]
 
 
-def engine_figures(gguf: Path, threads: int, repeats: int) -> dict:
+def concurrent_prompts(ask, prompts: list[str], solo: list[str], clients: int) -> dict:
+    """Every prompt once, ``clients`` at a time: greedy identity to ``solo``, aggregate tok/s, p50.
+    ``ask(i)`` answers prompt ``i`` with (text, completion tokens)."""
+    same, tokens, latencies = [0], [0], []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for j in range(i, len(prompts), clients):
+            started = time.perf_counter()
+            got, n = ask(j)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                same[0] += got == solo[j]
+                tokens[0] += n
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - started
+    return {"identical_to_solo": f"{same[0]}/{len(prompts)}", "tok_s": tokens[0] / wall,
+            "p50": statistics.median(latencies), "max": max(latencies)}
+
+
+def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None = None) -> dict:
     from appliance.serve.engine import Engine, SamplingParams
 
     greedy = SamplingParams(max_tokens=48, temperature=0.0)
@@ -537,39 +574,93 @@ def engine_figures(gguf: Path, threads: int, repeats: int) -> dict:
     engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, prefix_cache_mib=None,
                     chat_template=RAW_TEMPLATE)
     try:
-        def text(prompt: str) -> tuple[str, int]:
-            r = engine.complete(prompt, greedy)
+        def text(i: int) -> tuple[str, int]:
+            r = engine.complete(prompts[i], greedy)
             return r["choices"][0]["text"], r["usage"]["completion_tokens"]
 
-        solo = [text(p)[0] for p in prompts]
+        solo = [text(i)[0] for i in range(len(prompts))]
         for clients in (1, 4, 8):
-            same, tokens, latencies = [0], [0], []
-            lock = threading.Lock()
-
-            def client(i: int) -> None:
-                for j in range(i, len(prompts), clients):
-                    started = time.perf_counter()
-                    got, n = text(prompts[j])
-                    with lock:
-                        latencies.append(time.perf_counter() - started)
-                        same[0] += got == solo[j]
-                        tokens[0] += n
-
-            started = time.perf_counter()
-            workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            wall = time.perf_counter() - started
-            out[f"{clients} clients"] = {"identical_to_solo": f"{same[0]}/{len(prompts)}", "tok_s": tokens[0] / wall,
-                                         "p50": statistics.median(latencies), "max": max(latencies)}
-            print(f"{clients} clients: {same[0]}/{len(prompts)} greedy answers identical to solo, "
-                  f"{tokens[0] / wall:.1f} tok/s aggregate, p50 {statistics.median(latencies):.2f} s", flush=True)
+            row = out[f"{clients} clients"] = concurrent_prompts(text, prompts, solo, clients)
+            print(f"{clients} clients: {row['identical_to_solo']} greedy answers identical to solo, "
+                  f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s", flush=True)
     finally:
         engine.close()
+    adapters = random_loras(gguf)
+    row = out["adapters"] = routed_vs_grouped(gguf, adapters, threads, prompts=prompts, chat_template=RAW_TEMPLATE,
+                                              new_tokens=48)
+    if "error" not in row:
+        print(f"8 clients over 3 random LoRA adapters: routed {row['routed']['tok_s']:.1f} tok/s "
+              f"({row['routed']['identical_to_solo']} identical to solo) vs one step per adapter group "
+              f"{row['grouped']['tok_s']:.1f} tok/s ({row['grouped']['identical_to_solo']})", flush=True)
+    if binary is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["llama_server"] = llama_server_figures(binary, gguf, adapters, threads, prompts, Path(tmp))
     out["prefix_cache_ttft"] = prefix_ttft(gguf, threads, repeats)
     return out
+
+
+def llama_server_figures(binary: Path, gguf: Path, adapters: dict[str, Path], threads: int, prompts: list[str],
+                         work: Path) -> dict:
+    """llama-server (``--parallel 8``, same GGUF, same threads) over HTTP: the same 8 prompts x 48
+    greedy tokens at 1/4/8 clients against each served alone, and 8 clients over the 3 adapters."""
+    server = llama_server(binary, gguf, adapters, threads, work)
+    out: dict = {}
+    try:
+        def ask(i: int, field: dict | None = None) -> tuple[str, int]:
+            _, n, _, text = completion(server.url, field or {}, prompt=prompts[i], max_tokens=48)
+            return text, n
+
+        solo = [ask(i)[0] for i in range(len(prompts))]
+        for clients in (1, 4, 8):
+            row = out[f"{clients} clients"] = concurrent_prompts(ask, prompts, solo, clients)
+            print(f"llama-server, {clients} clients: {row['identical_to_solo']} greedy answers identical to solo, "
+                  f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s", flush=True)
+        fields = [{"lora": [{"id": i % len(adapters), "scale": 1.0}]} for i in range(len(prompts))]
+        solo = [ask(i, fields[i])[0] for i in range(len(prompts))]
+        row = out["8 clients over 3 adapters"] = concurrent_prompts(lambda i: ask(i, fields[i]), prompts, solo, 8)
+        print(f"llama-server, 8 clients over 3 adapters: {row['identical_to_solo']} identical to solo, "
+              f"{row['tok_s']:.1f} tok/s aggregate", flush=True)
+    finally:
+        server.stop()
+    return out
+
+
+def random_loras(base: Path, count: int = 3, rank: int = 8) -> dict[str, Path]:
+    """``count`` random LoRA adapters (rank 8 on attn_q and attn_v) for any GGUF base, cached: the
+    real model comes with no adapters, and random ones run the same kernels as trained ones."""
+    import numpy as np
+
+    from appliance.export import gguf as gguf_tools
+
+    sys.path.insert(0, str(gguf_tools.tools_dir() / "gguf-py"))
+    import gguf
+
+    folder = CACHE / f"loras-{base.stem}"
+    paths = {f"r{k}": folder / f"adapter-r{k}.gguf" for k in range(count)}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    reader = gguf.GGUFReader(str(base))
+    field = reader.fields["general.architecture"]
+    arch = bytes(field.parts[field.data[0]]).decode()
+    targets = {t.name: [int(x) for x in t.shape] for t in reader.tensors
+               if t.name.endswith(("attn_q.weight", "attn_v.weight"))}
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, path in enumerate(paths.values()):
+        rng = np.random.default_rng(k)
+        temp = path.with_suffix(".partial")
+        writer = gguf.GGUFWriter(str(temp), arch)
+        writer.add_type("adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", float(rank))
+        for name, (n_in, n_out) in targets.items():
+            writer.add_tensor(f"{name}.lora_a", rng.normal(0, n_in ** -0.5, (rank, n_in)).astype(np.float32))
+            writer.add_tensor(f"{name}.lora_b", rng.normal(0, 0.05, (n_out, rank)).astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        temp.replace(path)
+    return paths
 
 
 def prefix_ttft(gguf: Path, threads: int, repeats: int) -> dict:

@@ -70,7 +70,8 @@ fi
 log "installing the locked stack ($(grep -c '^[A-Za-z0-9]' "$LOCK") packages, torch 2.13.0+cpu) from requirements.lock"
 $PIP install --quiet --require-hashes --no-deps -r "$LOCK"
 log "installing llama-cpp-python $LLAMA_CPP_PYTHON_VERSION from the wheel built from the verified sdist"
-$PIP install --quiet --no-deps --no-index "$wheel_dir"/llama_cpp_python-*.whl
+# forced: a venv holding an earlier build of the same version (unpatched, other flags) gets this one
+$PIP install --quiet --no-deps --no-index --force-reinstall "$wheel_dir"/llama_cpp_python-*.whl
 log "installing slm-appliance (editable)"
 # hatchling (the build backend) and editables are in the lock: no unpinned build environment
 $PIP install --quiet --no-deps --no-build-isolation -e "$ROOT"

@@ -184,6 +184,9 @@ def run_server(ws: Workspace, version: str | None, quant: str | None, options: S
               f"{connection_limits.max_connections} connections ({connection_limits.per_address} per address); API keys "
               f"{'required' if required else 'optional'}; output filter "
               f"{'on' if options.output_filter else 'off'} by default", file=sys.stderr, flush=True)
+        if not engine.routes_adapters:
+            print("warning: this llama.cpp lacks the LoRA routing patch (scripts/patch_llama_cpp.py, built by "
+                  "make venv): requests for different adapters take turns per decode step", file=sys.stderr, flush=True)
 
     # uvicorn re-raises SIGTERM/SIGINT after shutting down, so cleanup belongs in shutdown, not in
     # a finally block after server.run() (which a re-raised SIGTERM never reaches).
