@@ -162,6 +162,33 @@ def server(trained):
     log.close()
 
 
+class CleanLog:
+    """A real server's logs from now on (``root``: its workspace). :meth:`check` asserts that what
+    ``serve.log`` gained holds no traceback (nor any other of ``banned``) and that the request log
+    gained no HTTP 500."""
+
+    def __init__(self, root: Path, banned: tuple[str, ...] = ("Traceback",)) -> None:
+        self.log, self.requests, self.banned = root / "serve.log", root / "logs" / "requests.jsonl", banned
+        self.start = self.log.stat().st_size if self.log.exists() else 0
+        self.seen = self.requests.stat().st_size if self.requests.exists() else 0
+
+    def check(self) -> None:
+        added = self.log.read_bytes()[self.start:].decode("utf-8", "replace")
+        for banned in self.banned:
+            assert banned not in added, added[-3000:]
+        lines = self.requests.read_bytes()[self.seen:].decode().splitlines() if self.requests.exists() else []
+        statuses = [json.loads(line)["status"] for line in lines]
+        assert 500 not in statuses, statuses
+
+
+@pytest.fixture
+def clean_log(server, trained):
+    """The test's requests leave no traceback in the server's log and no 500 in its request log."""
+    log = CleanLog(trained.ws.root)
+    yield
+    log.check()
+
+
 @pytest.fixture(scope="session")
 def chat_server_url(server) -> str:
     """The OpenAI base URL (``.../v1``) of the served tiny model, for the TUI tests."""

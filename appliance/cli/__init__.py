@@ -22,8 +22,9 @@ line of standard output, so scripts can chain verbs; progress and warnings go to
     appliance demo
 
 One module per sub-command group (``data``, ``train``, ``models`` with ``export``, ``serve`` with
-``keys``, ``rag`` with ``ask``), each thin: parse, call the stage, print. Stage modules are
-imported inside each command, so ``appliance --help`` starts without loading any of them.
+``keys``, ``rag`` with ``ask``), each thin: parse, call the stage, print; ``common`` holds what they
+all share, ``server_options`` the options of the verbs that run a server (``serve``, ``mcp``). Stage
+modules are imported inside each command, so ``appliance --help`` starts without loading any of them.
 """
 from __future__ import annotations
 

@@ -11,21 +11,20 @@ from typing import Optional
 import typer
 
 from appliance.cli.common import WorkspaceOption, open_workspace, report_errors
+from appliance.cli.server_options import host_option, output_filter_option, port_option, require_keys_option
+
+HTTP_ONLY = "With --http: "
 
 
 def mcp_cmd(
     http: bool = typer.Option(False, "--http", help="Serve streamable HTTP instead of stdio."),
-    host: str = typer.Option("127.0.0.1", "--host", help="With --http: address to bind (loopback unless told otherwise)."),
-    port: int = typer.Option(8765, "--port", help="With --http: TCP port."),
+    host: str = host_option(HTTP_ONLY),
+    port: int = port_option(8765, HTTP_ONLY),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model version `ask` loads in-process when no "
                                         "server runs for the workspace (default: the newest)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp (in-process `ask`)."),
-    require_keys: Optional[bool] = typer.Option(None, "--require-keys/--no-require-keys",
-                                                help="With --http: API keys on loopback too (default: site.toml "
-                                                     "[serve] require_keys; always required beyond loopback)."),
-    output_filter: bool = typer.Option(True, "--output-filter/--no-output-filter",
-                                       help="Redact PII in passages and answers for callers without a key "
-                                            "(keys carry their own setting)."),
+    require_keys: Optional[bool] = require_keys_option(HTTP_ONLY),
+    output_filter: bool = output_filter_option("passages and answers for callers"),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Serve the site's RAG search, `ask` and model list as MCP tools (stdio, or streamable HTTP with --http)."""

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from appliance.cli.common import WorkspaceOption, emit_id, open_workspace, report_errors, say
+from appliance.cli.server_options import host_option, output_filter_option, port_option, require_keys_option
 
 keys_app = typer.Typer(help="API keys for `appliance serve` (stored hashed in the workspace).", no_args_is_help=True)
 
@@ -19,8 +20,8 @@ keys_app = typer.Typer(help="API keys for `appliance serve` (stored hashed in th
 def serve_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model version (default: the newest)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Which GGUF of the version (default: first quantized)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
-    port: int = typer.Option(8080, "--port", help="TCP port."),
+    host: str = host_option(),
+    port: int = port_option(8080),
     n_ctx: int = typer.Option(2048, "--ctx", help="Context length in tokens."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for llama.cpp."),
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="NAME=ad-ID or NAME=FILE.gguf: a LoRA "
@@ -41,12 +42,8 @@ def serve_cmd(
     timeout: float = typer.Option(300.0, "--timeout", min=0.1, help="Seconds a request may take, queue included."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", min=0,
                                            help="On shutdown, seconds running requests get to finish."),
-    require_keys: Optional[bool] = typer.Option(None, "--require-keys/--no-require-keys",
-                                                help="API keys on loopback too (default: site.toml [serve] "
-                                                     "require_keys; always required beyond loopback)."),
-    output_filter: bool = typer.Option(True, "--output-filter/--no-output-filter",
-                                       help="Redact PII in completions of requests without a key "
-                                            "(keys carry their own setting)."),
+    require_keys: Optional[bool] = require_keys_option(),
+    output_filter: bool = output_filter_option("completions of requests"),
     max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", min=1,
                                                  help="Largest request body; larger get HTTP 413 (default: "
                                                       "site.toml [serve] max_body_bytes, else 4 MiB)."),

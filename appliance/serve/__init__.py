@@ -7,7 +7,7 @@ Top to bottom (each module imports only those below it):
 - ``server.py``: ``appliance serve``: keys, options, uvicorn, ``serve.json``;
 - ``api.py``: ``create_app`` assembles the routes (``routes/``, one module per endpoint group)
   and the error handlers (``errors.py``);
-- ``generation.py`` (one completion, JSON or a stream) over ``streaming.py`` (engine thread ->
+- ``generation.py`` (one completion, JSON or a stream, for every API) over ``streaming.py`` (engine thread ->
   event loop, output filter);
 - ``context.py``: what every route shares (request log record, keys, parsing, admission);
 - ``protocol.py``: request models and the OpenAI error shape;

@@ -3,10 +3,14 @@
     curl -sN localhost:8080/v1/chat/completions -H 'content-type: application/json' \
          -d '{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
 
-Chat and text completions share this path (routes/chat.py and routes/completions.py only build
-the messages and the engine call). Errors before the first token are HTTP errors; after it the
-status line is sent, so a stream reports them as an ``error`` event before ``data: [DONE]``.
-Every answered completion is remembered for ``/v1/feedback`` and finishes the request's log line.
+Every generating route shares this path (routes/chat.py, routes/completions.py and
+routes/messages.py only build the messages and the engine call): :func:`run_generation` admits the
+request (429 when the queue is full), runs the engine in its own thread, applies the output filter,
+gives the engine slot back however the request ends, remembers every answer for ``/v1/feedback``
+and finishes the request's log line. How the answer is written is a :class:`Wire`: OpenAI's shapes
+here (:class:`OpenAIWire`, used by :func:`generate`), Anthropic's in routes/messages.py. Errors
+before the first token are HTTP errors; after it the status line is sent, so a stream reports them
+with the wire's error events (OpenAI: an ``error`` object before ``data: [DONE]``).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -91,49 +95,137 @@ async def check_prompt(server: ServerContext, text: str) -> int | None:
     return count
 
 
-async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | None, body: SamplingRequest,
-                   messages: list[dict], extra: dict, start: Callable[[], Iterator[dict]], chat: bool):
-    """Run one generation in its own thread; answer as one JSON object or as a stream.
+class Wire(Protocol):
+    """How one API writes a generation: a whole response, or server-sent events after the first chunk."""
 
-    ``messages``: what the model was given (remembered for feedback); ``extra``: fields added to
-    the response (``citations``); ``start``: opens the engine's chunk iterator."""
+    chat: bool
+    """The engine's chunks are chat chunks (``delta``), not text completion chunks."""
+    streams_text: bool
+    """A stream sends text as it comes (the streaming output filter applies); False: the wire reads
+    the answer whole first (:meth:`Answer.collect`, redacted at once)."""
+
+    def whole(self, answer: Answer, result: dict) -> Any:
+        """The response to a request that did not ask for a stream (``result``: collected and redacted)."""
+
+    def events(self, answer: Answer, first: dict) -> AsyncIterator[str]:
+        """The stream's events from the first chunk on; it ends with :meth:`Answer.answered` (or
+        :meth:`Answer.finished`)."""
+
+    def error(self, exc: ApiError) -> list[str]:
+        """The events that end a stream with an error (the status line is already sent)."""
+
+
+class Answer:
+    """One admitted generation as a wire format sees it: its chunks, and how it is remembered."""
+
+    def __init__(self, server: ServerContext, ctx: RequestContext, key: ApiKey | None, messages: list[dict],
+                 pump: Pump, stream: FilteredStream, filtered: bool) -> None:
+        self.server, self.ctx, self.key, self.messages = server, ctx, key, messages
+        self.pump, self.stream, self.filtered = pump, stream, filtered
+        self._released = False
+
+    async def next(self) -> dict | None:
+        """The next chunk worth sending; None after the last one."""
+        return await self.stream.next()
+
+    async def collect(self, first: dict) -> dict:
+        """The whole answer from ``first`` on, redacted at once where the filter applies and the stream
+        was not filtered as it went."""
+        result = await self.stream.collect(first)
+        if self.filtered and self.stream.filter is None:
+            _redact_result(self.server, self.ctx, result, self.stream.chat)
+        return result
+
+    def answered(self, response_id: str, text: str, usage: dict | None, finish_reason: str | None) -> None:
+        """Remember the answer for ``/v1/feedback`` (``text``: what the client received) and finish the
+        request's log line with status 200."""
+        usage = usage or {}
+        ctx = self.ctx
+        self.server.memory.remember(response_id, Served(ctx.record["model"], self.messages, text,
+                                                        self.key.id if self.key else None,
+                                                        ctx.record["request_id"], ctx.record.get("adapter")))
+        self.server.finish(ctx, 200, response_id=response_id, prompt_tokens=usage.get("prompt_tokens"),
+                           cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+                           completion_tokens=usage.get("completion_tokens"), finish_reason=finish_reason)
+
+    def finished(self) -> None:
+        """Finish the request's log line with status 200 without an answer to remember."""
+        self.server.finish(self.ctx, 200)
+
+    def release(self) -> None:
+        """Give the engine slot back (once)."""
+        if not self._released:
+            self._released = True
+            self.server.admission.release()
+
+    def stop(self) -> None:
+        """Stop the engine's iterator and give the slot back."""
+        self.pump.stop()
+        self.release()
+
+
+async def run_generation(server: ServerContext, ctx: RequestContext, key: ApiKey | None, messages: list[dict],
+                         start: Callable[[], Iterator[dict]], wire: Wire, stream: bool):
+    """Admit the request, run one generation in its own thread and answer as ``wire`` writes it: one
+    response, or (``stream``) a stream of its events.
+
+    ``messages``: what the model was given (remembered for feedback); ``start``: opens the engine's
+    chunk iterator. Errors before the first chunk are raised (HTTP errors); after it, ``wire.error``."""
     ctx.messages = messages
     await server.admit(ctx)
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            server.admission.release()
-
     deadline = ctx.started + server.settings.limits.timeout_s
     pump = Pump(asyncio.get_running_loop(), start)
     asyncio.get_running_loop().run_in_executor(server.pool, pump.run)
     filtered = server.filtered_for(key)
-    # a stream is filtered as it goes; a whole answer is redacted at once below (nothing to hold back)
-    stream = FilteredStream(pump, server.pii.stream() if filtered and body.stream else None, chat, deadline, ctx)
+    # text streamed as it goes is filtered as it goes; a whole answer is redacted at once (Answer.collect)
+    chunks = FilteredStream(pump, server.pii.stream() if filtered and stream and wire.streams_text else None,
+                            wire.chat, deadline, ctx)
+    answer = Answer(server, ctx, key, messages, pump, chunks, filtered)
     try:
-        first = await stream.first()  # errors before the first token become HTTP errors
+        first = await chunks.first()  # errors before the first token become HTTP errors
     except BaseException:
-        pump.stop()
-        release()
+        answer.stop()
         raise
-    if not body.stream:
+    if not stream:
         try:
-            result = await stream.collect(first)
+            result = await answer.collect(first)
         finally:
-            pump.stop()
-            release()
-        if filtered:
-            _redact_result(server, ctx, result, chat)
-        result.update(extra)
-        text = (result["choices"][0]["message"]["content"] if chat else result["choices"][0]["text"]) or ""
-        _remember(server, ctx, key, result, messages, text)
-        return result
+            answer.stop()
+        return wire.whole(answer, result)
+    return StreamingResponse(_guarded(answer, wire, first), media_type="text/event-stream")
+
+
+async def _guarded(answer: Answer, wire: Wire, first: dict) -> AsyncIterator[str]:
+    """``wire``'s events; an error ends the stream with the wire's error events, and whatever ends it
+    (a client that goes away included) stops the engine, logs the request and gives its slot back."""
+    server, ctx = answer.server, answer.ctx
+    try:
+        async with contextlib.aclosing(wire.events(answer, first)) as events:
+            async for event in events:
+                yield event
+    except ApiError as exc:  # after the first token the status is sent: report in the stream
+        server.finish(ctx, exc.status, error=exc.code)
+        for event in wire.error(exc):
+            yield event
+    except Exception as exc:  # noqa: BLE001 - the stream must end with an error event, not a reset
+        server.finish(ctx, 500, error="internal_error")
+        for event in wire.error(ApiError(500, f"internal error: {exc}", "server_error", "internal_error")):
+            yield event
+    finally:
+        answer.pump.stop()
+        server.finish(ctx, 499, error="client_closed")  # no-op when the stream finished
+        answer.release()
+
+
+async def generate(server: ServerContext, ctx: RequestContext, key: ApiKey | None, body: SamplingRequest,
+                   messages: list[dict], extra: dict, start: Callable[[], Iterator[dict]], chat: bool):
+    """Run one chat or text completion; answer as one JSON object or as a stream (OpenAI's shapes).
+
+    ``messages``: what the model was given (remembered for feedback); ``extra``: fields added to
+    the response (``citations``); ``start``: opens the engine's chunk iterator."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = _sse(server, ctx, key, stream, first, release, pump, messages, extra, include_usage)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return await run_generation(server, ctx, key, messages, start, OpenAIWire(chat, extra, include_usage),
+                                stream=body.stream)
 
 
 def _redact_result(server: ServerContext, ctx: RequestContext, result: dict, chat: bool) -> None:
@@ -149,57 +241,49 @@ def _redact_result(server: ServerContext, ctx: RequestContext, result: dict, cha
         ctx.record["redaction_counts"] = dict(counts)
 
 
-def _remember(server: ServerContext, ctx: RequestContext, key: ApiKey | None, result: dict,
-              messages: list[dict], text: str) -> None:
-    usage = result.get("usage") or {}
-    server.memory.remember(result["id"], Served(ctx.record["model"], messages, text, key.id if key else None,
-                                                ctx.record["request_id"], ctx.record.get("adapter")))
-    server.finish(ctx, 200, response_id=result["id"], prompt_tokens=usage.get("prompt_tokens"),
-                  cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-                  completion_tokens=usage.get("completion_tokens"),
-                  finish_reason=result["choices"][0].get("finish_reason"))
+class OpenAIWire:
+    """OpenAI's shapes: a ``chat.completion`` / ``text_completion`` object, or ``data:`` chunks ending
+    with ``data: [DONE]`` (an error as an ``error`` object before it)."""
 
+    streams_text = True
 
-async def _sse(server: ServerContext, ctx: RequestContext, key: ApiKey | None, stream: FilteredStream,
-               first: dict, release: Callable[[], None], pump: Pump, messages: list[dict], extra: dict,
-               include_usage: bool) -> AsyncIterator[str]:
-    parts: list[str] = []
-    last: dict | None = None
-    try:
+    def __init__(self, chat: bool, extra: dict, include_usage: bool) -> None:
+        self.chat, self.extra, self.include_usage = chat, extra, include_usage
+
+    def whole(self, answer: Answer, result: dict) -> dict:
+        result.update(self.extra)
+        choice = result["choices"][0]
+        text = (choice["message"]["content"] if self.chat else choice["text"]) or ""
+        answer.answered(result["id"], text, result.get("usage"), choice.get("finish_reason"))
+        return result
+
+    async def events(self, answer: Answer, first: dict) -> AsyncIterator[str]:
+        parts: list[str] = []
+        last: tuple[str, dict | None, str] | None = None  # (id, usage, finish reason) of choice 0's end
         chunk: dict | None = first
-        if extra:
-            chunk = {**chunk, **extra}
+        if self.extra:
+            chunk = {**chunk, **self.extra}
         usage, final = None, None
         while chunk is not None:
             usage = chunk.pop("usage", None) or usage
             if chunk["choices"][0].get("index", 0) == 0:
                 parts.append(chunk_text(chunk))
             if chunk["choices"][0].get("finish_reason") is not None:
-                last = {**chunk, "usage": usage}
+                last = (chunk["id"], usage, chunk["choices"][0]["finish_reason"])
             final = chunk
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-            chunk = await stream.next()
-        if usage is not None and include_usage and final is not None:
+            chunk = await answer.next()
+        if usage is not None and self.include_usage and final is not None:
             yield "data: " + json.dumps({"id": final["id"], "object": final["object"],
                                          "created": final["created"], "model": final["model"],
                                          "choices": [], "usage": usage}) + "\n\n"
         if last is not None:
-            result: dict[str, Any] = {"id": last["id"], "usage": last.get("usage"), "choices": last["choices"]}
-            _remember(server, ctx, key, result, messages, "".join(parts))
+            answer.answered(last[0], "".join(parts), *last[1:])
         else:
-            server.finish(ctx, 200)
+            answer.finished()
         yield "data: [DONE]\n\n"
-    except ApiError as exc:  # after the first token the status is sent: report in the stream
-        server.finish(ctx, exc.status, error=exc.code)
-        yield "data: " + json.dumps({"error": {"message": exc.message, "type": exc.kind, "param": None,
-                                               "code": exc.code}}) + "\n\n"
-        yield "data: [DONE]\n\n"
-    except Exception as exc:  # noqa: BLE001 - the stream must end with an error event, not a reset
-        server.finish(ctx, 500, error="internal_error")
-        yield "data: " + json.dumps({"error": {"message": f"internal error: {exc}", "type": "server_error",
-                                               "param": None, "code": "internal_error"}}) + "\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        pump.stop()
-        server.finish(ctx, 499, error="client_closed")  # no-op when the stream finished
-        release()
+
+    def error(self, exc: ApiError) -> list[str]:
+        return ["data: " + json.dumps({"error": {"message": exc.message, "type": exc.kind, "param": None,
+                                                 "code": exc.code}}) + "\n\n",
+                "data: [DONE]\n\n"]

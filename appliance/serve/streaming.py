@@ -1,6 +1,6 @@
 """From the engine's chunk iterator (a worker thread) to the event loop, through the output filter.
 
-    appliance serve ...    # every /v1/chat/completions and /v1/completions runs through here
+    appliance serve ...    # every /v1/chat/completions, /v1/completions and /v1/messages runs through here
 
 The engine yields OpenAI-shaped chunks from a blocking iterator. :class:`Pump` drives that
 iterator in one worker thread (which also closes it, so the engine frees the sequence's slot in

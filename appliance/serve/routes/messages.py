@@ -6,7 +6,8 @@
 
 The same key check (``x-api-key`` or ``Authorization: Bearer``), model names (``VERSION`` or
 ``VERSION:ADAPTER``, the key's adapter list applied), admission, limits, output filter, request
-log and feedback memory as ``/v1/chat/completions``. Errors are Anthropic's shape,
+log and feedback memory as ``/v1/chat/completions``: both run through generation.run_generation,
+this route only writes Anthropic's shapes (:class:`AnthropicWire`). Errors are Anthropic's shape,
 ``{"type": "error", "error": {"type", "message"}}``; a stream reports a late one as an ``error``
 event. A stream is ``message_start``, then per content block ``content_block_start`` /
 ``content_block_delta`` (``text_delta``, ``input_json_delta``) / ``content_block_stop``, then
@@ -17,13 +18,11 @@ below mirror routes/chat.py's).
 """
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from appliance.serve.anthropic import (
@@ -40,11 +39,10 @@ from appliance.serve.anthropic import (
     usage_of,
 )
 from appliance.serve.context import RequestContext, ServerContext, server_of
-from appliance.serve.feedback_store import Served
-from appliance.serve.generation import check_prompt
+from appliance.serve.generation import Answer, check_prompt, run_generation
 from appliance.serve.protocol import ApiError
 from appliance.serve.scheduler import SamplingParams
-from appliance.serve.streaming import FilteredStream, Pump, chunk_text
+from appliance.serve.streaming import chunk_text
 from appliance.serve.tools import ToolError, ToolRequest, plan, tool_chunks, tool_request
 
 router = APIRouter()
@@ -86,42 +84,8 @@ async def _messages(server: ServerContext, ctx: RequestContext, request: Request
         return tool_chunks(chunks, tools, family) if tools is not None else chunks
 
     start = server.models.leased(run)
-
-    await server.admit(ctx)
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            server.admission.release()
-
-    loop = asyncio.get_running_loop()
-    pump = Pump(loop, start)
-    loop.run_in_executor(server.pool, pump.run)
-    filtered = server.filtered_for(key)
-    # plain text streams through the streaming filter; an answer that may be a call is read whole
-    stream = FilteredStream(pump, server.pii.stream() if filtered and body.stream and not may_call else None,
-                            True, ctx.started + server.settings.limits.timeout_s, ctx)
-    try:
-        first = await stream.first()
-    except BaseException:
-        pump.stop()
-        release()
-        raise
-    ident, name = message_id(), ctx.record["model"]
-    if not body.stream:
-        try:
-            result = await stream.collect(first)
-        finally:
-            pump.stop()
-            release()
-        content = _content(server, ctx, result, filtered)
-        finish, usage = result["choices"][0].get("finish_reason"), result.get("usage")
-        _done(server, ctx, key, ident, messages, result["choices"][0]["message"]["content"] or "", finish, usage)
-        return message_body(ident, name, content, finish, usage)
-    events = _events(server, ctx, key, stream, first, pump, release, ident, name, messages, may_call, filtered)
-    return StreamingResponse(events, media_type="text/event-stream")
+    wire = AnthropicWire(message_id(), ctx.record["model"], may_call)
+    return await run_generation(server, ctx, key, messages, start, wire, stream=body.stream)
 
 
 async def _with_tools(server: ServerContext, messages: list[dict], tools: ToolRequest | None
@@ -139,38 +103,31 @@ async def _with_tools(server: ServerContext, messages: list[dict], tools: ToolRe
     return tool_plan.messages, extra, tool_plan.grammar, tool_plan.family
 
 
-def _content(server: ServerContext, ctx: RequestContext, result: dict, redact: bool) -> list[dict]:
-    """A collected ``chat.completion``'s message as content blocks: its text (redacted when ``redact``),
-    then its tool calls as ``tool_use`` blocks."""
-    message = result["choices"][0]["message"]
-    text = message.get("content") or ""
-    if redact and text:
-        counts = Counter(ctx.record.get("redaction_counts") or {})
-        text = server.pii.redact(text, counts)
-        if counts:
-            ctx.record["redaction_counts"] = dict(counts)
-    calls = tool_use_blocks(message.get("tool_calls"))
-    return ([{"type": "text", "text": text}] if text or not calls else []) + calls
+class AnthropicWire:
+    """Anthropic's shapes: a ``message`` object, or its events (``message_start`` ... ``message_stop``;
+    an error as an ``error`` event). Text streams as it comes; an answer that may be a tool call is
+    read whole first (generation.Answer.collect), then sent as blocks."""
 
+    chat = True
 
-def _done(server: ServerContext, ctx: RequestContext, key, ident: str, messages: list[dict], text: str,
-          finish: str | None, usage: dict | None) -> None:
-    usage = usage or {}
-    server.memory.remember(ident, Served(ctx.record["model"], messages, text, key.id if key else None))
-    server.finish(ctx, 200, response_id=ident, prompt_tokens=usage.get("prompt_tokens"),
-                  completion_tokens=usage.get("completion_tokens"), finish_reason=finish)
+    def __init__(self, ident: str, name: str, may_call: bool) -> None:
+        self.ident, self.name, self.may_call = ident, name, may_call
+        self.streams_text = not may_call
 
+    def whole(self, answer: Answer, result: dict) -> dict:
+        content = _content(result)
+        finish, usage = result["choices"][0].get("finish_reason"), result.get("usage")
+        answer.answered(self.ident, result["choices"][0]["message"]["content"] or "", usage, finish)
+        return message_body(self.ident, self.name, content, finish, usage)
 
-async def _events(server: ServerContext, ctx: RequestContext, key, stream: FilteredStream,
-                  first: dict, pump: Pump, release: Callable[[], None], ident: str, name: str, messages: list[dict],
-                  may_call: bool, filtered: bool) -> AsyncIterator[str]:
-    try:
+    async def events(self, answer: Answer, first: dict) -> AsyncIterator[str]:
+        ident, name = self.ident, self.name
         yield sse("message_start", {"message": message_body(ident, name, [], None, None) | {"stop_reason": None}})
-        if may_call:  # read whole: it may be a call
-            result = await stream.collect(first)
+        if self.may_call:  # read whole: it may be a call
+            result = await answer.collect(first)
             finish, usage = result["choices"][0].get("finish_reason"), result.get("usage")
             text = result["choices"][0]["message"]["content"] or ""
-            blocks = _content(server, ctx, result, filtered)
+            blocks = _content(result)
             for index, block in enumerate(blocks):
                 if block["type"] == "text":
                     yield sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
@@ -194,22 +151,24 @@ async def _events(server: ServerContext, ctx: RequestContext, key, stream: Filte
                 choice = chunk["choices"][0]
                 if choice.get("finish_reason") is not None:
                     finish, usage = choice["finish_reason"], chunk.get("usage")
-                chunk = await stream.next()
+                chunk = await answer.next()
             yield sse("content_block_stop", {"index": 0})
             text = "".join(parts)
             blocks = [{"type": "text", "text": text}]
         final = message_body(ident, name, blocks, finish, usage)
-        _done(server, ctx, key, ident, messages, text, finish, usage)
+        answer.answered(ident, text, usage, finish)
         yield sse("message_delta", {"delta": {"stop_reason": final["stop_reason"], "stop_sequence": None},
                                     "usage": usage_of(usage)})
         yield sse("message_stop", {})
-    except ApiError as exc:  # after the first event the status is sent: report in the stream
-        server.finish(ctx, exc.status, error=exc.code)
-        yield sse("error", {"error": error_body(exc.status, exc.message)["error"]})
-    except Exception as exc:  # noqa: BLE001 - the stream must end with an error event, not a reset
-        server.finish(ctx, 500, error="internal_error")
-        yield sse("error", {"error": {"type": "api_error", "message": f"internal error: {exc}"}})
-    finally:
-        pump.stop()
-        server.finish(ctx, 499, error="client_closed")  # no-op when the stream finished
-        release()
+
+    def error(self, exc: ApiError) -> list[str]:
+        return [sse("error", {"error": error_body(exc.status, exc.message)["error"]})]
+
+
+def _content(result: dict) -> list[dict]:
+    """A collected ``chat.completion``'s message as content blocks: its text (already redacted where the
+    output filter applies), then its tool calls as ``tool_use`` blocks."""
+    message = result["choices"][0]["message"]
+    text = message.get("content") or ""
+    calls = tool_use_blocks(message.get("tool_calls"))
+    return ([{"type": "text", "text": text}] if text or not calls else []) + calls
