@@ -62,6 +62,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+# ggml reads GGML_CPU_TILED_MM once per process, at its first matmul: the scheduler module sets it
+# (batch invariance) and must be imported before anything in this process computes with llama.cpp.
+# A run that computed first (the direct baseline did, in-process) gave the in-process engines here
+# the tiled kernel for 8-row batches: 9/16 greedy answers identical to solo instead of 16/16.
+import appliance.serve.scheduler  # noqa: E402,F401
+
 PROMPT = ("Operators at the plant log every calibration of the pressure sensors, the name of the "
           "technician, the date of the check and the reference instrument that was used for it. "
           "Summarise the calibration policy:")
@@ -249,15 +255,23 @@ def load(url: str, clients: int, requests_each: int, fields: list[dict]) -> dict
             "identical_to_solo": f"{agree[0]}/{len(latencies)}"}
 
 
-def direct_tok_s(base: Path, threads: int) -> float:
-    from llama_cpp import Llama
+DIRECT = """
+import json, sys, time
+from llama_cpp import Llama
+llm = Llama(sys.argv[1], n_ctx=512, n_threads=int(sys.argv[2]), n_threads_batch=int(sys.argv[2]), verbose=False)
+started = time.perf_counter()
+out = llm.create_completion(sys.argv[3], max_tokens=int(sys.argv[4]), temperature=0.0)
+print(json.dumps(out["usage"]["completion_tokens"] / (time.perf_counter() - started)))
+"""
 
-    llm = Llama(str(base), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
-    started = time.perf_counter()
-    out = llm.create_completion(PROMPT, max_tokens=NEW_TOKENS, temperature=0.0)
-    elapsed = time.perf_counter() - started
-    llm.close()
-    return out["usage"]["completion_tokens"] / elapsed
+
+def direct_tok_s(base: Path, threads: int) -> float:
+    """llama-cpp-python called directly, with llama.cpp's defaults (its own process: this one runs
+    with the tiled matmul off), timing the completion only."""
+    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
+    done = subprocess.run([sys.executable, "-c", DIRECT, str(base), str(threads), PROMPT, str(NEW_TOKENS)],
+                          capture_output=True, text=True, env=env, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def switch_cost(base: Path, adapters: dict[str, Path], threads: int) -> dict:
