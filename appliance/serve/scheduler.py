@@ -27,14 +27,18 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
 - a prompt row prefilled alone differs from the same row prefilled among others (0.74 logits on
   Gemma; two rows or more agree with any larger batch), so no prefill call has fewer than two rows
   unless the whole prompt is one token, and a cached prefix leaves at least two prompt tokens;
-- flash attention on the CPU splits a lone query row's KV across threads once the KV holds 512
-  cells (``use_split_kv_path`` in ggml-cpu/ops.cpp); off here (plain attention);
+- flash attention on the CPU has three paths (ggml-cpu/ops.cpp): a ubatch of one sequence with
+  one query row splits its KV across threads once the KV holds 512 cells (``use_split_kv_path``),
+  64 query rows or more of a sequence take the tiled kernel, the rest one row at a time over the
+  KV in order. Flash attention is on here (plain attention made an 8-row decode step ~2x slower)
+  and only the last path ever runs: no decode row runs alone in its ubatch (``_padding``) and a
+  prefill chunk has at most ``FLASH_ATTN_ONE_CHUNK_ROWS`` rows;
 - a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
   departed from solo; each step now decodes the generating rows in one call and one prompt's
   next chunk in another.
 - a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
-  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): a row with an adapter
-  never runs alone in its ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): no row runs alone in its
+  ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
   delta and + 0.0 * every other adapter's, the same bits as with its adapter alone on the context.
 """
 from __future__ import annotations
@@ -56,6 +60,8 @@ from appliance.serve.sampling import build_sampler
 # ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 DEFAULT_PREFIX_CACHE_MIB = 256
+# a sequence's query rows in one ubatch below GGML_FA_TILE_Q (64): flash attention's row-wise path
+FLASH_ATTN_ONE_CHUNK_ROWS = 63
 
 
 class PromptTooLong(ValueError):
@@ -152,7 +158,7 @@ class Scheduler:
         params.n_ubatch = n_batch
         params.n_seq_max = slots + 1
         params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # batch invariance (module doc)
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # one path only (module doc)
         params.swa_full = True  # sliding-window layers keep every position: prefixes stay reusable, cells stay in order
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
@@ -355,7 +361,7 @@ class Scheduler:
         if prefilling is not None:
             seq = prefilling
             start = seq.n_prefilled
-            stop = min(len(seq.prompt), start + self.n_batch)
+            stop = min(len(seq.prompt), start + min(self.n_batch, FLASH_ATTN_ONE_CHUNK_ROWS))
             if len(seq.prompt) - stop == 1:  # never leave a one-row chunk (module doc)
                 stop -= 1
             self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
@@ -364,19 +370,18 @@ class Scheduler:
                 self._sample(seq, stop - start - 1)
 
     def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
-        """(slot, position) of one throwaway row beside each adapter row that would sit alone in its ubatch.
+        """(slot, position) of one throwaway row beside each row that would sit alone in its ubatch.
 
-        llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
-        matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
-        differently (15/16 identical over 3 adapters at 8 clients without this); so a row with an
-        adapter never runs alone. The row is appended to a neighbouring slot's KV (its request,
-        its cached prefix, or nothing) and removed after the step. A base-model row may run
-        alone: the quantized matmuls agree for 1 and more rows (module doc), and a routed
-        adapter's delta reaches it multiplied by 0."""
+        llama.cpp puts only consecutive sequence ids in one ubatch. A row alone in its ubatch
+        would take flash attention's split-KV path once its KV holds 512 cells, and a LoRA
+        adapter's F32 matmuls take vec_dot for a one-row batch and llamafile's sgemm for more,
+        which round differently (15/16 identical over 3 adapters at 8 clients without this); so
+        no row runs alone. The throwaway row is appended to a neighbouring slot's KV (its
+        request, its cached prefix, or nothing) and removed after the step."""
         taken = {s.slot for s in decoding}
         padding = []
         for seq in decoding:
-            if seq.pointer is None or seq.slot - 1 in taken or seq.slot + 1 in taken:
+            if seq.slot - 1 in taken or seq.slot + 1 in taken:
                 continue
             slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
             padding.append((slot, self._end(slot)))

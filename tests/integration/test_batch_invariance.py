@@ -84,3 +84,45 @@ def test_cached_prefixes_answer_as_a_full_prefill(kquant_gguf):
         plain.close()
     assert all(h > 40 for h in hits[1:]), hits
     assert got == want
+
+
+def test_long_prompts_on_two_threads_answer_as_alone(kquant_gguf):
+    """Prompts of ~600 tokens on 2 threads: once a sequence's KV holds 512 cells, llama.cpp's CPU
+    flash attention splits a lone query row's KV across the threads, which rounds differently from
+    the row-wise path a batch takes. The engine never decodes a row alone in its ubatch, so a
+    request served alone answers as it does among three others, down to every logprob's bits
+    (this random model's greedy tokens alone may not flip)."""
+    params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=2)
+
+    def answer(prompt: str) -> tuple[str, list]:
+        text, logprobs = "", []
+        for chunk in engine.complete_stream(prompt, params):
+            choice = chunk["choices"][0]
+            text += choice["text"]
+            if choice.get("logprobs"):
+                logprobs += list(zip(choice["logprobs"]["token_logprobs"], choice["logprobs"]["top_logprobs"]))
+        return text, logprobs
+
+    engine = Engine(kquant_gguf, "kq", n_ctx=1024, n_threads=2, slots=4, prefix_cache_mib=None)
+    try:
+        facts = iter(FACTS * 4)
+        preamble = ""
+        while len(engine.completion_prompt(preamble)) < 560:
+            q, a = next(facts)
+            preamble += f"{q} {a} "
+        prompts = [preamble + p for p in PROMPTS[:4]]
+        solo = [answer(p) for p in prompts]
+        together: list[tuple[str, list] | None] = [None] * len(prompts)
+
+        def run(i: int) -> None:
+            together[i] = answer(prompts[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+    finally:
+        engine.close()
+    assert together == solo
+    assert all(text and logprobs for text, logprobs in solo), "an answer is empty: nothing was compared"
