@@ -32,8 +32,10 @@ CONFIGS = [  # (label, use_extra_bufts, flash attention, environment)
     ("llama.cpp defaults (repack on, flash attention auto, tiled >= 8 rows)", True, -1, {}),
     ("repack off", False, -1, {}),
     ("repack off, flash attention off", False, 0, {}),
-    ("repack off, flash attention off, tiled off (the engine; it never prefills one row alone)", False, 0,
+    ("repack off, flash attention off, tiled off (the engine before flash attention)", False, 0,
      {"GGML_CPU_TILED_MM": "0"}),
+    ("repack off, flash attention on, tiled off (the engine: no row alone in its ubatch, "
+     "no one-row prefill, prefill chunks under 64 rows)", False, 1, {"GGML_CPU_TILED_MM": "0"}),
     ("repack off, flash attention on, tiled forced", False, 1, {"GGML_CPU_TILED_MM_FORCE": "1"}),
     ("repack off, flash attention off, tiled forced", False, 0, {"GGML_CPU_TILED_MM_FORCE": "1"}),
 ]

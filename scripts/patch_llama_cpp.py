@@ -9,12 +9,19 @@ patch adds two functions to llama.h:
 
     llama_set_adapters_lora_routing(ctx, enabled)
     llama_set_adapter_lora_seq(ctx, seq_id, adapter)      (adapter NULL: the base model)
+    llama_set_cpu_reference_kernels(ctx, enabled)
 
 With routing on, every adapter set by ``llama_set_adapters_lora`` contributes its scaled B(Ax) only
 to the rows of the sequences routed to it: the delta is multiplied by a 0/1 row mask (a graph
 input filled from the ubatch's sequence ids), so sequences of different adapters share one
 decode step. A routed row computes base + 1.0 * delta and an unrouted one base + 0.0 * delta,
 bit for bit what the context gives with only that row's adapter set (bench/README.md).
+
+The third switches the context's CPU backend to ggml's reference kernels
+(``ggml_backend_cpu_set_use_ref``, which upstream exposes to backends but not through llama.h):
+flash attention then always takes its row-by-row path (a lone query row would otherwise split its
+KV across threads, and 64 rows or more take a tiled kernel, both rounding differently), and the
+tiled matmul and op fusion are off: what the serving engine's batch invariance needs.
 
 Each edit names the text it expects; a sdist whose text differs stops the build with the file and
 the edit, rather than compiling something else. Standard library only: a fresh machine has no
@@ -46,6 +53,11 @@ EDITS: list[tuple[str, str, str]] = [
             struct llama_context * ctx,
             llama_seq_id seq_id,
             struct llama_adapter_lora * adapter);
+
+    // {MARK}: the CPU backend's reference kernels (ggml_backend_cpu_set_use_ref): flash attention
+    // one query row at a time over the KV in order (no split KV for a lone row, no tiles), no tiled
+    // matmul, no op fusion. A row's result then does not depend on what else is in its batch.
+    LLAMA_API void llama_set_cpu_reference_kernels(struct llama_context * ctx, bool enabled);
 """),
     ("src/llama-adapter.h",
      "using llama_adapter_loras = std::unordered_map<llama_adapter_lora *, float>;\n",
@@ -60,7 +72,8 @@ EDITS: list[tuple[str, str, str]] = [
      "    bool adapters_lora_are_same(llama_adapter_lora ** adapters, size_t n_adapters, float * scales);\n\n"
      f"    // {MARK}\n"
      "    void set_adapters_lora_routing(bool enabled);\n"
-     "    void set_adapter_lora_seq(llama_seq_id seq_id, const llama_adapter_lora * adapter);\n"),
+     "    void set_adapter_lora_seq(llama_seq_id seq_id, const llama_adapter_lora * adapter);\n"
+     "    void set_cpu_reference_kernels(bool enabled);\n"),
     ("src/llama-context.h",
      "    llama_adapter_loras_ptr loras;\n",
      "    llama_adapter_loras_ptr loras;\n\n"
@@ -83,6 +96,16 @@ EDITS: list[tuple[str, str, str]] = [
      "        lora_routes[seq_id] = adapter;\n"
      "    }\n"
      "}\n\n"
+     "void llama_context::set_cpu_reference_kernels(bool enabled) {\n"
+     "    if (backend_cpu == nullptr) {\n"
+     "        return;\n"
+     "    }\n"
+     "    auto * reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(backend_cpu));\n"
+     "    auto * set_use_ref = (decltype(ggml_backend_cpu_set_use_ref) *) ggml_backend_reg_get_proc_address(reg, \"ggml_backend_cpu_set_use_ref\");\n"
+     "    if (set_use_ref) {\n"
+     "        set_use_ref(backend_cpu, enabled);\n"
+     "    }\n"
+     "}\n\n"
      "bool llama_context::adapters_lora_are_same("),
     ("src/llama-context.cpp",
      "        /*.res         =*/ res,\n    };\n",
@@ -97,6 +120,9 @@ EDITS: list[tuple[str, str, str]] = [
      "}\n\n"
      "void llama_set_adapter_lora_seq(llama_context * ctx, llama_seq_id seq_id, llama_adapter_lora * adapter) {\n"
      "    ctx->set_adapter_lora_seq(seq_id, adapter);\n"
+     "}\n\n"
+     "void llama_set_cpu_reference_kernels(llama_context * ctx, bool enabled) {\n"
+     "    ctx->set_cpu_reference_kernels(enabled);\n"
      "}\n\n"
      "int32_t llama_set_adapter_cvec(\n"),
     ("src/llama-graph.h",

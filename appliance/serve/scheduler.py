@@ -29,16 +29,17 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
   unless the whole prompt is one token, and a cached prefix leaves at least two prompt tokens;
 - flash attention on the CPU has three paths (ggml-cpu/ops.cpp): a ubatch of one sequence with
   one query row splits its KV across threads once the KV holds 512 cells (``use_split_kv_path``),
-  64 query rows or more of a sequence take the tiled kernel, the rest one row at a time over the
-  KV in order. Flash attention is on here (plain attention made an 8-row decode step ~2x slower)
-  and only the last path ever runs: no decode row runs alone in its ubatch (``_padding``) and a
-  prefill chunk has at most ``FLASH_ATTN_ONE_CHUNK_ROWS`` rows;
+  64 query rows or more of a sequence take a tiled kernel, the rest go one row at a time over the
+  KV in order. The appliance's llama.cpp patch switches the context to ggml's reference kernels
+  (``llama_set_cpu_reference_kernels``): only the row-wise path runs, and flash attention stays
+  on (plain attention made an 8-row decode step 1.3x slower). On a llama.cpp without the patch
+  flash attention is off;
 - a ``llama_decode`` mixing several prompts (and decode rows): 6 of 8 Gemma answers at 8 clients
   departed from solo; each step now decodes the generating rows in one call and one prompt's
   next chunk in another.
 - a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
-  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): no row runs alone in its
-  ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): a row with an adapter
+  never runs alone in its ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
   delta and + 0.0 * every other adapter's, the same bits as with its adapter alone on the context.
 """
 from __future__ import annotations
@@ -60,8 +61,6 @@ from appliance.serve.sampling import build_sampler
 # ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 DEFAULT_PREFIX_CACHE_MIB = 256
-# a sequence's query rows in one ubatch below GGML_FA_TILE_Q (64): flash attention's row-wise path
-FLASH_ATTN_ONE_CHUNK_ROWS = 63
 
 
 class PromptTooLong(ValueError):
@@ -158,7 +157,10 @@ class Scheduler:
         params.n_ubatch = n_batch
         params.n_seq_max = slots + 1
         params.kv_unified = False  # each sequence its own KV stream: attention never mixes rows across sequences
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # one path only (module doc)
+        self._patch = llama_patch(llama_cpp)
+        # flash attention only where its row-wise path can be forced (module doc)
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._patch is not None
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.swa_full = True  # sliding-window layers keep every position: prefixes stay reusable, cells stay in order
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
@@ -169,7 +171,9 @@ class Scheduler:
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
         self._current_adapters: tuple[int, ...] = ()  # the addresses of the adapters set on the context
-        self._routing = lora_routing(llama_cpp) if adapter_routing else None
+        self._routing = self._patch if adapter_routing else None
+        if self._patch is not None:
+            self._patch.reference_kernels(self.ctx.ctx, True)
         if self._routing is not None:
             self._routing.enable(self.ctx.ctx, True)
         self._pending: list[Sequence] = []
@@ -361,7 +365,7 @@ class Scheduler:
         if prefilling is not None:
             seq = prefilling
             start = seq.n_prefilled
-            stop = min(len(seq.prompt), start + min(self.n_batch, FLASH_ATTN_ONE_CHUNK_ROWS))
+            stop = min(len(seq.prompt), start + self.n_batch)
             if len(seq.prompt) - stop == 1:  # never leave a one-row chunk (module doc)
                 stop -= 1
             self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
@@ -370,18 +374,19 @@ class Scheduler:
                 self._sample(seq, stop - start - 1)
 
     def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
-        """(slot, position) of one throwaway row beside each row that would sit alone in its ubatch.
+        """(slot, position) of one throwaway row beside each adapter row that would sit alone in its ubatch.
 
-        llama.cpp puts only consecutive sequence ids in one ubatch. A row alone in its ubatch
-        would take flash attention's split-KV path once its KV holds 512 cells, and a LoRA
-        adapter's F32 matmuls take vec_dot for a one-row batch and llamafile's sgemm for more,
-        which round differently (15/16 identical over 3 adapters at 8 clients without this); so
-        no row runs alone. The throwaway row is appended to a neighbouring slot's KV (its
-        request, its cached prefix, or nothing) and removed after the step."""
+        llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
+        matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
+        differently (15/16 identical over 3 adapters at 8 clients without this); so a row with an
+        adapter never runs alone. The throwaway row is appended to a neighbouring slot's KV (its
+        request, its cached prefix, or nothing) and removed after the step. A base-model row may
+        run alone: the quantized matmuls and the reference flash attention agree for 1 and more
+        rows (module doc), and a routed adapter's delta reaches it multiplied by 0."""
         taken = {s.slot for s in decoding}
         padding = []
         for seq in decoding:
-            if seq.slot - 1 in taken or seq.slot + 1 in taken:
+            if seq.pointer is None or seq.slot - 1 in taken or seq.slot + 1 in taken:
                 continue
             slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
             padding.append((slot, self._end(slot)))
@@ -514,23 +519,26 @@ class Scheduler:
 
 
 @dataclass(frozen=True)
-class LoraRouting:
-    """The routing functions scripts/patch_llama_cpp.py adds to llama.cpp."""
-    enable: Any  # llama_set_adapters_lora_routing(ctx, bool)
-    route: Any   # llama_set_adapter_lora_seq(ctx, seq_id, adapter or NULL)
+class LlamaPatch:
+    """The functions scripts/patch_llama_cpp.py adds to llama.cpp."""
+    enable: Any             # llama_set_adapters_lora_routing(ctx, bool)
+    route: Any              # llama_set_adapter_lora_seq(ctx, seq_id, adapter or NULL)
+    reference_kernels: Any  # llama_set_cpu_reference_kernels(ctx, bool)
 
 
-def lora_routing(llama_cpp) -> LoraRouting | None:
-    """llama.cpp's per-sequence LoRA routing, or None when the library lacks the patch."""
+def llama_patch(llama_cpp) -> LlamaPatch | None:
+    """The patched llama.cpp's functions, or None when the library lacks (this version of) the patch."""
     library = getattr(getattr(llama_cpp, "llama_cpp", None), "_lib", None)
     try:
         enable = library.llama_set_adapters_lora_routing
         route = library.llama_set_adapter_lora_seq
+        reference_kernels = library.llama_set_cpu_reference_kernels
     except AttributeError:
         return None
     enable.argtypes, enable.restype = [ctypes.c_void_p, ctypes.c_bool], None
     route.argtypes, route.restype = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p], None
-    return LoraRouting(enable, route)
+    reference_kernels.argtypes, reference_kernels.restype = [ctypes.c_void_p, ctypes.c_bool], None
+    return LlamaPatch(enable, route, reference_kernels)
 
 
 def _address(pointer: Any) -> int | None:

@@ -48,6 +48,7 @@ def test_patch_applies_once_and_adds_the_routing_api(tree):
     header = after["include/llama.h"]
     assert "LLAMA_API void llama_set_adapters_lora_routing(struct llama_context * ctx, bool enabled);" in header
     assert "LLAMA_API void llama_set_adapter_lora_seq(" in header
+    assert "LLAMA_API void llama_set_cpu_reference_kernels(struct llama_context * ctx, bool enabled);" in header
     assert after["src/llama-graph.cpp"].count("build_lora_route(lora.first") == 3  # mm, mm_id, token embeddings
     assert script.patch(tree) is False  # idempotent
     assert {name: (tree / name).read_text() for name in NEEDED} == after
