@@ -226,6 +226,17 @@ def completion(url: str, model_field: dict, stream: bool = False, prompt: str = 
     return end - started, pieces, (first or end) - started, "".join(text)
 
 
+def run_clients(client, clients: int) -> float:
+    """``client(i)`` for i in range(clients), one thread each; the wall seconds until all are done."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def load(url: str, clients: int, requests_each: int, fields: list[dict]) -> dict:
     """Aggregate tok/s, p50/p99 latency, and how many greedy texts equal the same request served alone."""
     solo = [completion(url, field)[3] for field in fields]
@@ -242,13 +253,7 @@ def load(url: str, clients: int, requests_each: int, fields: list[dict]) -> dict
                 tokens[0] += n
                 agree[0] += text == solo[which]
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_clients(client, clients)
     latencies.sort()
     return {"tok_s": tokens[0] / wall, "p50": statistics.median(latencies),
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
@@ -568,13 +573,7 @@ def concurrent_prompts(ask, prompts: list[str], solo: list[str], clients: int) -
                 same[0] += got == solo[j]
                 tokens[0] += n
 
-    started = time.perf_counter()
-    workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - started
+    wall = run_clients(client, clients)
     return {"identical_to_solo": f"{same[0]}/{len(prompts)}", "tok_s": tokens[0] / wall,
             "p50": statistics.median(latencies), "max": max(latencies)}
 
