@@ -52,7 +52,8 @@ class Engine:
         self.n_ctx = min(n_ctx, trained) if trained else n_ctx  # never beyond what the model was trained on
         self.slots = max(1, slots)
         model_params = llama_cpp.llama_model_default_params()
-        model_params.use_extra_bufts = False  # no CPU_REPACK: its kernels are not batch invariant (scheduler.py)
+        # repacked weights (CPU_REPACK): invariant because every ubatch has a multiple of 4 rows (scheduler.py)
+        model_params.use_extra_bufts = True
         self._model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
         template = metadata.get("tokenizer.chat_template") or chat_template
         if not template:

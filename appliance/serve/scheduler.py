@@ -4,8 +4,8 @@
 
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
 run at once, each in its own sequence id (its own stream of a non-unified KV cache). Each step
-decodes one token for every running sequence in one ``llama_decode``, whatever adapter each one
-uses, then prefills the next chunk of one waiting prompt. Upstream llama.cpp applies LoRA
+decodes one token for every running sequence (more when its drafted tokens hold, see below) in
+one ``llama_decode``, whatever adapter each one uses, then prefills the next chunk of one waiting prompt. Upstream llama.cpp applies LoRA
 adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
 the appliance's build patches it (scripts/patch_llama_cpp.py) so that each adapter's delta
 reaches only the rows of the sequences routed to it. On a llama.cpp without the patch the
@@ -18,15 +18,23 @@ Batch invariance: a greedy answer is the same token for token whether its reques
 beside others, and whether its prompt prefix came from the cache or was prefilled. On this
 llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, each reproduced by
 ``bench/batch_invariance.py`` (one row's logits, Gemma 3 270M Q4_K_M; figures in bench/README.md):
-- repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K rows go through a 4-row gemm or
-  a 1-row gemv by their position in the batch; off here (engine.py loads models without them);
+- repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K/Q8_0 rows go through a 4-row
+  gemm for the first rows of a ubatch and a 1-row gemv for the last ``n % 4``, which round
+  differently. Every ubatch here has a multiple of ALIGN = 4 rows, so every row takes the gemm
+  (repacking stays on: an 8-row decode step took 23.5 ms with it, 32.1 without). A prompt chunk
+  is rounded up with throwaway rows after its end (causal: no prompt row sees them); a decode
+  step spans consecutive slots with the same number of rows each (``_layout``), throwaway rows
+  in slots without a generating sequence, and drafted tokens in the extra rows of a generating
+  one (``_draft``): a lone stream decodes 4 rows a step, its last token and 3 tokens guessed by
+  prompt lookup, kept only while they equal what its sampler picks (speculative decoding that
+  cannot change the answer);
 - the tiled K-quant matmul (ggml-cpu/tiled/tiled.cpp) takes only batches of 8 rows or more,
   smaller ones go to vec_dot, and the two round differently: ``GGML_CPU_TILED_MM=0`` keeps every
   row count on vec_dot (set below, before llama.cpp's first matmul reads it; forcing the tiled
   kernel for every row count is invariant too, but made a one-row decode step 5-8x slower);
 - a prompt row prefilled alone differs from the same row prefilled among others (0.74 logits on
-  Gemma; two rows or more agree with any larger batch), so no prefill call has fewer than two rows
-  unless the whole prompt is one token, and a cached prefix leaves at least two prompt tokens;
+  Gemma without repacking; two rows or more agree with any larger batch): the 4-row rounding
+  above covers it;
 - flash attention on the CPU has three paths (ggml-cpu/ops.cpp): a ubatch of one sequence with
   one query row splits its KV across threads once the KV holds 512 cells (``use_split_kv_path``),
   64 query rows or more of a sequence take a tiled kernel, the rest go one row at a time over the
@@ -38,9 +46,9 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
   departed from solo; each step now decodes the generating rows in one call and one prompt's
   next chunk in another.
 - a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
-  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): a row with an adapter
-  never runs alone in its ubatch (``_padding``). Routing is exact: a row gets base + 1.0 * its
-  delta and + 0.0 * every other adapter's, the same bits as with its adapter alone on the context.
+  (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): covered by the 4-row
+  rounding too. Routing is exact: a row gets base + 1.0 * its delta and + 0.0 * every other
+  adapter's, the same bits as with its adapter alone on the context.
 """
 from __future__ import annotations
 
@@ -61,6 +69,8 @@ from appliance.serve.sampling import build_sampler
 # ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 DEFAULT_PREFIX_CACHE_MIB = 256
+ALIGN = 4
+"""Every ubatch has a multiple of this many rows: the repacked matmuls take 4 rows at a time (module doc)."""
 
 
 class PromptTooLong(ValueError):
@@ -151,8 +161,9 @@ class Scheduler:
         self.n_ctx = n_ctx_per_seq
         self.n_batch = n_batch
         params = llama_cpp.llama_context_default_params()
-        # one stream more than the slots: a scratch sequence for padding rows (``_padding``)
-        params.n_ctx = n_ctx_per_seq * (slots + 1)
+        # one stream more than the slots: a scratch sequence for throwaway rows (``_layout``), and
+        # ALIGN cells more per stream for the rows after a sequence's last (drafts, throwaway rows)
+        params.n_ctx = (n_ctx_per_seq + ALIGN) * (slots + 1)
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = slots + 1
@@ -188,6 +199,8 @@ class Scheduler:
         self.adapter_switches = 0
         self.switch_seconds = 0.0
         self.mixed_steps = 0  # decode steps whose rows used more than one adapter (or base and adapter)
+        self.draft_tokens = 0  # tokens drafted into decode steps (``_draft``)
+        self.accepted_drafts = 0  # of which the sampler picked the same token
         self._thread = threading.Thread(target=self._loop, name="llama-scheduler", daemon=True)
         self._thread.start()
 
@@ -345,53 +358,101 @@ class Scheduler:
         # bench/batch_invariance.py measured row for row
         decoding = sorted((s for s in members if not s.prefilling), key=lambda s: s.slot)
         if decoding:
-            rows = [(s.generated[-1], len(s.prompt) + len(s.generated) - 1, s.slot, True) for s in decoding]
-            padding = self._padding(decoding)
-            # by slot: llama.cpp puts only consecutive sequence ids of a non-unified cache in one ubatch
-            rows = sorted(rows + [(decoding[0].generated[-1], pos, slot, True) for slot, pos in padding],
-                          key=lambda row: row[2])
-            index = {row[2]: i for i, row in enumerate(rows)}
             self.mixed_steps += len({_address(s.pointer) for s in decoding}) > 1
-            try:
-                self._decode(rows, decoding)
-            finally:
-                for slot, pos in padding:
-                    self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, pos, pos + 1)
-            for seq in decoding:
-                seq.n_past += 1
-            for seq in decoding:
-                self._sample(seq, index[seq.slot])
+            self._decode_step(decoding)
         prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
         if prefilling is not None:
             seq = prefilling
             start = seq.n_prefilled
             stop = min(len(seq.prompt), start + self.n_batch)
-            if len(seq.prompt) - stop == 1:  # never leave a one-row chunk (module doc)
-                stop -= 1
-            self._decode([(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)], [seq])
+            rows = [(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)]
+            # throwaway rows after the chunk (causal: no prompt row sees them) round it up to ALIGN rows
+            rows += [(seq.prompt[start], stop + i, seq.slot, False) for i in range(-len(rows) % ALIGN)]
+            try:
+                self._decode(rows, [seq])
+            finally:
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, stop, -1)
             seq.n_prefilled = seq.n_past = stop
             if not seq.prefilling:
                 self._sample(seq, stop - start - 1)
 
-    def _padding(self, decoding: list[Sequence]) -> list[tuple[int, int]]:
-        """(slot, position) of one throwaway row beside each adapter row that would sit alone in its ubatch.
+    def _decode_step(self, decoding: list[Sequence]) -> None:
+        """One llama_decode giving every generating sequence its next token (and more when its drafts hold).
 
-        llama.cpp puts only consecutive sequence ids in one ubatch, and a LoRA adapter's F32
-        matmuls take vec_dot for a one-row batch and llamafile's sgemm for more, which round
-        differently (15/16 identical over 3 adapters at 8 clients without this); so a row with an
-        adapter never runs alone. The throwaway row is appended to a neighbouring slot's KV (its
-        request, its cached prefix, or nothing) and removed after the step. A base-model row may
-        run alone: the quantized matmuls and the reference flash attention agree for 1 and more
-        rows (module doc), and a routed adapter's delta reaches it multiplied by 0."""
-        taken = {s.slot for s in decoding}
-        padding = []
+        The step is laid out as one ubatch of a multiple of ALIGN rows (``_layout``): consecutive
+        slots, the same number of rows in each. A generating sequence's first row is its last
+        token; its other rows are drafted tokens (``_draft``) that are kept only while they equal
+        what its sampler picks from the row before, so the answer is the one decoded token by
+        token. A slot without a generating sequence gets throwaway rows after its KV, removed
+        after the step."""
+        by_slot = {s.slot: s for s in decoding}
+        window, per_slot = self._layout(sorted(by_slot))
+        rows, first_row, drafts, throwaway = [], {}, {}, []
+        filler = decoding[0].generated[-1]
+        for slot in window:
+            seq = by_slot.get(slot)
+            first_row[slot] = len(rows)
+            if seq is None:
+                start, tokens = self._end(slot), [filler] * per_slot
+                throwaway.append((slot, start))
+            else:
+                start = len(seq.prompt) + len(seq.generated) - 1
+                drafts[slot] = self._draft(seq, per_slot - 1)
+                tokens = [seq.generated[-1]] + drafts[slot]
+            rows += [(token, start + k, slot, True) for k, token in enumerate(tokens)]
+        try:
+            self._decode(rows, decoding)
+        finally:
+            for slot, start in throwaway:
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, start, -1)
+        self.draft_tokens += sum(len(d) for d in drafts.values())
         for seq in decoding:
-            if seq.pointer is None or seq.slot - 1 in taken or seq.slot + 1 in taken:
+            seq.n_past = len(seq.prompt) + len(seq.generated)
+            draft = drafts[seq.slot]
+            for k in range(per_slot):
+                self._sample(seq, first_row[seq.slot] + k)
+                if seq.sampler is None or k == len(draft) or seq.generated[-1] != draft[k]:
+                    break  # finished, out of rows, or the draft departed from the sampled token
+                seq.n_past += 1  # the drafted row k+1 read exactly the token just sampled
+                self.accepted_drafts += 1
+            if seq.sampler is not None and draft:
+                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, seq.n_past, -1)
+
+    def _layout(self, slots: list[int]) -> tuple[list[int], int]:
+        """The consecutive slots and rows per slot of a decode step covering ``slots``: the fewest
+        rows that make a multiple of ALIGN (on a tie, more rows per slot: room for drafts).
+
+        llama.cpp puts only consecutive sequence ids, with equal token counts, in one ubatch."""
+        low, high = slots[0], slots[-1]
+        best: tuple[int, list[int], int] | None = None
+        for per_slot in (4, 2, 1):
+            width = high - low + 1
+            while width * per_slot % ALIGN:
+                width += 1
+            if width > self.slots + 1:
                 continue
-            slot = seq.slot + 1 if seq.slot + 1 <= self.slots else seq.slot - 1
-            padding.append((slot, self._end(slot)))
-            taken.add(slot)
-        return padding
+            start = min(low, self.slots + 1 - width)
+            if best is None or width * per_slot < best[0]:
+                best = (width * per_slot, list(range(start, start + width)), per_slot)
+        assert best is not None  # 4 rows per slot always fit
+        return best[1], best[2]
+
+    @staticmethod
+    def _draft(seq: Sequence, n: int) -> list[int]:
+        """``n`` tokens guessed to follow ``seq``'s text: what followed the latest earlier occurrence
+        of its last few tokens (prompt lookup), else its last token repeated."""
+        if n <= 0:
+            return []
+        tokens = seq.prompt + seq.generated
+        for size in (3, 2, 1):
+            if len(tokens) <= size:
+                continue
+            tail = tokens[-size:]
+            for i in range(len(tokens) - size - 1, -1, -1):
+                if tokens[i:i + size] == tail:
+                    guess = tokens[i + size:i + size + n]
+                    return guess + [guess[-1]] * (n - len(guess))
+        return [tokens[-1]] * n
 
     def _end(self, slot: int) -> int:
         """The position after the last token whose KV ``slot`` holds."""
