@@ -17,7 +17,7 @@ demo: venv
 
 # The full suite, what CI runs: the lint contracts, then every test (about 25 minutes on 2 cores).
 test: venv lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # The edit loop: unit tests only (tests/unit, well under a minute; no model is trained or served).
 test-fast: venv

@@ -5,6 +5,8 @@
     .venv/bin/python bench/serve_bench.py --decode-identity [--smoke]    # the decode-identity experiment only
     .venv/bin/python bench/serve_bench.py --engine-gguf /tmp/gemma/gemma-3-270m-q4_k_m.gguf [--threads 1]
                                            # in-process engine on any GGUF: identity, tok/s, prefix-cache TTFT
+    .venv/bin/python bench/serve_bench.py --real-gguf /tmp/gemma/gemma-3-270m-q4_k_m.gguf
+                                           # both: the random model's run, then the real model's figures
 
 In one run, on the same Q4_K_M GGUF of a ~100M-parameter random Llama (built locally, with three
 random LoRA adapters), with the same threads:
@@ -405,6 +407,9 @@ def main() -> None:
                              "bench runs (its figures mean nothing)")
     parser.add_argument("--engine-gguf", type=Path, default=None,
                         help="only the in-process engine figures on this GGUF (identity, tok/s, prefix-cache TTFT)")
+    parser.add_argument("--real-gguf", type=Path, default=None,
+                        help="after the random model, the in-process engine figures on this real GGUF too, in the "
+                             "same run and JSON (e.g. Gemma 3 270M)")
     parser.add_argument("--decode-identity", action="store_true",
                         help="only the in-process batched vs row-wise decode identity experiment")
     args = parser.parse_args()
@@ -449,6 +454,9 @@ def main() -> None:
                "routed_vs_grouped": routed_vs_grouped(base, adapters, args.threads),
                "warnings": warnings(runs, summary)}
     report(results)
+    if args.real_gguf:
+        print(f"\nreal model: {args.real_gguf.name}", flush=True)
+        results["real_model"] = engine_figures(args.real_gguf, args.threads, args.repeats, binary)
     out = ROOT / "bench" / "serve_bench.last.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nfigures: {out.relative_to(ROOT)} (copy it under bench/results/ to quote a figure from it)")
@@ -592,10 +600,15 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
             return r["choices"][0]["text"], r["usage"]["completion_tokens"]
 
         solo = [text(i)[0] for i in range(len(prompts))]
+        scheduler = engine._scheduler
         for clients in (1, 4, 8):
+            drafted, accepted = scheduler.draft_tokens, scheduler.accepted_drafts
             row = out[f"{clients} clients"] = concurrent_prompts(text, prompts, solo, clients)
+            # drafts ride in the rows that keep each ubatch a multiple of 4 (scheduler.py)
+            row["drafted"], row["accepted_drafts"] = scheduler.draft_tokens - drafted, scheduler.accepted_drafts - accepted
             print(f"{clients} clients: {row['identical_to_solo']} greedy answers identical to solo, "
-                  f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s", flush=True)
+                  f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s, "
+                  f"{row['accepted_drafts']} of {row['drafted']} drafted tokens kept", flush=True)
     finally:
         engine.close()
     adapters = random_loras(gguf)

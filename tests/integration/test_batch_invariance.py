@@ -4,8 +4,8 @@ The tiny test models are Q8_0 (their widths are not multiples of 256), where lla
 dependent kernels never run. This model is random-init, 256 wide, quantized to Q4_K_M, so its
 Q4_K/Q6_K rows go through the kernels that made a row's logits depend on its batch (repacked
 gemm/gemv and the tiled matmul from 8 rows, see appliance/serve/scheduler.py), and its tokens are
-low-margin. With llama.cpp's defaults (``use_extra_bufts`` on) 8 concurrent requests here do not
-all match their solo answers.
+low-margin. The engine keeps repacking on and makes every ubatch a multiple of 4 rows; with
+``scheduler.ALIGN = 1`` the long-prompt test below fails (checked).
 """
 from __future__ import annotations
 
