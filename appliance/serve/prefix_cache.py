@@ -72,7 +72,8 @@ class PrefixCache:
     @staticmethod
     def usable(entry: Entry | None, prompt: list[int], adapter: int | None) -> int:
         """Prompt tokens ``entry`` can supply: its common prefix, leaving the last two tokens to prefill
-        (a one-row prefill is not batch invariant, scheduler.py)."""
+        (one is needed for the logits; the second dates from when a one-row prefill was not batch
+        invariant, before scheduler.py rounded every chunk up to 4 rows)."""
         if entry is None or entry.adapter != adapter:
             return 0
         return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 2))

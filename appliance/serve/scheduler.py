@@ -5,8 +5,8 @@
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
 run at once, each in its own sequence id (its own stream of a non-unified KV cache). Each step
 decodes one token for every running sequence (more when its drafted tokens hold, see below) in
-one ``llama_decode``, whatever adapter each one uses, then prefills the next chunk of one waiting prompt. Upstream llama.cpp applies LoRA
-adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
+one ``llama_decode``, whatever adapter each one uses, then prefills the next chunk of one waiting
+prompt. Upstream llama.cpp applies LoRA adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
 the appliance's build patches it (scripts/patch_llama_cpp.py) so that each adapter's delta
 reaches only the rows of the sequences routed to it. On a llama.cpp without the patch the
 scheduler falls back to adapter groups: the groups with running sequences take turns (round
@@ -18,10 +18,10 @@ Batch invariance: a greedy answer is the same token for token whether its reques
 beside others, and whether its prompt prefix came from the cache or was prefilled. On this
 llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, each reproduced by
 ``bench/batch_invariance.py`` (one row's logits, Gemma 3 270M Q4_K_M; figures in bench/README.md):
-- repacked weights (CPU_REPACK, ``use_extra_bufts``): Q4_K/Q6_K/Q8_0 rows go through a 4-row
-  gemm for the first rows of a ubatch and a 1-row gemv for the last ``n % 4``, which round
-  differently. Every ubatch here has a multiple of ALIGN = 4 rows, so every row takes the gemm
-  (repacking stays on: an 8-row decode step took 23.5 ms with it, 32.1 without). A prompt chunk
+- repacked weights (CPU_REPACK, ``use_extra_bufts``; on x86 Q4_0, Q4_K, Q8_0, IQ4_NL and, with
+  AVX-512, Q2_K): rows go through a 4-row gemm for the first rows of a ubatch and a 1-row gemv
+  for the last ``n % 4``, which round differently. Every ubatch here has a multiple of ALIGN = 4
+  rows, so every row takes the gemm (repacking stays on: an 8-row decode step took 23.5 ms with it, 32.1 without). A prompt chunk
   is rounded up with throwaway rows after its end (causal: no prompt row sees them); a decode
   step spans consecutive slots with the same number of rows each (``_layout``), throwaway rows
   in slots without a generating sequence, and drafted tokens in the extra rows of a generating
@@ -494,9 +494,9 @@ class Scheduler:
 
         Another set of adapters on the context makes llama.cpp reserve its compute graph again
         (about 17 ms on the bench model, against 0.05 ms for the call itself), while an adapter
-        kept set with no row routed to it costs its masked LoRA ops (1-2 ms a step there): without
-        this, clients over 3 adapters whose requests start and end at different times changed the
-        set every few steps. Exact either way: a row gets + 0.0 x every adapter not its own."""
+        kept set with no row routed to it costs its masked LoRA ops (1-2 ms a step there); without
+        this the set changed whenever the last running request of an adapter ended before the
+        next one began. Exact either way: a row gets + 0.0 x every adapter not its own."""
         for seq in members:
             if seq.pointer is not None:
                 self._adapter_last_step[_address(seq.pointer)] = (self.steps, seq.pointer)
