@@ -454,7 +454,7 @@ class Scheduler:
                 continue
             tail = tokens[-size:]
             for i in range(len(tokens) - size - 1, -1, -1):
-                if tokens[i:i + size] == tail:
+                if tokens[i] == tail[0] and tokens[i:i + size] == tail:  # no slice for most positions
                     guess = tokens[i + size:i + size + n]
                     return guess + [guess[-1]] * (n - len(guess))
         return [tokens[-1]] * n
