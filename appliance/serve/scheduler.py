@@ -47,8 +47,16 @@ llama.cpp build (0.3.36, CPU) these made a row's logits depend on its batch, eac
   next chunk in another.
 - a LoRA adapter's F32 matmuls take vec_dot for one row and llamafile's sgemm for two or more
   (which agreed bit for bit on the models' Q5_0/Q8_0 rows, not on F32): covered by the 4-row
-  rounding too. Routing is exact: a row gets base + 1.0 * its delta and + 0.0 * every other
-  adapter's, the same bits as with its adapter alone on the context.
+  rounding too.
+
+Across adapters: with routing the patch stacks every adapter set on the context per weight and
+applies each row's own adapter with ``ggml_mul_mat_id`` (expert 0 is zeros, for rows of the base
+model), whose CPU kernel computes every output element with one ``vec_dot``, whatever the other
+rows: invariant by construction. The stack's rank is the largest of the adapters set, and padding
+a rank changes the rounding of B's reduction, so the scheduler sets every loaded adapter whenever
+any routed row runs (``_routed_adapters``): a row's bits depend on which adapters are loaded (they
+may change at a hot add or removal), never on which requests run beside it. They differ from an
+adapter applied alone without routing (the scale is folded into B) by rounding only.
 """
 from __future__ import annotations
 
@@ -70,7 +78,7 @@ from appliance.serve.sampling import build_sampler
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 DEFAULT_PREFIX_CACHE_MIB = 256
 IDLE_ADAPTER_STEPS = 16
-"""Steps an adapter stays set on the context after its last routed row (``_routed_adapters``)."""
+"""Steps the adapters stay set on the context after the last routed row (``_routed_adapters``)."""
 ALIGN = 4
 """Every ubatch has a multiple of this many rows: the repacked matmuls take 4 rows at a time (module doc)."""
 
@@ -184,7 +192,7 @@ class Scheduler:
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
         self._current_adapters: tuple[int, ...] = ()  # the addresses of the adapters set on the context
-        self._adapter_last_step: dict[int, tuple[int, Any]] = {}  # address -> (last step it had a row, pointer)
+        self._last_adapter_step = -IDLE_ADAPTER_STEPS - 1  # the last step with a row routed to an adapter
         self._routing = self._patch if adapter_routing else None
         if self._patch is not None:
             self._patch.reference_kernels(self.ctx.ctx, True)
@@ -489,20 +497,21 @@ class Scheduler:
         self._advance(seq, token)
 
     def _routed_adapters(self, members: list[Sequence]) -> list[Any]:
-        """The adapters to set for a routed step: the running sequences', and those a sequence used
-        within the last IDLE_ADAPTER_STEPS steps.
+        """The adapters to set for a routed step: every loaded one (and any a running sequence
+        still uses after its removal) while a row was routed to an adapter within the last
+        IDLE_ADAPTER_STEPS steps, else none.
 
-        Another set of adapters on the context makes llama.cpp reserve its compute graph again
-        (about 17 ms on the bench model, against 0.05 ms for the call itself), while an adapter
-        kept set with no row routed to it costs its masked LoRA ops (1-2 ms a step there); without
-        this the set changed whenever the last running request of an adapter ended before the
-        next one began. Exact either way: a row gets + 0.0 x every adapter not its own."""
-        for seq in members:
-            if seq.pointer is not None:
-                self._adapter_last_step[_address(seq.pointer)] = (self.steps, seq.pointer)
-        self._adapter_last_step = {address: (step, pointer) for address, (step, pointer)
-                                   in self._adapter_last_step.items() if self.steps - step <= IDLE_ADAPTER_STEPS}
-        return [pointer for _, pointer in self._adapter_last_step.values()]
+        Always the whole set, so that the patch's stack (module doc) keeps one rank and a row's
+        bits never depend on the other requests. Another set makes llama.cpp restack and reserve
+        its compute graph (about 17 ms on the bench model), hence the idle steps before the set is
+        dropped for base-only traffic; base rows get + 0 from the stack's zero expert, so dropping
+        it changes no answer."""
+        running = [seq.pointer for seq in members if seq.pointer is not None]
+        if running:
+            self._last_adapter_step = self.steps
+        if self.steps - self._last_adapter_step > IDLE_ADAPTER_STEPS:
+            return []
+        return list(self._adapters.values()) + running
 
     def _use_adapters(self, pointers: list[Any]) -> None:
         """Set these adapters (None: the base model) on the context, unless they are set already.

@@ -18,8 +18,8 @@ from appliance.bundle.build import LLAMA_CPP_PYTHON, cache_dir
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "patch_llama_cpp.py"
 PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-NEEDED = ("include/llama.h", "src/llama-adapter.h", "src/llama-context.h", "src/llama-context.cpp",
-          "src/llama-graph.h", "src/llama-graph.cpp")
+NEEDED = ("include/llama.h", "src/llama-adapter.h", "src/llama-adapter.cpp", "src/llama-context.h",
+          "src/llama-context.cpp", "src/llama-graph.h", "src/llama-graph.cpp")
 
 
 def load_script():
@@ -50,6 +50,8 @@ def test_patch_applies_once_and_adds_the_routing_api(tree):
     assert "LLAMA_API void llama_set_adapter_lora_seq(" in header
     assert "LLAMA_API void llama_set_cpu_reference_kernels(struct llama_context * ctx, bool enabled);" in header
     assert after["src/llama-graph.cpp"].count("build_lora_route(lora.first") == 3  # mm, mm_id, token embeddings
+    assert "return build_lora_stacked(it->second, cur, res);" in after["src/llama-graph.cpp"]  # dense weights: the stack
+    assert "llama_lora_stack_ptr llama_lora_stack_build(const llama_adapter_loras & loras) {" in after["src/llama-adapter.cpp"]
     assert script.patch(tree) is False  # idempotent
     assert {name: (tree / name).read_text() for name in NEEDED} == after
 
