@@ -46,3 +46,24 @@ def test_drafts_follow_the_latest_earlier_occurrence_of_the_last_tokens():
     assert draft([1, 2, 3, 4], [1, 2]) == [3, 4, 1]  # runs into the tail of the text itself
     assert draft([7, 8], [9]) == [9, 9, 9]  # nothing to look up: the last token again
     assert draft([1, 2], [3], 0) == []
+
+
+def test_routed_steps_set_every_loaded_adapter_until_they_idle():
+    """The patch stacks the adapters set, padding ranks to the largest, which changes a row's
+    rounding (tests/integration/test_batch_invariance.py); so a routed step sets every loaded
+    adapter (and one removed while its request still runs), never just the running requests'."""
+    from appliance.serve.scheduler import IDLE_ADAPTER_STEPS
+
+    state = SimpleNamespace(_adapters={"hr": "p-hr", "legal": "p-legal", "ops": "p-ops"}, steps=0,
+                            _last_adapter_step=-IDLE_ADAPTER_STEPS - 1)
+
+    def routed(*pointers):
+        return Scheduler._routed_adapters(state, [SimpleNamespace(pointer=p) for p in pointers])
+
+    assert routed(None, None) == []  # base-only traffic: no adapter set
+    assert set(routed("p-hr", None)) == {"p-hr", "p-legal", "p-ops"}
+    state.steps = IDLE_ADAPTER_STEPS
+    assert set(routed(None)) == {"p-hr", "p-legal", "p-ops"}  # kept while idle ...
+    state.steps = IDLE_ADAPTER_STEPS + 1
+    assert routed(None) == []  # ... for IDLE_ADAPTER_STEPS steps
+    assert set(routed("p-removed")) == {"p-hr", "p-legal", "p-ops", "p-removed"}
