@@ -15,6 +15,13 @@ already there. Two tiers:
   request that matches it better than any resident slot gets it copied back
   (``llama_state_seq_set_data``) into the slot it takes.
 
+Slots stay together: a decode step spans consecutive slots (scheduler.py ``_layout``), and every
+idle slot inside that window decodes throwaway rows. When the slot holding a request's prefix
+would widen the window past the busy slots while a free slot beside them would not, the prefix is
+copied into that slot (``Plan.copy_from``, a few milliseconds) and stays resident where it was. On
+the bench model 4 clients rotating over 3 adapters decoded 514 throwaway rows in 206 steps before
+(147 tok/s, one model 239), 
+
 Reuse is exact: the KV bytes are the ones a fresh prefill of the same tokens computes, because
 the scheduler runs llama.cpp in its batch-invariant configuration (scheduler.py). A prefix is
 reused only under the adapter (llama.cpp handle) it was computed with, since LoRA changes K and
@@ -44,6 +51,7 @@ class Plan:
     keep: int
     restore: Entry | None = None  # a host entry to copy into the slot first
     save: Entry | None = None     # the slot's resident entry, to copy out before it is overwritten
+    copy_from: int | None = None  # a free slot whose resident KV is copied into the slot first
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -78,35 +86,45 @@ class PrefixCache:
             return 0
         return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 2))
 
-    def plan(self, prompt: list[int], adapter: int | None, free: list[int]) -> Plan:
-        """The slot among ``free`` for a request, and the prefix it keeps there."""
+    def plan(self, prompt: list[int], adapter: int | None, free: list[int], busy: list[int] = ()) -> Plan:
+        """The slot among ``free`` for a request, and the prefix it keeps there; ``busy``: the
+        slots of running requests, which the chosen slot should not be far from."""
         self.lookups += 1
-        best_slot, best = None, 0
+        best_slot, best, best_rank = None, 0, None
         for slot in free:
             n = self.usable(self.resident[slot], prompt, adapter)
-            if n > best or (n == best and n > 0 and self.resident[slot].used > self.resident[best_slot].used):
-                best_slot, best = slot, n
+            rank = (n, -_width(busy, slot) if busy else 0, self.resident[slot].used if n else 0)
+            if n > 0 and (best_rank is None or rank > best_rank):
+                best_slot, best, best_rank = slot, n, rank
         best_key, best_host = None, 0
         for key, entry in self.host.items():
             n = self.usable(entry, prompt, adapter)
             if n > best_host:
                 best_key, best_host = key, n
         if best_key is not None and best_host > best and best_host >= self.min_tokens:
-            slot = self._victim(free)
+            slot = self._compact(free, busy) if busy else self._victim(free)
             entry = self.host[best_key]
             self.host.move_to_end(best_key)
             entry.used = time.monotonic()
             plan = Plan(slot, best_host, restore=entry, save=self._worth_saving(slot))
         elif best_slot is not None:
             plan = Plan(best_slot, best)
+            compact = self._compact(free, busy)
+            if busy and _width(busy, best_slot) > _width(busy, compact):
+                plan = Plan(compact, best, copy_from=best_slot, save=self._worth_saving(compact))
         else:
-            slot = self._victim(free)
+            slot = self._compact(free, busy) if busy else self._victim(free)
             plan = Plan(slot, 0, save=self._worth_saving(slot))
         if plan.keep:
             self.hits += 1
             self.cached_tokens += plan.keep
-        self.resident[plan.slot] = None  # the slot is the request's now
+        self.resident[plan.slot] = None  # the slot is the request's now (a copy_from slot keeps its entry)
         return plan
+
+    def _compact(self, free: list[int], busy: list[int]) -> int:
+        """The free slot that widens the busy slots' window least (empty, then least recently used)."""
+        return min(free, key=lambda s: (_width(busy, s), self.resident[s] is not None,
+                                        self.resident[s].used if self.resident[s] else 0, s))
 
     def _victim(self, free: list[int]) -> int:
         """An empty free slot (lowest first: running slots stay adjacent, one llama.cpp ubatch),
@@ -163,3 +181,9 @@ class PrefixCache:
         return {"lookups": self.lookups, "hits": self.hits, "cached_tokens": self.cached_tokens,
                 "host_entries": len(self.host), "host_bytes": self.host_used, "host_limit_bytes": self.host_limit,
                 "resident_slots": sum(e is not None for e in self.resident)}
+
+
+def _width(busy: list[int], slot: int) -> int:
+    """How many consecutive slots a decode step spans with ``slot`` busy too."""
+    slots = [*busy, slot]
+    return max(slots) - min(slots) + 1

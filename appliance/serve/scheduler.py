@@ -308,13 +308,15 @@ class Scheduler:
                 seq.sampler.close()
                 continue
             key = _address(seq.pointer)
-            plan = self.cache.plan(seq.prompt, key, self._free_slots)
+            plan = self.cache.plan(seq.prompt, key, self._free_slots, [s.slot for s in self._running])
             self._free_slots.remove(plan.slot)
             memory = self.ctx.memory
             if plan.save is not None:
                 self._save(plan.slot, plan.save)
             keep = plan.keep
             if plan.restore is not None and not self._restore(plan.slot, plan.restore):
+                keep = 0
+            if plan.copy_from is not None and not self._copy(plan.copy_from, plan.slot):
                 keep = 0
             self._llama_cpp.llama_memory_seq_rm(memory, plan.slot, keep, -1)
             seq.slot, seq.n_prefilled, seq.cached, seq.n_past = plan.slot, keep, keep, keep
@@ -331,6 +333,17 @@ class Scheduler:
         written = self._llama_cpp.llama_state_seq_get_data(self.ctx.ctx, buffer, size, slot)
         if written:
             self.cache.store(entry, bytes(buffer)[:written])
+
+    def _copy(self, source: int, slot: int) -> bool:
+        """Copy a free slot's resident KV into ``slot`` (the prefix cache keeps running slots together)."""
+        size = self._llama_cpp.llama_state_seq_get_size(self.ctx.ctx, source)
+        buffer = (ctypes.c_uint8 * size)()
+        written = self._llama_cpp.llama_state_seq_get_data(self.ctx.ctx, buffer, size, source) if size else 0
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        if written and self._llama_cpp.llama_state_seq_set_data(self.ctx.ctx, buffer, written, slot):
+            return True
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
+        return False
 
     def _restore(self, slot: int, entry) -> bool:
         data = entry.data

@@ -1,0 +1,39 @@
+"""Which slot a request takes: its cached prefix, without scattering the running slots."""
+from __future__ import annotations
+
+from appliance.serve.prefix_cache import PrefixCache
+
+PROMPT = list(range(100, 160))
+
+
+def cache_with(resident: dict[int, tuple[list[int], int | None]], slots: int = 8) -> PrefixCache:
+    cache = PrefixCache(slots, host_bytes=1 << 20)
+    for slot, (tokens, adapter) in resident.items():
+        cache.keep_resident(slot, tokens, adapter)
+    return cache
+
+
+def test_a_prefix_in_a_far_slot_is_copied_beside_the_running_ones():
+    """Slots 0-2 run; the prefix sits in slot 7: taking slot 7 would make every step 8 slots wide
+    (4 of them throwaway rows), so slot 3 takes a copy and slot 7 keeps its entry."""
+    cache = cache_with({7: (PROMPT, 1)})
+    plan = cache.plan(PROMPT, 1, free=[3, 4, 5, 6, 7], busy=[0, 1, 2])
+    assert (plan.slot, plan.copy_from, plan.keep) == (3, 7, len(PROMPT) - 2)
+    assert cache.resident[7] is not None and cache.resident[3] is None
+
+
+def test_a_prefix_beside_the_running_ones_is_taken_where_it_is():
+    cache = cache_with({3: (PROMPT, 1), 7: (PROMPT, 1)})
+    plan = cache.plan(PROMPT, 1, free=[3, 4, 5, 6, 7], busy=[0, 1, 2])
+    assert (plan.slot, plan.copy_from) == (3, None)
+
+
+def test_nothing_running_takes_the_prefix_where_it_is():
+    cache = cache_with({7: (PROMPT, 1)})
+    assert cache.plan(PROMPT, 1, free=list(range(8))).slot == 7
+
+
+def test_a_miss_takes_a_slot_beside_the_running_ones_and_saves_what_it_overwrites():
+    cache = cache_with({3: (PROMPT, 2)})
+    plan = cache.plan([1, 2, 3] * 20, 1, free=[3, 4, 5, 6, 7], busy=[0, 1, 2])
+    assert plan.slot == 3 and plan.keep == 0 and plan.save is not None and plan.save.adapter == 2
