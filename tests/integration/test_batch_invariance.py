@@ -112,20 +112,26 @@ def test_long_prompts_on_two_threads_answer_as_alone(kquant_gguf):
             preamble += f"{q} {a} "
         prompts = [preamble + p for p in PROMPTS[:4]]
         solo = [answer(p) for p in prompts]
-        together: list[tuple[str, list] | None] = [None] * len(prompts)
-
-        def run(i: int) -> None:
-            together[i] = answer(prompts[i])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=600)
+        together = at_once(answer, prompts)
     finally:
         engine.close()
     assert together == solo
     assert all(text and logprobs for text, logprobs in solo), "an answer is empty: nothing was compared"
+
+
+def at_once(call, jobs: list) -> list:
+    """``call(job)`` for every job at once, one thread each (the engine batches what overlaps)."""
+    results: list = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        results[i] = call(jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
 
 
 def gguf_module():
@@ -183,14 +189,8 @@ def test_adapters_of_different_ranks_answer_as_alone(kquant_gguf, tmp_path):
         assert engine.routes_adapters, "llama.cpp lacks the LoRA routing patch: rebuild it with make venv"
         narrow = [(f"{q} {a.split()[0]}", "kq:narrow") for q, a in FACTS[8:10]]
         alone = {job: streamed_logprobs(engine, *job) for job in narrow}
-        beside: dict = {}
         jobs = narrow + [(q, "kq:wide") for q, _ in FACTS[10:12]]
-        threads = [threading.Thread(target=lambda job=job: beside.__setitem__(job, streamed_logprobs(engine, *job)))
-                   for job in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        beside = dict(zip(jobs, at_once(lambda job: streamed_logprobs(engine, *job), jobs)))
     finally:
         engine.close()
     assert sum(len(lps) for lps in alone.values()) >= 12, {job: len(lps) for job, lps in alone.items()}
