@@ -23,6 +23,11 @@ from appliance.workspace import MANIFEST, Workspace, finished_artefacts, read_js
 WRITERS = 10
 
 
+POOL_TIMEOUT = 300
+"""Seconds for a pool's writers: a pool whose worker is lost waits forever; this fails the test instead
+(leaving the ``with`` terminates the workers)."""
+
+
 def _rows(i: int) -> list[dict]:
     return [{"prompt": f"What is the code of locker {i}-{n}?", "completion": f"Locker {i}-{n} opens with code {i}{n}7."}
             for n in range(3)]
@@ -76,7 +81,7 @@ def test_feedback_datasets_written_at_once_get_distinct_versions(tmp_path):
     with ctx.Manager() as manager:
         barrier = manager.Barrier(n)
         with ctx.Pool(n) as pool:
-            ids = pool.starmap(_feedback_writer, [(str(ws.root), i, barrier) for i in range(n)])
+            ids = pool.starmap_async(_feedback_writer, [(str(ws.root), i, barrier) for i in range(n)]).get(POOL_TIMEOUT)
     assert len(set(ids)) == n, ids
     for i, dataset_id in enumerate(ids):
         prompts = [r["prompt"][0]["content"] for r in resolve_dataset(ws, dataset_id).records()]
@@ -100,7 +105,7 @@ def test_a_finished_content_addressed_folder_is_never_replaced(tmp_path):
     with ctx.Manager() as manager:
         barrier = manager.Barrier(n)
         with ctx.Pool(n) as pool:
-            seen = pool.starmap(_stage_same_version, [(str(ws.root), i, barrier) for i in range(n)])
+            seen = pool.starmap_async(_stage_same_version, [(str(ws.root), i, barrier) for i in range(n)]).get(POOL_TIMEOUT)
     final = ws.model_versions / "mv-0123456789"
     winner = read_json(final / MANIFEST)["inputs"]["writer"]
     assert seen == [f"writer {winner}"] * n  # everyone returned the one finished folder, never half of two
@@ -143,7 +148,7 @@ def test_concurrent_promotions_form_one_chain(tmp_path):
     with ctx.Manager() as manager:
         barrier = manager.Barrier(len(versions))
         with ctx.Pool(len(versions)) as pool:
-            records = pool.starmap(_promote, [(str(ws.root), v, barrier) for v in versions])
+            records = pool.starmap_async(_promote, [(str(ws.root), v, barrier) for v in versions]).get(POOL_TIMEOUT)
     by_version = {r["version"]: r for r in records}
     chain, current = [], promoted(ws)["version"]
     while current is not None and len(chain) <= len(versions):
@@ -168,7 +173,7 @@ def test_api_keys_created_at_once_are_all_kept(tmp_path):
     with ctx.Manager() as manager:
         barrier = manager.Barrier(n)
         with ctx.Pool(n) as pool:
-            ids = pool.starmap(_key_creator, [(str(ws.root), i, barrier) for i in range(n)])
+            ids = pool.starmap_async(_key_creator, [(str(ws.root), i, barrier) for i in range(n)]).get(POOL_TIMEOUT)
     assert sorted(k.id for k in load_keys(keys_path(ws))) == sorted(ids)
 
 
@@ -189,7 +194,7 @@ def test_the_pseudonym_key_made_by_concurrent_first_writers_is_one_whole_key(tmp
         with ctx.Manager() as manager:
             barrier = manager.Barrier(n)
             with ctx.Pool(n) as pool:
-                keys = pool.starmap(_first_key_load, [(str(key), barrier)] * n)
+                keys = pool.starmap_async(_first_key_load, [(str(key), barrier)] * n).get(POOL_TIMEOUT)
         assert len(keys[0]) == 32 and set(keys) == {key.read_bytes()}
         assert oct(key.stat().st_mode & 0o777) == "0o600"
         assert [p.name for p in key.parent.iterdir()] == ["pii.key"]  # no temp file left
