@@ -135,13 +135,19 @@ def at_once(call, jobs: list) -> list:
 
 
 def gguf_module():
+    """llama.cpp's vendored gguf-py, its folder on sys.path only for the import: the folder holds a
+    ``tests`` package, which would shadow ours in processes spawned later (a multiprocessing pool
+    in test_concurrent_writers.py then lost its tasks and hung)."""
     import sys
 
     from appliance.export import gguf as gguf_tools
 
-    sys.path.insert(0, str(gguf_tools.tools_dir() / "gguf-py"))
-    import gguf
-
+    folder = str(gguf_tools.tools_dir() / "gguf-py")
+    sys.path.insert(0, folder)
+    try:
+        import gguf
+    finally:
+        sys.path.remove(folder)
     return gguf
 
 
