@@ -10,6 +10,8 @@ already there. Two tiers:
 - resident: a slot whose request finished keeps its KV (prompt and answer) until another request
   needs the slot; a new request whose prompt shares a prefix with it takes that slot and prefills
   only the rest;
+- live: a request admitted while another one with the same prefix runs gets a copy of the
+  running slot's KV (``Plan.copy_from``; the copy is trimmed to the shared prefix);
 - host: before a resident prefix is overwritten, its KV is copied out of llama.cpp
   (``llama_state_seq_get_data``) into a least-recently-used store bounded in bytes; a later
   request that matches it better than any resident slot gets it copied back
@@ -26,8 +28,8 @@ one model) and 12 with it (227-247 tok/s).
 Reuse is exact: the KV bytes are the ones a fresh prefill of the same tokens computes, because
 the scheduler runs llama.cpp in its batch-invariant configuration (scheduler.py). A prefix is
 reused only under the adapter (llama.cpp handle) it was computed with, since LoRA changes K and
-V; at least the prompt's last two tokens are always prefilled again (the last one for its logits,
-two because a one-row prefill is not batch invariant).
+V; the prompt's last token is always computed again (its row gives the first answer token's
+logits, in the scheduler's next decode step).
 """
 from __future__ import annotations
 
@@ -80,16 +82,17 @@ class PrefixCache:
 
     @staticmethod
     def usable(entry: Entry | None, prompt: list[int], adapter: int | None) -> int:
-        """Prompt tokens ``entry`` can supply: its common prefix, leaving the last two tokens to prefill
-        (one is needed for the logits; the second dates from when a one-row prefill was not batch
-        invariant, before scheduler.py rounded every chunk up to 4 rows)."""
+        """Prompt tokens ``entry`` can supply: its common prefix, leaving the last token to compute
+        (its row gives the logits of the first answer token)."""
         if entry is None or entry.adapter != adapter:
             return 0
-        return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 2))
+        return max(0, min(common_prefix(prompt, entry.tokens), len(prompt) - 1))
 
-    def plan(self, prompt: list[int], adapter: int | None, free: list[int], busy: list[int] = ()) -> Plan:
+    def plan(self, prompt: list[int], adapter: int | None, free: list[int], busy: list[int] = (),
+             live: dict[int, Entry] | None = None) -> Plan:
         """The slot among ``free`` for a request, and the prefix it keeps there; ``busy``: the
-        slots of running requests, which the chosen slot should not be far from."""
+        slots of running requests, which the chosen slot should not be far from; ``live``: what
+        those slots hold now (the tokens whose KV is there, and their adapter)."""
         self.lookups += 1
         best_slot, best, best_rank = None, 0, None
         for slot in free:
@@ -102,7 +105,17 @@ class PrefixCache:
             n = self.usable(entry, prompt, adapter)
             if n > best_host:
                 best_key, best_host = key, n
-        if best_key is not None and best_host > best and best_host >= self.min_tokens:
+        # a running request's slot: requests that arrive together with one system prompt or RAG
+        # preamble find it in the first one's slot while that one still runs
+        best_live, live_slot = 0, None
+        for slot, entry in (live or {}).items():
+            n = self.usable(entry, prompt, adapter)
+            if n > best_live:
+                live_slot, best_live = slot, n
+        if live_slot is not None and best_live > max(best, best_host) and best_live >= self.min_tokens:
+            slot = self._compact(free, busy)
+            plan = Plan(slot, best_live, copy_from=live_slot, save=self._worth_saving(slot))
+        elif best_key is not None and best_host > best and best_host >= self.min_tokens:
             slot = self._compact(free, busy) if busy else self._victim(free)
             entry = self.host[best_key]
             self.host.move_to_end(best_key)

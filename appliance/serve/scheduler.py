@@ -4,9 +4,9 @@
 
 One thread owns the llama.cpp context. Requests wait in a FIFO queue; up to ``slots`` of them
 run at once, each in its own sequence id (its own stream of a non-unified KV cache). Each step
-decodes one token for every running sequence (more when its drafted tokens hold, see below) in
-one ``llama_decode``, whatever adapter each one uses, then prefills the next chunk of one waiting
-prompt. Upstream llama.cpp applies LoRA adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
+prefills the next chunk of one admitted prompt, then decodes one token for every running sequence
+(more when its drafted tokens hold, see below) in one ``llama_decode``, whatever adapter each one
+uses; a prompt's last token is decoded in that step like a generated one. Upstream llama.cpp applies LoRA adapters per context (``build_lora_mm`` adds every adapter set on the context to every row);
 the appliance's build patches it (scripts/patch_llama_cpp.py) so that each adapter's delta
 reaches only the rows of the sequences routed to it. On a llama.cpp without the patch the
 scheduler falls back to adapter groups: the groups with running sequences take turns (round
@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.serve.logprobs import TokenLogprob, logprobs_at
-from appliance.serve.prefix_cache import PrefixCache
+from appliance.serve.prefix_cache import Entry, PrefixCache
 from appliance.serve.sampling import build_sampler
 
 # ggml reads this once per process, at its first matmul: set before any llama.cpp context computes
@@ -150,7 +150,14 @@ class Sequence:
 
     @property
     def prefilling(self) -> bool:
-        return self.n_prefilled < len(self.prompt)
+        """Prompt tokens before the last one still lack KV. The last prompt token is decoded like a
+        generated one, in a decode step (its row gives the first answer token's logits)."""
+        return self.n_prefilled < len(self.prompt) - 1
+
+    @property
+    def last_token(self) -> int:
+        """The token whose row the next decode step computes (the prompt's last, then the latest answer token)."""
+        return self.generated[-1] if self.generated else self.prompt[-1]
 
 
 class Scheduler:
@@ -308,7 +315,8 @@ class Scheduler:
                 seq.sampler.close()
                 continue
             key = _address(seq.pointer)
-            plan = self.cache.plan(seq.prompt, key, self._free_slots, [s.slot for s in self._running])
+            live = {s.slot: Entry((s.prompt + s.generated)[:s.n_past], _address(s.pointer)) for s in self._running}
+            plan = self.cache.plan(seq.prompt, key, self._free_slots, list(live), live)
             self._free_slots.remove(plan.slot)
             memory = self.ctx.memory
             if plan.save is not None:
@@ -335,7 +343,8 @@ class Scheduler:
             self.cache.store(entry, bytes(buffer)[:written])
 
     def _copy(self, source: int, slot: int) -> bool:
-        """Copy a free slot's resident KV into ``slot`` (the prefix cache keeps running slots together)."""
+        """Copy ``source``'s KV into ``slot``: a free slot's resident prefix (the prefix cache keeps
+        running slots together) or a running request's (a prefix shared by requests that arrive together)."""
         size = self._llama_cpp.llama_state_seq_get_size(self.ctx.ctx, source)
         buffer = (ctypes.c_uint8 * size)()
         written = self._llama_cpp.llama_state_seq_get_data(self.ctx.ctx, buffer, size, source) if size else 0
@@ -378,28 +387,31 @@ class Scheduler:
             members = [s for s in self._running if s.adapter == group]
             self._use_adapters([members[0].pointer])
 
-        # one llama_decode for the generating rows, then one for a single prompt's next chunk:
-        # a batch never mixes prompts with each other or with decode rows, the regime
-        # bench/batch_invariance.py measured row for row
+        # one llama_decode for a single prompt's next chunk, then one for the generating rows: a
+        # batch never mixes prompts with each other or with decode rows, the regime
+        # bench/batch_invariance.py measured row for row. A prompt's last token waits for the decode
+        # step (``Sequence.prefilling``): a request whose prefix is cached skips the chunk, and its
+        # first token costs a row of a step the others run anyway instead of a llama_decode of its own.
+        prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
+        if prefilling is not None:
+            self._prefill_chunk(prefilling)
         decoding = sorted((s for s in members if not s.prefilling), key=lambda s: s.slot)
         if decoding:
             self.mixed_steps += len({_address(s.pointer) for s in decoding}) > 1
             self._decode_step(decoding)
-        prefilling = next((s for s in members if s.prefilling and not s.cancelled.is_set()), None)
-        if prefilling is not None:
-            seq = prefilling
-            start = seq.n_prefilled
-            stop = min(len(seq.prompt), start + self.n_batch)
-            rows = [(seq.prompt[i], i, seq.slot, i == len(seq.prompt) - 1) for i in range(start, stop)]
-            # throwaway rows after the chunk (causal: no prompt row sees them) round it up to ALIGN rows
-            rows += [(seq.prompt[start], stop + i, seq.slot, False) for i in range(-len(rows) % ALIGN)]
-            try:
-                self._decode(rows, [seq])
-            finally:
-                self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, stop, -1)
-            seq.n_prefilled = seq.n_past = stop
-            if not seq.prefilling:
-                self._sample(seq, stop - start - 1)
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        """The KV of the next chunk of ``seq``'s prompt, up to (not including) its last token; no logits."""
+        start = seq.n_prefilled
+        stop = min(len(seq.prompt) - 1, start + self.n_batch)
+        rows = [(seq.prompt[i], i, seq.slot, False) for i in range(start, stop)]
+        # throwaway rows after the chunk (causal: no prompt row sees them) round it up to ALIGN rows
+        rows += [(seq.prompt[start], stop + i, seq.slot, False) for i in range(-len(rows) % ALIGN)]
+        try:
+            self._decode(rows, [seq])
+        finally:
+            self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq.slot, stop, -1)
+        seq.n_prefilled = seq.n_past = stop
 
     def _decode_step(self, decoding: list[Sequence]) -> None:
         """One llama_decode giving every generating sequence its next token (and more when its drafts hold).
@@ -413,7 +425,7 @@ class Scheduler:
         by_slot = {s.slot: s for s in decoding}
         window, per_slot = self._layout(sorted(by_slot))
         rows, first_row, drafts, throwaway = [], {}, {}, []
-        filler = decoding[0].generated[-1]
+        filler = decoding[0].last_token
         for slot in window:
             seq = by_slot.get(slot)
             first_row[slot] = len(rows)
@@ -423,7 +435,7 @@ class Scheduler:
             else:
                 start = len(seq.prompt) + len(seq.generated) - 1
                 drafts[slot] = self._draft(seq, per_slot - 1)
-                tokens = [seq.generated[-1]] + drafts[slot]
+                tokens = [seq.last_token] + drafts[slot]
             rows += [(token, start + k, slot, True) for k, token in enumerate(tokens)]
         try:
             self._decode(rows, decoding)
@@ -434,6 +446,7 @@ class Scheduler:
         self.throwaway_rows += per_slot * len(throwaway)
         for seq in decoding:
             seq.n_past = len(seq.prompt) + len(seq.generated)
+            seq.n_prefilled = len(seq.prompt)
             draft = drafts[seq.slot]
             for k in range(per_slot):
                 self._sample(seq, first_row[seq.slot] + k)
