@@ -13,9 +13,14 @@ These are not anonymous: an embedding can be partly inverted and a word hash can
 anyone holding the key, which is why the file is 0600 like every log; switch them off with
 ``[monitor] drift_features = false``.
 
-Embedding costs a few milliseconds of CPU per prompt, so :class:`DriftRecorder` does it in one
-background thread behind a bounded queue: a busy server drops samples (counted in
-``appliance_drift_samples_dropped_total``) rather than slowing answers.
+Embedding costs a few milliseconds of CPU per prompt (and loading the embedding model, at the first
+prompt, seconds), so :class:`DriftRecorder` hands prompts from a bounded queue to an embedding
+process at the lowest CPU priority (embed_worker.py), one at a time and only while the server has no
+request in flight (or once a prompt has waited ``max_wait_s``): a server busy for long enough drops
+samples (counted in ``appliance_drift_samples_dropped_total``) rather than slowing answers.
+llama.cpp's threads wait for each other at every operation, so any work beside a decode step
+stalls the whole step; in a thread of the server the embedding also held the GIL the engine's
+scheduler needs.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import hmac
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ DRIFT_FILE = "drift.jsonl"
 KEY_FILE = Path("secrets") / "monitor.key"
 WORD = re.compile(r"\w+", re.UNICODE)
 QUEUE_SIZE = 256
+WORKER_TIMEOUT_S = 300.0  # the first prompt waits for the worker to load the embedding model
+IDLE_POLL_S = 0.05
 
 
 def monitor_key(ws: Workspace) -> bytes:
@@ -74,19 +82,25 @@ def prompt_features(texts: list[str], key: bytes, embedder: Any) -> list[dict]:
     from appliance.rag.embed import embed
 
     vectors = embed(texts, embedder)
-    return [{"embedding": encode_vector(v), "words": len(words(t)), "word_hashes": word_hashes(t, key)}
-            for t, v in zip(texts, vectors)]
+    return [text_features(t, encode_vector(v), key) for t, v in zip(texts, vectors)]
+
+
+def text_features(text: str, embedding: str, key: bytes) -> dict:
+    return {"embedding": embedding, "words": len(words(text)), "word_hashes": word_hashes(text, key)}
 
 
 class DriftRecorder:
     """Appends prompt features to ``logs/drift.jsonl`` from a background thread."""
 
     def __init__(self, ws: Workspace, max_bytes: int, keep: int, on_drop: Callable[[], None] = lambda: None,
-                 embedder_factory: Callable[[], Any] | None = None) -> None:
+                 busy: Callable[[], bool] = lambda: False, max_wait_s: float = 30.0) -> None:
+        """``busy``: whether the server has requests in flight; each prompt waits for it to turn
+        false, at most ``max_wait_s`` seconds."""
         self.ws, self.on_drop = ws, on_drop
+        self.busy, self.max_wait_s = busy, max_wait_s
         self.log = RotatingJsonl(ws.logs / DRIFT_FILE, max_bytes, keep)
-        self._factory = embedder_factory
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-features", daemon=True)
         self._thread.start()
 
@@ -106,28 +120,42 @@ class DriftRecorder:
         done.wait(timeout)
 
     def close(self) -> None:
+        self._closing.set()  # what is queued is written now, without waiting for the server to idle
         self._queue.put((None, None))
         self._thread.join(timeout=10)
         self.log.close()
 
     def _run(self) -> None:
-        embedder, key = None, None
-        while True:
-            meta, text = self._queue.get()
-            if meta is None:
-                if isinstance(text, threading.Event):
-                    text.set()
-                    continue
-                return
+        from appliance.monitor.embed_worker import EmbeddingWorker
+
+        worker, key = None, None
+        try:
+            while True:
+                meta, text = self._queue.get()
+                if meta is None:
+                    if isinstance(text, threading.Event):
+                        text.set()
+                        continue
+                    return
+                self._wait_until_idle()
+                try:
+                    if worker is None:
+                        worker, key = EmbeddingWorker(), monitor_key(self.ws)
+                    self.log.write({**meta, **text_features(text, worker.embed(text, WORKER_TIMEOUT_S), key)})
+                except Exception:  # noqa: BLE001 - a feature that cannot be computed is a dropped sample
+                    self.on_drop()
+                    if worker is not None and worker.process.poll() is not None:
+                        worker = None  # it died: the next prompt starts another
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _wait_until_idle(self) -> None:
+        deadline = time.monotonic() + self.max_wait_s
+        while time.monotonic() < deadline and not self._closing.is_set():
             try:
-                if embedder is None:
-                    import torch
-
-                    from appliance.rag.embed import load_embedder
-
-                    torch.set_num_threads(1)  # the server's torch does nothing else; leave the cores to llama.cpp
-                    embedder = self._factory() if self._factory else load_embedder()
-                    key = monitor_key(self.ws)
-                self.log.write({**meta, **prompt_features([text], key, embedder)[0]})
-            except Exception:  # noqa: BLE001 - a feature that cannot be computed is a dropped sample
-                self.on_drop()
+                if not self.busy():
+                    return
+            except Exception:  # noqa: BLE001 - a probe that fails counts as idle
+                return
+            self._closing.wait(IDLE_POLL_S)

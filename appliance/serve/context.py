@@ -79,7 +79,7 @@ class ServerContext:
         self.monitoring = read_settings(ws) if ws else MonitorSettings()
         self.log = RequestLog(ws.logs / REQUEST_LOG, self.monitoring) if ws else None
         self.drift = (DriftRecorder(ws, self.monitoring.log_max_bytes, self.monitoring.log_keep,
-                                    on_drop=self.metrics.drift_dropped.inc)
+                                    on_drop=self.metrics.drift_dropped.inc, busy=lambda: self.admission.running > 0)
                       if ws and self.monitoring.drift_features else None)
         self.feedback = FeedbackLog(ws.root / "feedback" / "feedback.jsonl") if ws else None
         self.memory = ResponseMemory()

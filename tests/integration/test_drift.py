@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
+import time
 
 from appliance.data.ingest import ingest
 from appliance.monitor.drift import drift_report, format_drift
@@ -67,3 +69,31 @@ def test_another_domain_drifts_and_training_like_prompts_do_not(tmp_path):
     assert other["oov"]["recent"] > 0.5 > like["oov"]["recent"]  # recipes use words the vault manual never did
     assert other["topics"][0]["topic"] == "unlike any training topic" and other["topics"][0]["recent_share"] > 0.5
     assert other["verdict"].startswith("DRIFT")
+
+
+def test_features_wait_while_the_server_is_busy(tmp_path):
+    """A prompt's features are computed when no request is in flight (they share the GIL and the
+    cores with llama.cpp), or once it has waited ``max_wait_s``."""
+    ws = Workspace.open(tmp_path / "ws")
+    busy = threading.Event()
+    recorder = DriftRecorder(ws, 1 << 30, 1, busy=busy.is_set, max_wait_s=60)
+    drift_file = ws.logs / "drift.jsonl"
+    lines = lambda: len(drift_file.read_text().splitlines()) if drift_file.exists() else 0  # noqa: E731
+    try:
+        recorder.submit({"request_id": "req-0"}, [{"role": "user", "content": "who opens the vault"}])
+        recorder.drain()  # idle: written, and the embedding process is up now
+        assert lines() == 1
+        busy.set()
+        recorder.submit({"request_id": "req-1"}, [{"role": "user", "content": "where is the vault key kept"}])
+        time.sleep(1.5)
+        assert lines() == 1
+        busy.clear()
+        recorder.drain()
+        assert lines() == 2
+        busy.set()  # never idle again: written once the prompt has waited max_wait_s
+        recorder.max_wait_s = 0.5
+        recorder.submit({"request_id": "req-2"}, [{"role": "user", "content": "who signs the vault log"}])
+        recorder.drain()
+        assert lines() == 3
+    finally:
+        recorder.close()
