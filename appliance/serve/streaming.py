@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,21 +28,41 @@ from appliance.serve.tools import ToolError
 
 
 class Pump:
-    """Iterates the engine's chunks in one worker thread and hands them to the event loop."""
+    """Iterates the engine's chunks in one worker thread and hands them to the event loop.
+
+    A chunk wakes the event loop only when none is pending already, and not at all once the
+    consumer reads the answer whole (``batched``: only the end or an error does): each wakeup costs
+    the GIL and a core that llama.cpp's threads, waiting for each other at every operation, need."""
 
     END = object()
 
     def __init__(self, loop: asyncio.AbstractEventLoop, start: Callable[[], Iterator[dict]]) -> None:
         self.loop, self.start = loop, start
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batched = False
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._waiter: asyncio.Future | None = None  # touched on the loop's thread only
         self._stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _put(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            final = item is self.END or isinstance(item, BaseException)
+            if self._wake_pending or (self.batched and not final):
+                return
+            self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def run(self) -> None:
         iterator = None
@@ -61,8 +81,17 @@ class Pump:
             self._put(self.END)
 
     async def get(self, timeout: float) -> Any:
-        return await asyncio.wait_for(self.queue.get(), timeout=max(0.001, timeout))
-
+        """The next item; TimeoutError after ``timeout`` seconds without one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+            self._waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout=max(0.001, deadline - time.monotonic()))
+            finally:
+                self._waiter = None
 
 class FilteredStream:
     """The engine's chunks with the output filter applied; None after the last one."""
@@ -132,6 +161,7 @@ class FilteredStream:
 
     async def collect(self, first: dict) -> dict:
         """A whole ``chat.completion`` / ``text_completion`` from the chunks (one choice per index)."""
+        self.pump.batched = True  # the event loop needs the end only
         choices: dict[int, dict] = {}
         last, chunk, usage = first, first, None
         while chunk is not None:
