@@ -66,9 +66,14 @@ class EmbeddingWorker:
         self.process.stdin.write(json.dumps({"text": text}) + "\n")
         self.process.stdin.flush()
         ready, _, _ = select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline() if ready else ""
+        if not ready:
+            # its late reply would answer the next prompt: a silent worker is stopped (the recorder starts another)
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError(f"the embedding worker did not answer in {timeout:g} s")
+        line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError("the embedding worker ended or did not answer in time")
+            raise RuntimeError("the embedding worker ended")
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(reply["error"])

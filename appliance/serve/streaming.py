@@ -93,6 +93,7 @@ class Pump:
             finally:
                 self._waiter = None
 
+
 class FilteredStream:
     """The engine's chunks with the output filter applied; None after the last one."""
 
