@@ -30,6 +30,12 @@ flash attention then always takes its row-by-row path (a lone query row would ot
 KV across threads, and 64 rows or more take a tiled kernel, both rounding differently), and the
 tiled matmul and op fusion are off: what the serving engine's batch invariance needs.
 
+Given the sdist (not its llama.cpp folder), the script also edits the package's own CMakeLists.txt
+(``SDIST_EDITS``): llama.cpp's common library is not compiled. The package forces it on, but nothing
+in the wheel links it (only libllama and libggml* are installed); with ``-DLLAVA_BUILD=OFF`` (the
+multimodal mtmd library, which nothing here imports) in setup_env.sh's CMAKE_ARGS that leaves 74 of
+178 compile units (ggml and libllama).
+
 Each edit names the text it expects; a sdist whose text differs stops the build with the file and
 the edit, rather than compiling something else. Standard library only: a fresh machine has no
 ``patch``. Idempotent: a tree already patched is left as it is.
@@ -449,25 +455,47 @@ EDITS: list[tuple[str, str, str]] = [
 ]
 
 
-def patch(root: Path) -> bool:
-    """Apply EDITS under ``root`` (the llama.cpp folder); False when it was patched already."""
-    if MARK in (root / "include/llama.h").read_text(encoding="utf-8"):
-        return False
-    texts: dict[str, str] = {}
-    for name, old, new in EDITS:
-        text = texts.get(name)
+SDIST_EDITS: list[tuple[str, str, str]] = [
+    ("CMakeLists.txt",
+     '    set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)\n',
+     '    set(LLAMA_BUILD_COMMON OFF CACHE BOOL "Build llama.cpp common library" FORCE)'
+     ' # SLM Appliance (scripts/patch_llama_cpp.py): nothing in the wheel links it\n'),
+]
+
+
+def planned(root: Path, edits: list[tuple[str, str, str]]) -> dict[Path, str]:
+    """The edited text of every file ``edits`` touch under ``root``; stops naming the file and the
+    edit when a text is not found exactly once."""
+    texts: dict[Path, str] = {}
+    for name, old, new in edits:
+        path = root / name
+        text = texts.get(path)
         if text is None:
-            text = (root / name).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         count = text.count(old)
         if count != 1:
             raise SystemExit(f"patch_llama_cpp: {name}: expected the text below once, found it {count} times "
                              f"(another llama.cpp version?):\n{old}")
-        texts[name] = text.replace(old, new)
-    for name, text in texts.items():
-        path = root / name
+        texts[path] = text.replace(old, new)
+    return texts
+
+
+def write(texts: dict[Path, str]) -> None:
+    for path, text in texts.items():
         temp = path.with_name(path.name + ".patching")
         temp.write_text(text, encoding="utf-8")
         temp.replace(path)
+
+
+def patch(root: Path, sdist: Path | None = None) -> bool:
+    """Apply EDITS under ``root`` (the llama.cpp folder) and, given the sdist folder, SDIST_EDITS
+    under it; nothing is written unless every edit finds its text. False when patched already."""
+    if MARK in (root / "include/llama.h").read_text(encoding="utf-8"):
+        return False
+    texts = planned(root, EDITS)
+    if sdist is not None:
+        texts.update(planned(sdist, SDIST_EDITS))
+    write(texts)
     return True
 
 
@@ -476,11 +504,12 @@ def main(argv: list[str]) -> int:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2
     top = Path(argv[0])
-    root = top / "vendor" / "llama.cpp" if (top / "vendor" / "llama.cpp").is_dir() else top
+    sdist = top if (top / "vendor" / "llama.cpp").is_dir() else None
+    root = top / "vendor" / "llama.cpp" if sdist else top
     if not (root / "include" / "llama.h").is_file():
         print(f"patch_llama_cpp: no llama.cpp tree under {top}", file=sys.stderr)
         return 2
-    changed = patch(root)
+    changed = patch(root, sdist)
     print(f"patch_llama_cpp: {'patched' if changed else 'already patched'} {root}", file=sys.stderr)
     return 0
 

@@ -7,9 +7,10 @@
 #    regenerate it with scripts/lock.sh), installed with --require-hashes --no-deps: two fresh
 #    machines get the same bytes. torch is the CPU wheel 2.13.0+cpu from pip's find-links.
 # 2. llama-cpp-python is compiled from its PyPI sdist (sha256 pinned below) with
-#    CMAKE_ARGS=-DGGML_NATIVE=OFF (the native build enables AMX kernels that die with "Illegal
-#    instruction" on some CPUs), after scripts/patch_llama_cpp.py has added per-sequence LoRA
-#    routing to its vendored llama.cpp. The wheel is kept in a cache folder named after the flags
+#    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" (the native build enables AMX kernels that
+#    die with "Illegal instruction" on some CPUs; the multimodal mtmd library is not used here),
+#    after scripts/patch_llama_cpp.py has added per-sequence LoRA routing to its vendored
+#    llama.cpp and turned off llama.cpp's unused common library (74 of 178 compile units left). The wheel is kept in a cache folder named after the flags
 #    and the patch, so a second venv, or CI on the same machine, reuses it.
 # 3. The project itself, editable and with --no-deps (everything it needs is in the lock).
 # 4. llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
@@ -22,7 +23,7 @@ VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 LLAMA_CPP_PYTHON_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF"
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
 CACHE=${SLM_APPLIANCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-appliance}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOCK="$ROOT/requirements.lock"

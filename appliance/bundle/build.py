@@ -43,7 +43,7 @@ from appliance.workspace import verify_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA_CPP_PYTHON = "0.3.36"
-LLAMA_CMAKE_ARGS = "-DGGML_NATIVE=OFF"  # as scripts/setup_env.sh builds it
+LLAMA_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"  # as scripts/setup_env.sh builds it (a unit test compares them)
 # files every bundle carries, a differential one too: what runs the install
 ALWAYS = ("install.sh", "README.md", "bundle-key.pub", "installer/")
 ARTEFACT_KINDS = ("models", "adapters", "bases", "runs")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.build import LLAMA_CPP_PYTHON, cache_dir
+from appliance.bundle.build import LLAMA_CMAKE_ARGS, LLAMA_CPP_PYTHON, cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "patch_llama_cpp.py"
-PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+TOP = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/"
+PREFIX = f"{TOP}vendor/llama.cpp/"
 NEEDED = ("include/llama.h", "src/llama-adapter.h", "src/llama-adapter.cpp", "src/llama-context.h",
           "src/llama-context.cpp", "src/llama-graph.h", "src/llama-graph.cpp")
 
@@ -31,10 +32,12 @@ def load_script():
 
 @pytest.fixture
 def tree(tmp_path) -> Path:
+    """The llama.cpp files the patch edits, and the package's CMakeLists.txt beside vendor/."""
     sdist = cache_dir() / "sdist" / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     assert sdist.is_file(), f"{sdist} missing: make venv caches the sdist it builds llama-cpp-python from"
     with tarfile.open(sdist) as archive:
         members = [archive.getmember(PREFIX + name) for name in NEEDED]
+        members.append(archive.getmember(f"{TOP}CMakeLists.txt"))
         archive.extractall(tmp_path, members=members, filter="data")
     return tmp_path / PREFIX
 
@@ -63,3 +66,23 @@ def test_a_different_llama_cpp_stops_the_build_naming_the_file(tree):
     assert done.returncode != 0
     assert "src/llama-graph.cpp" in done.stderr and "another llama.cpp version" in done.stderr
     assert "SLM Appliance" not in (tree / "include/llama.h").read_text()  # nothing half-patched
+
+
+def test_the_sdist_run_turns_off_the_common_library_nothing_links(tree):
+    top = tree.parents[1]
+    cmake = top / "CMakeLists.txt"
+    forced_on = '    set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)\n'
+    assert forced_on in cmake.read_text()
+    done = subprocess.run([sys.executable, str(SCRIPT), str(top)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = cmake.read_text()
+    assert forced_on not in text
+    assert '    set(LLAMA_BUILD_COMMON OFF CACHE BOOL "Build llama.cpp common library" FORCE)' in text
+    assert "SLM Appliance" in (tree / "include/llama.h").read_text()
+
+
+def test_bundles_name_the_wheel_folder_with_the_flags_setup_env_compiles_with():
+    """appliance/bundle/build.py finds the cached wheel by the build id setup_env.sh computes from
+    its CMAKE_ARGS: the two copies of the flags must agree."""
+    script = (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert f'LLAMA_CMAKE_ARGS="{LLAMA_CMAKE_ARGS}"\n' in script
