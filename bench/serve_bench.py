@@ -18,9 +18,12 @@ random LoRA adapters), with the same threads:
   4. adapter switch cost (in-process engine: alternating adapters vs one adapter);
   5. streaming time to first token at 1 client;
   6. one decode step across adapters (in-process engine, 8 clients over 3 adapters): llama.cpp
-     with the routing patch (scripts/patch_llama_cpp.py) against one step per adapter group.
-The servers run one at a time, never beside each other, alternating: each of ``--repeats`` rounds
-starts our server, measures, stops it, then does the same with llama-server. Every figure is the
+     with the routing patch (scripts/patch_llama_cpp.py) against one step per adapter group;
+  7. the adapter goal paired (``--pairs``, default 6): ours over 3 adapters against llama-server's
+     one model, 8 clients each, both servers up (each idle but for its own load), the loads
+     alternating A B B A a few seconds apart: the ratio of each pair, then their median.
+For 1-5 the servers run one at a time, never beside each other, alternating: each of
+``--repeats`` rounds starts our server, measures, stops it, then does the same with llama-server. Every figure is the
 median over the repeats with its range, ratios are ratios of medians, and the run warns about any
 measurement that looks stalled or out of line (a repeat far below its series' median, a p99 many
 times its p50, a ratio beyond 3x either way): runs on this VM vary by 15-25%, and a stalled
@@ -32,8 +35,9 @@ bench/serve_bench.last.json.
 ``--engine-gguf PATH`` measures the in-process engine on any GGUF (the real Gemma 3 270M file,
 which carries no chat template: completions only), in one run: greedy identity of 8 prompts x 48
 tokens served 4 and 8 at a time against each served alone (the issue's real-model figure),
-aggregate tok/s at 1/4/8 clients; 8 clients over 3 random LoRA adapters (rank 8 on attn_q/attn_v,
-made for that GGUF and cached) with the routing patch against one step per adapter group; the
+aggregate tok/s at 1/4/8 clients, and at 8 clients over 3 random LoRA adapters (rank 8 on
+attn_q/attn_v, made for that GGUF and cached; prompt i on adapter i % 3, the prefix cache on as in
+the rows before); the routing patch against one step per adapter group (the cache off); the
 same prompts through llama-server on the same GGUF (HTTP, ``--parallel 8``; skipped with
 ``--no-llama-server``); and time to first token of a request whose ~1,000-token prefix is in the
 prefix cache against the same request with the cache off (alternating, medians). Figures go to
@@ -360,6 +364,39 @@ def routed_vs_grouped(base: Path, adapters: dict[str, Path], threads: int, round
             engine.close()
 
 
+def paired_goal(base: Path, folder: Path, adapters: dict[str, Path], binary: Path, args, work: Path) -> dict:
+    """The adapter goal's ratio, paired: ours over 3 adapters against llama-server's one model, both
+    at 8 clients, both servers up and idle but for the load measured (an idle server's threads wait
+    on a condition), the loads alternating A B B A ... seconds apart. Throughput on this machine
+    drifts by 15-30% over minutes, so the whole-run medians above compare loads minutes apart;
+    each pair here shares the machine's phase."""
+    ours_server, version = ours(folder, adapters, args.threads, work)
+    theirs_server = None
+    try:
+        theirs_server = llama_server(binary, base, adapters, args.threads, work)
+        spread = [{"model": f"{version}:{n}"} for n in adapters]
+        loads = {"ours_adapters": lambda: load(ours_server.url, 8, args.requests, spread),
+                 "llama": lambda: load(theirs_server.url, 8, args.requests, [{}])}
+        for run in loads.values():
+            run()  # warm up: each server's prefix cache holds the prompt for every model asked
+        rows: list[dict] = []
+        for i in range(args.pairs):
+            order = list(loads) if i % 2 == 0 else list(loads)[::-1]
+            row = {key: loads[key]() for key in order}
+            row["ratio"] = row["ours_adapters"]["tok_s"] / row["llama"]["tok_s"]
+            rows.append(row)
+            print(f"pair {i + 1}/{args.pairs}: ours 3 adapters {row['ours_adapters']['tok_s']:.1f} tok/s "
+                  f"({row['ours_adapters']['identical_to_solo']} identical to solo), llama-server one model "
+                  f"{row['llama']['tok_s']:.1f} tok/s: ratio {row['ratio']:.2f}", flush=True)
+    finally:
+        ours_server.stop()
+        if theirs_server is not None:
+            theirs_server.stop()
+    ratios = sorted(row["ratio"] for row in rows)
+    return {"pairs": rows, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "pairs_at_or_above_1": sum(r >= 1.0 for r in ratios)}
+
+
 # -- one repeat of each server ------------------------------------------------------------------
 def measure_ours(base: Path, folder: Path, adapters: dict[str, Path], args, work: Path) -> dict:
     """Single stream (alternating with direct in-process calls), load at 1/4/8 clients, TTFT."""
@@ -415,10 +452,13 @@ def main() -> None:
     parser.add_argument("--real-gguf", type=Path, default=None,
                         help="after the random model, the in-process engine figures on this real GGUF too, in the "
                              "same run and JSON (e.g. Gemma 3 270M)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="paired loads for the adapter goal (ours 3 adapters vs llama-server one model, "
+                             "8 clients, both servers up; default 6, 0 skips)")
     parser.add_argument("--decode-identity", action="store_true",
                         help="only the in-process batched vs row-wise decode identity experiment")
     args = parser.parse_args()
-    for name, default in (("repeats", 3), ("rounds", 5), ("requests", 3)):
+    for name, default in (("repeats", 3), ("rounds", 5), ("requests", 3), ("pairs", 6)):
         if getattr(args, name) is None:
             setattr(args, name, 1 if args.smoke else default)
 
@@ -453,8 +493,13 @@ def main() -> None:
                 run.update(measure_llama_server(binary, base, adapters, args, work))
             runs.append(run)
             print(f"repeat {repeat + 1}/{args.repeats} measured", flush=True)
+        paired = None
+        if binary and adapters and args.pairs > 0:
+            work = Path(tmp) / "paired"
+            work.mkdir()
+            paired = paired_goal(base, folder, adapters, binary, args, work)
     summary = summarise(runs)
-    results = {"args": vars(args), "runs": runs, "summary": summary,
+    results = {"args": vars(args), "runs": runs, "summary": summary, "paired_goal": paired,
                "switch": switch_cost(base, adapters, args.threads),
                "routed_vs_grouped": routed_vs_grouped(base, adapters, args.threads),
                "warnings": warnings(runs, summary)}
@@ -541,6 +586,11 @@ def report(r: dict) -> None:
             theirs_same = ", ".join(run[theirs_key][c]["identical_to_solo"] for run in r["runs"]) if t else ""
             print(f"  {c} | {_figure(o['tok_s'])} ({o['p50']['median']:.2f}/{o['p99']['median']:.2f}) | {theirs} | "
                   f"{ratio}   [greedy identical to solo: ours {same}{'; llama-server ' + theirs_same if t else ''}]")
+    p = r.get("paired_goal")
+    if p:
+        print(f"\nadapter goal, paired (ours over 3 adapters / llama-server one model, 8 clients, {len(p['ratios'])} "
+              f"pairs a few seconds apart): median {p['median_ratio']:.2f}, range {p['ratios'][0]:.2f}-"
+              f"{p['ratios'][-1]:.2f}, {p['pairs_at_or_above_1']} of {len(p['ratios'])} pairs >= 1.0 (goal >= 1.0)")
     w = r["switch"]
     print(f"\nadapter switch: llama_set_adapters_lora {w['set_adapters_ms']:.3f} ms; 8-token request "
           f"{w['same_s'] * 1000:.1f} ms on one adapter vs {w['alternating_s'] * 1000:.1f} ms alternating "
@@ -598,12 +648,17 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
     greedy = SamplingParams(max_tokens=48, temperature=0.0)
     prompts = [f"{PROMPT} {q}" for q in QUESTIONS]
     out: dict = {"gguf": str(gguf), "threads": threads}
+    adapters = random_loras(gguf)
     # the prefix cache on, as llama-server's cache_prompt (on by default): the 8 prompts share a
-    # preamble, and each run after the solo one finds its prompt cached on both servers
-    engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, chat_template=RAW_TEMPLATE)
+    # preamble, and each run after the solo one finds its prompt cached on both servers. The
+    # adapters are loaded from the start; the one-model rows route no row to them (scheduler.py
+    # sets them on the context only while a routed row runs)
+    engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, chat_template=RAW_TEMPLATE,
+                    adapters=adapters)
+    names = [f"bench:{n}" for n in adapters]
     try:
-        def text(i: int) -> tuple[str, int]:
-            r = engine.complete(prompts[i], greedy)
+        def text(i: int, model: str | None = None) -> tuple[str, int]:
+            r = engine.complete(prompts[i], greedy, model=model)
             return r["choices"][0]["text"], r["usage"]["completion_tokens"]
 
         solo = [text(i)[0] for i in range(len(prompts))]
@@ -616,9 +671,17 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
             print(f"{clients} clients: {row['identical_to_solo']} greedy answers identical to solo, "
                   f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s, "
                   f"{row['accepted_drafts']} of {row['drafted']} drafted tokens kept", flush=True)
+        # like llama_server_figures' adapter row: prompt i on adapter i % 3, each served alone first
+        if engine.routes_adapters:
+            def on_adapter(i: int) -> tuple[str, int]:
+                return text(i, names[i % len(names)])
+
+            solo = [on_adapter(i)[0] for i in range(len(prompts))]
+            row = out["8 clients over 3 adapters"] = concurrent_prompts(on_adapter, prompts, solo, 8)
+            print(f"8 clients over 3 adapters: {row['identical_to_solo']} greedy answers identical to solo, "
+                  f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s", flush=True)
     finally:
         engine.close()
-    adapters = random_loras(gguf)
     row = out["adapters"] = routed_vs_grouped(gguf, adapters, threads, prompts=prompts, chat_template=RAW_TEMPLATE,
                                               new_tokens=48)
     if "error" not in row:
@@ -628,6 +691,12 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
     if binary is not None:
         with tempfile.TemporaryDirectory() as tmp:
             out["llama_server"] = llama_server_figures(binary, gguf, adapters, threads, prompts, Path(tmp))
+        ours_adapters = out.get("8 clients over 3 adapters")
+        if ours_adapters is not None:
+            theirs = out["llama_server"]["8 clients"]["tok_s"]
+            out["adapters_vs_llama_server_one_model"] = ours_adapters["tok_s"] / theirs
+            print(f"8 clients over 3 adapters / llama-server one model at 8 clients: "
+                  f"{ours_adapters['tok_s']:.1f} / {theirs:.1f} = {ours_adapters['tok_s'] / theirs:.2f}", flush=True)
     out["prefix_cache_ttft"] = prefix_ttft(gguf, threads, repeats)
     return out
 
