@@ -58,7 +58,7 @@ fi
 build_id=$( { printf '%s\n' "$LLAMA_CMAKE_ARGS"; cat "$ROOT/scripts/patch_llama_cpp.py"; } | sha256sum | cut -c1-8)
 wheel_dir="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$build_id"
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  log "compiling llama-cpp-python with CMAKE_ARGS=$LLAMA_CMAKE_ARGS and the LoRA routing patch (7-25 minutes on 2 cores)"
+  log "compiling llama-cpp-python with CMAKE_ARGS=$LLAMA_CMAKE_ARGS and the LoRA routing patch (about 2 minutes on 2 cores, longer under load)"
   src=$(mktemp -d)
   tar -xzf "$sdist" -C "$src"
   "$VENV/bin/python" "$ROOT/scripts/patch_llama_cpp.py" "$src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
