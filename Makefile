@@ -15,7 +15,7 @@ venv:
 demo: venv
 	$(BIN)/appliance demo
 
-# The full suite, what CI runs: the lint contracts, then every test (about 36 minutes on 2 cores),
+# The full suite, what CI runs: the lint contracts, then every test (about 30 minutes on 2 cores),
 # printing the 25 slowest.
 test: venv lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
