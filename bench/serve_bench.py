@@ -464,7 +464,7 @@ def main() -> None:
 
     if args.engine_gguf:
         results = engine_figures(args.engine_gguf, args.threads, args.repeats,
-                                 None if args.no_llama_server else llama_server_binary())
+                                 None if args.no_llama_server else llama_server_binary(), args.pairs)
         out = ROOT / "bench" / "serve_bench.engine.last.json"
         out.write_text(json.dumps({"args": vars(args), **results}, indent=2, default=str))
         print(f"figures: {out.relative_to(ROOT)}")
@@ -506,7 +506,7 @@ def main() -> None:
     report(results)
     if args.real_gguf:
         print(f"\nreal model: {args.real_gguf.name}", flush=True)
-        results["real_model"] = engine_figures(args.real_gguf, args.threads, args.repeats, binary)
+        results["real_model"] = engine_figures(args.real_gguf, args.threads, args.repeats, binary, args.pairs)
     out = ROOT / "bench" / "serve_bench.last.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nfigures: {out.relative_to(ROOT)} (copy it under bench/results/ to quote a figure from it)")
@@ -642,7 +642,7 @@ def concurrent_prompts(ask, prompts: list[str], solo: list[str], clients: int) -
             "p50": statistics.median(latencies), "max": max(latencies)}
 
 
-def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None = None) -> dict:
+def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None = None, pairs: int = 0) -> dict:
     from appliance.serve.engine import Engine, SamplingParams
 
     greedy = SamplingParams(max_tokens=48, temperature=0.0)
@@ -656,6 +656,7 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
     engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, chat_template=RAW_TEMPLATE,
                     adapters=adapters)
     names = [f"bench:{n}" for n in adapters]
+    routes = engine.routes_adapters
     try:
         def text(i: int, model: str | None = None) -> tuple[str, int]:
             r = engine.complete(prompts[i], greedy, model=model)
@@ -672,7 +673,7 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
                   f"{row['tok_s']:.1f} tok/s aggregate, p50 {row['p50']:.2f} s, "
                   f"{row['accepted_drafts']} of {row['drafted']} drafted tokens kept", flush=True)
         # like llama_server_figures' adapter row: prompt i on adapter i % 3, each served alone first
-        if engine.routes_adapters:
+        if routes:
             def on_adapter(i: int) -> tuple[str, int]:
                 return text(i, names[i % len(names)])
 
@@ -696,9 +697,60 @@ def engine_figures(gguf: Path, threads: int, repeats: int, binary: Path | None =
             theirs = out["llama_server"]["8 clients"]["tok_s"]
             out["adapters_vs_llama_server_one_model"] = ours_adapters["tok_s"] / theirs
             print(f"8 clients over 3 adapters / llama-server one model at 8 clients: "
-                  f"{ours_adapters['tok_s']:.1f} / {theirs:.1f} = {ours_adapters['tok_s'] / theirs:.2f}", flush=True)
+                  f"{ours_adapters['tok_s']:.1f} / {theirs:.1f} = {ours_adapters['tok_s'] / theirs:.2f} "
+                  "(measured minutes apart; the paired figure follows)", flush=True)
+        if pairs > 0 and routes:
+            with tempfile.TemporaryDirectory() as tmp:
+                out["paired_goal"] = paired_engine_goal(gguf, adapters, threads, prompts, binary, pairs, Path(tmp))
     out["prefix_cache_ttft"] = prefix_ttft(gguf, threads, repeats)
     return out
+
+
+def paired_engine_goal(gguf: Path, adapters: dict[str, Path], threads: int, prompts: list[str], binary: Path,
+                       pairs: int, work: Path) -> dict:
+    """The adapter goal on this GGUF, paired: the in-process engine over 3 adapters (prompt i on
+    adapter i % 3) against llama-server's one model over HTTP, 8 clients x the 8 prompts x 48
+    greedy tokens each, both up, the loads alternating A B B A seconds apart (as ``paired_goal``)."""
+    from appliance.serve.engine import Engine, SamplingParams
+
+    greedy = SamplingParams(max_tokens=48, temperature=0.0)
+    engine = Engine(gguf, "bench", n_ctx=2048, n_threads=threads, slots=8, chat_template=RAW_TEMPLATE,
+                    adapters=adapters)
+    server = None
+    try:
+        server = llama_server(binary, gguf, adapters, threads, work)
+        names = [f"bench:{n}" for n in adapters]
+
+        def ours(i: int) -> tuple[str, int]:
+            r = engine.complete(prompts[i], greedy, model=names[i % len(names)])
+            return r["choices"][0]["text"], r["usage"]["completion_tokens"]
+
+        def theirs(i: int) -> tuple[str, int]:
+            _, n, _, text = completion(server.url, {}, prompt=prompts[i], max_tokens=48)
+            return text, n
+
+        asks = {"ours_adapters": ours, "llama": theirs}
+        solo = {key: [ask(i)[0] for i in range(len(prompts))] for key, ask in asks.items()}  # warms both caches
+        rows: list[dict] = []
+        for i in range(pairs):
+            order = list(asks) if i % 2 == 0 else list(asks)[::-1]
+            row = {key: concurrent_prompts(asks[key], prompts, solo[key], 8) for key in order}
+            row["ratio"] = row["ours_adapters"]["tok_s"] / row["llama"]["tok_s"]
+            rows.append(row)
+            print(f"pair {i + 1}/{pairs}: ours 3 adapters {row['ours_adapters']['tok_s']:.1f} tok/s "
+                  f"({row['ours_adapters']['identical_to_solo']} identical to solo), llama-server one model "
+                  f"{row['llama']['tok_s']:.1f} tok/s ({row['llama']['identical_to_solo']}): ratio {row['ratio']:.2f}",
+                  flush=True)
+    finally:
+        engine.close()
+        if server is not None:
+            server.stop()
+    ratios = sorted(row["ratio"] for row in rows)
+    result = {"pairs": rows, "ratios": ratios, "median_ratio": statistics.median(ratios),
+              "pairs_at_or_above_1": sum(r >= 1.0 for r in ratios)}
+    print(f"adapter goal, paired: median {result['median_ratio']:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}, "
+          f"{result['pairs_at_or_above_1']} of {len(ratios)} pairs >= 1.0", flush=True)
+    return result
 
 
 def llama_server_figures(binary: Path, gguf: Path, adapters: dict[str, Path], threads: int, prompts: list[str],
