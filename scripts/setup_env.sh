@@ -10,8 +10,9 @@
 #    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" (the native build enables AMX kernels that
 #    die with "Illegal instruction" on some CPUs; the multimodal mtmd library is not used here),
 #    after scripts/patch_llama_cpp.py has added per-sequence LoRA routing to its vendored
-#    llama.cpp and turned off llama.cpp's unused common library (74 of 178 compile units left). The wheel is kept in a cache folder named after the flags
-#    and the patch, so a second venv, or CI on the same machine, reuses it.
+#    llama.cpp and turned off llama.cpp's unused common library (74 of 178 compile units left).
+#    The wheel is kept in a cache folder named after the flags and the patch, so a second venv,
+#    or CI on the same machine, reuses it.
 # 3. The project itself, editable and with --no-deps (everything it needs is in the lock).
 # 4. llama.cpp's converters (convert_hf_to_gguf.py + conversion/ + gguf-py/,
 #    convert_lora_to_gguf.py) are taken from that same sdist into $VENV/share/slm-appliance/llama.cpp.
