@@ -379,19 +379,26 @@ def paired_goal(base: Path, folder: Path, adapters: dict[str, Path], binary: Pat
                  "llama": lambda: load(theirs_server.url, 8, args.requests, [{}])}
         for run in loads.values():
             run()  # warm up: each server's prefix cache holds the prompt for every model asked
-        rows: list[dict] = []
-        for i in range(args.pairs):
-            order = list(loads) if i % 2 == 0 else list(loads)[::-1]
-            row = {key: loads[key]() for key in order}
-            row["ratio"] = row["ours_adapters"]["tok_s"] / row["llama"]["tok_s"]
-            rows.append(row)
-            print(f"pair {i + 1}/{args.pairs}: ours 3 adapters {row['ours_adapters']['tok_s']:.1f} tok/s "
-                  f"({row['ours_adapters']['identical_to_solo']} identical to solo), llama-server one model "
-                  f"{row['llama']['tok_s']:.1f} tok/s: ratio {row['ratio']:.2f}", flush=True)
+        return alternate_pairs(loads, args.pairs)
     finally:
         ours_server.stop()
         if theirs_server is not None:
             theirs_server.stop()
+
+
+def alternate_pairs(loads: dict, pairs: int) -> dict:
+    """``pairs`` rounds of the two loads ("ours_adapters", "llama": callables returning a row with
+    tok_s and identical_to_solo), A B then B A, and the ratio ours / llama within each round."""
+    rows: list[dict] = []
+    for i in range(pairs):
+        order = list(loads) if i % 2 == 0 else list(loads)[::-1]
+        row = {key: loads[key]() for key in order}
+        row["ratio"] = row["ours_adapters"]["tok_s"] / row["llama"]["tok_s"]
+        rows.append(row)
+        print(f"pair {i + 1}/{pairs}: ours 3 adapters {row['ours_adapters']['tok_s']:.1f} tok/s "
+              f"({row['ours_adapters']['identical_to_solo']} identical to solo), llama-server one model "
+              f"{row['llama']['tok_s']:.1f} tok/s ({row['llama']['identical_to_solo']}): ratio {row['ratio']:.2f}",
+              flush=True)
     ratios = sorted(row["ratio"] for row in rows)
     return {"pairs": rows, "ratios": ratios, "median_ratio": statistics.median(ratios),
             "pairs_at_or_above_1": sum(r >= 1.0 for r in ratios)}
@@ -731,23 +738,13 @@ def paired_engine_goal(gguf: Path, adapters: dict[str, Path], threads: int, prom
 
         asks = {"ours_adapters": ours, "llama": theirs}
         solo = {key: [ask(i)[0] for i in range(len(prompts))] for key, ask in asks.items()}  # warms both caches
-        rows: list[dict] = []
-        for i in range(pairs):
-            order = list(asks) if i % 2 == 0 else list(asks)[::-1]
-            row = {key: concurrent_prompts(asks[key], prompts, solo[key], 8) for key in order}
-            row["ratio"] = row["ours_adapters"]["tok_s"] / row["llama"]["tok_s"]
-            rows.append(row)
-            print(f"pair {i + 1}/{pairs}: ours 3 adapters {row['ours_adapters']['tok_s']:.1f} tok/s "
-                  f"({row['ours_adapters']['identical_to_solo']} identical to solo), llama-server one model "
-                  f"{row['llama']['tok_s']:.1f} tok/s ({row['llama']['identical_to_solo']}): ratio {row['ratio']:.2f}",
-                  flush=True)
+        result = alternate_pairs({key: (lambda key=key: concurrent_prompts(asks[key], prompts, solo[key], 8))
+                                  for key in asks}, pairs)
     finally:
         engine.close()
         if server is not None:
             server.stop()
-    ratios = sorted(row["ratio"] for row in rows)
-    result = {"pairs": rows, "ratios": ratios, "median_ratio": statistics.median(ratios),
-              "pairs_at_or_above_1": sum(r >= 1.0 for r in ratios)}
+    ratios = result["ratios"]
     print(f"adapter goal, paired: median {result['median_ratio']:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}, "
           f"{result['pairs_at_or_above_1']} of {len(ratios)} pairs >= 1.0", flush=True)
     return result
